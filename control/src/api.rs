@@ -1,0 +1,282 @@
+//! Types of the control API (HTTP/JSON under `/v1`) and of the state file's
+//! history records.
+//!
+//! Every type here is part of the interface contract in `shared/design.md`:
+//! fields may be added, never renamed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// One of the two deployment colors. Either can be live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    /// Both colors, in a fixed order (blue, green).
+    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+
+    /// The other color: the standby when `self` is live.
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    /// Index into per-color arrays (`[blue, green]`).
+    pub fn index(self) -> usize {
+        match self {
+            Color::Blue => 0,
+            Color::Green => 1,
+        }
+    }
+
+    /// The lowercase name, as in the config, the API and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error of [`Color::from_str`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown color '{0}': expected 'blue' or 'green'")]
+pub struct UnknownColor(pub String);
+
+impl FromStr for Color {
+    type Err = UnknownColor;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "blue" => Ok(Color::Blue),
+            "green" => Ok(Color::Green),
+            other => Err(UnknownColor(other.to_string())),
+        }
+    }
+}
+
+/// Observed health of one upstream.
+///
+/// `Unknown` from start until the first check completes; then `Up` or `Down`
+/// by the app's `rise`/`fall` thresholds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of change moved the live color.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwitchKind {
+    /// An operator's switch that passed the health gate.
+    Switch,
+    /// Back to the previous live color.
+    Rollback,
+    /// A switch or rollback that skipped the health gate.
+    Emergency,
+    /// Made by bgproxy itself (reserved for automatic failover).
+    Automatic,
+}
+
+impl fmt::Display for SwitchKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SwitchKind::Switch => "switch",
+            SwitchKind::Rollback => "rollback",
+            SwitchKind::Emergency => "emergency",
+            SwitchKind::Automatic => "automatic",
+        })
+    }
+}
+
+/// One change of the live color, as kept in the state file and shown by
+/// `GET /v1/apps/{app}/history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub from: Color,
+    pub to: Color,
+    pub kind: SwitchKind,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who asked: the `actor` of the request (bgctl sends `user@host`), or
+    /// `unknown`.
+    pub actor: String,
+    /// The client address the request came from, when known.
+    #[serde(default)]
+    pub client: Option<String>,
+}
+
+/// Body of `POST /v1/apps/{app}/switch`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRequest {
+    pub to: Color,
+    /// Skip the health gate.
+    #[serde(default)]
+    pub emergency: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who is switching, recorded in the history (bgctl sends `user@host`).
+    #[serde(default)]
+    pub actor: Option<String>,
+}
+
+/// Body of `POST /v1/apps/{app}/rollback` (may be empty).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub emergency: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+}
+
+/// Answer of a switch or rollback that was carried out: the change is durable
+/// and the data plane already routes to `live`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SwitchResponse {
+    pub app: String,
+    pub from: Color,
+    pub live: Color,
+    pub standby: Color,
+    pub kind: SwitchKind,
+    /// The switch count after this switch.
+    pub switch_count: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// How long validate + persist + publish took on the daemon.
+    pub duration_ms: f64,
+}
+
+/// One upstream of a color, with its observed health.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    /// The address as configured (`10.0.0.22:3001`).
+    pub addr: String,
+    pub health: Health,
+    /// When the upstream entered its current health state (daemon start for
+    /// `unknown`).
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+}
+
+/// One color's pool.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ColorStatus {
+    /// True when every upstream is observed `up`: a normal switch to this
+    /// color is allowed.
+    pub healthy: bool,
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+/// Per-color pools of an app.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Colors {
+    pub blue: ColorStatus,
+    pub green: ColorStatus,
+}
+
+impl Colors {
+    pub fn get(&self, color: Color) -> &ColorStatus {
+        match color {
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
+        }
+    }
+}
+
+/// `GET /v1/apps/{app}` and each element of `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    /// Host names routed to this app; empty for the default app.
+    pub hosts: Vec<String>,
+    pub live: Color,
+    pub standby: Color,
+    pub switch_count: u64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_switch: Option<OffsetDateTime>,
+    /// The deploy in progress, or null.
+    pub deploy: Option<serde_json::Value>,
+    pub colors: Colors,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// Version of the daemon.
+    pub version: String,
+    /// Generation of the routing snapshot: increases with every change.
+    pub generation: u64,
+    pub apps: Vec<AppStatus>,
+}
+
+/// `GET /v1/apps/{app}/history`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    pub app: String,
+    /// Newest last.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Every error answer of the API: `{"error": "...", "code": "..."}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong and how to fix it, for humans.
+    pub error: String,
+    /// A stable machine-readable code, e.g. `target_unhealthy`.
+    pub code: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn color_round_trips_and_rejects_others() {
+        for c in Color::ALL {
+            assert_eq!(c.as_str().parse::<Color>().unwrap(), c);
+            assert_eq!(c.other().other(), c);
+        }
+        assert!("purple".parse::<Color>().is_err());
+        assert!(serde_json::from_str::<SwitchRequest>(r#"{"to":"purple"}"#).is_err());
+        assert!(serde_json::from_str::<SwitchRequest>(r#"{"to":"green","x":1}"#).is_err());
+    }
+}

@@ -1,0 +1,49 @@
+//! Durations in the config: an integer and a unit, `500ms`, `2s`, `1m`, `1h`.
+
+use std::time::Duration;
+
+/// Parses `"500ms"`, `"2s"`, `"1m"`, `"1h"` or `"0"`.
+///
+/// Fails with a message that shows the accepted forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let bad = || format!("invalid duration '{s}': expected a whole number and a unit, like 500ms, 2s, 1m or 1h");
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for s in ["", "ms", "5", "5 s", "1.5s", "-1s", "5d", "soon"] {
+            assert!(parse_duration(s).is_err(), "{s} should be rejected");
+        }
+    }
+}

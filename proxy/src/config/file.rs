@@ -1,0 +1,106 @@
+//! The TOML schema exactly as written by operators. Every table denies
+//! unknown keys; values that need checking beyond their type are
+//! [`Spanned`] so the validator can point at them.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use bgproxy_control::api::Color;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub proxy: Spanned<FileProxy>,
+    pub control: Option<FileControl>,
+    pub metrics: Option<FileMetrics>,
+    pub state: Option<FileState>,
+    #[serde(default)]
+    pub app: Vec<Spanned<FileApp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProxy {
+    pub listen: Spanned<Vec<Spanned<String>>>,
+    pub threads: Option<Spanned<i64>>,
+    pub tls: Option<Spanned<FileTls>>,
+    pub grace_period: Option<Spanned<String>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub listen: Spanned<Vec<Spanned<String>>>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileControl {
+    pub listen: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMetrics {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileState {
+    pub path: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApp {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    pub initial_live: Option<Color>,
+    pub health: Option<FileHealth>,
+    pub blue: Spanned<FilePool>,
+    pub green: Spanned<FilePool>,
+    pub deploy: Option<FileDeploy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub expect_status: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePool {
+    pub upstreams: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDeploy {
+    #[serde(default)]
+    pub steps: Vec<Spanned<FileStep>>,
+    pub health_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStep {
+    pub name: Spanned<String>,
+    pub run: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub migrate: bool,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}

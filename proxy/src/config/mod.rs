@@ -1,0 +1,212 @@
+//! Configuration: `bgproxy.toml -> FileConfig -> validate() -> Config`.
+//!
+//! 1. [`file`]: the TOML schema as serde types, `deny_unknown_fields` on every
+//!    table, with [`toml::Spanned`] on the values that are checked later so
+//!    every error can name its line and column.
+//! 2. [`validate`]: pure functions from `FileConfig` to the typed [`Config`]
+//!    (`SocketAddr`, `Duration`, `NonZeroU32`), collecting *every* error, each
+//!    with the key, the file, the line and the column.
+//! 3. [`Config`]: what the rest of the daemon uses. Nothing downstream parses
+//!    strings again.
+//!
+//! `bgproxy --check` runs steps 1 and 2 (plus the state file and token file
+//! checks) and prints the errors.
+
+mod duration;
+mod file;
+mod validate;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bgproxy_control::api::Color;
+
+pub use duration::parse_duration;
+pub use validate::from_str;
+
+/// The validated configuration of the daemon.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from (for messages and reloads).
+    pub path: PathBuf,
+    pub proxy: ProxyConfig,
+    pub control: ControlConfig,
+    pub metrics: Option<MetricsConfig>,
+    pub state: StateConfig,
+    pub apps: Vec<AppConfig>,
+}
+
+/// `[proxy]`: the front door.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Plain HTTP listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    pub tls: Option<TlsConfig>,
+    /// How long a stopping daemon keeps accepting before it begins to close
+    /// (pingora's grace period). Default 1s.
+    pub grace_period: Duration,
+    /// How long in-flight requests may take to finish on shutdown. Default 10s.
+    pub shutdown_timeout: Duration,
+}
+
+/// `[proxy.tls]`: the HTTPS listeners and their certificate.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[control]`: the control API.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for mutating calls; without it they are accepted from
+    /// loopback only.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[state]`: where the live colors and history are kept.
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    pub path: PathBuf,
+}
+
+/// One `[[app]]`.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    pub name: String,
+    /// Lowercase host names; empty for the default app.
+    pub hosts: Vec<String>,
+    /// The live color on first start (no state yet).
+    pub initial_live: Color,
+    pub health: HealthConfig,
+    /// Upstreams per color, indexed by [`Color::index`].
+    pub pools: [Vec<SocketAddr>; 2],
+    pub deploy: DeployConfig,
+}
+
+impl AppConfig {
+    /// The upstreams of one color.
+    pub fn upstreams(&self, color: Color) -> &[SocketAddr] {
+        &self.pools[color.index()]
+    }
+}
+
+/// `[app.health]`: the active health check of every upstream of the app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Path of the GET request. Default `/health`.
+    pub path: String,
+    /// Time between two checks of one upstream. Default 1s.
+    pub interval: Duration,
+    /// A check that takes longer fails. Default 500ms.
+    pub timeout: Duration,
+    /// Consecutive passes to become `up`. Default 2.
+    pub rise: NonZeroU32,
+    /// Consecutive failures to become `down`. Default 3.
+    pub fall: NonZeroU32,
+    /// The status a passing check answers. Default 200.
+    pub expect_status: u16,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: "/health".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: NonZeroU32::new(2).expect("2 is not zero"),
+            fall: NonZeroU32::new(3).expect("3 is not zero"),
+            expect_status: 200,
+        }
+    }
+}
+
+/// `[app.deploy]`: the steps `bgctl deploy` runs against the standby color.
+#[derive(Clone, Debug, Default)]
+pub struct DeployConfig {
+    pub steps: Vec<DeployStep>,
+    /// How long a deploy waits for the standby to become healthy. Default 60s.
+    pub health_timeout: Duration,
+}
+
+/// One `[[app.deploy.steps]]`.
+#[derive(Clone, Debug)]
+pub struct DeployStep {
+    pub name: String,
+    /// A shell command line with `{app}`, `{color}`, `{host}`, `{port}`.
+    pub run: String,
+    pub timeout: Duration,
+    /// Runs only with `bgctl deploy --migrate`.
+    pub migrate: bool,
+    pub env: Vec<(String, String)>,
+}
+
+/// Errors of loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// One or more problems, each naming file, line, column and key.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One problem in a config file, at a place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// The dotted key, e.g. `app[1].blue.upstreams[0]`; empty for syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        from_str(&text, path)
+    }
+
+    /// The app named `name`.
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    /// Directory of the state file: also holds the pid file and upgrade socket.
+    pub fn state_dir(&self) -> PathBuf {
+        match self.state.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
