@@ -1,1 +1,26 @@
+//! bgproxy: the traffic switch of a blue/green deployment, on pingora.
+//!
+//! How a request and a switch flow through the modules:
+//!
+//! ```text
+//! config      bgproxy.toml -> FileConfig -> validate() -> Config
+//! server      build(Config): state -> Controller -> pingora services
+//! dataplane   per request: load Snapshot (routing) -> app by Host -> color -> Pool::pick
+//! health      per upstream: pingora HTTP probe -> rise/fall Tracker -> HealthCell
+//! control_api /v1 HTTP/JSON -> Controller::apply
+//! controller  validate -> StateStore::persist (fsync) -> ArcSwap::store -> answer
+//! state       the JSON state file, atomic writes, recovery from corruption
+//! check       bgproxy --check
+//! demo        bgproxy demo: two sample backends and the proxy on loopback
+//! ```
+
+pub mod check;
 pub mod config;
+pub mod control_api;
+pub mod controller;
+pub mod dataplane;
+pub mod demo;
+pub mod health;
+pub mod routing;
+pub mod server;
+pub mod state;

@@ -1,1 +1,101 @@
-fn main() {}
+//! The `bgproxy` daemon's entry point: parse the command line, then wire
+//! (`server::build`) and run. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bgproxy::{check, config::Config, demo, server};
+use bgproxy_control::api::Color;
+use clap::{Parser, Subcommand};
+
+/// bgproxy: the traffic switch of a blue/green deployment.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(short, long, env = "BGPROXY_CONFIG", default_value = "/etc/bgproxy/bgproxy.toml")]
+    config: PathBuf,
+    /// Validate the configuration (and the state, token and TLS files), print
+    /// what is wrong, and exit: 0 when valid, 1 otherwise.
+    #[arg(long, short = 't')]
+    check: bool,
+    /// Take over the listening sockets of a running bgproxy (zero-downtime
+    /// upgrade); the old process is then sent SIGQUIT.
+    #[arg(long)]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a self-contained demo on loopback: two sample backends and the
+    /// proxy in front of them.
+    Demo {
+        /// Where the demo keeps its state.
+        #[arg(long, default_value = "demo-state")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let opts = server::BuildOptions { upgrade: cli.upgrade };
+
+    let (config, extra) = match cli.command {
+        Some(Command::Demo { dir }) => match demo::config(&dir) {
+            Ok(c) => {
+                eprintln!("{}", demo::banner(&dir));
+                (c, true)
+            }
+            Err(e) => return fail(format!("demo config: {e:#}")),
+        },
+        None if cli.check => {
+            return match check::check(&cli.config) {
+                Ok(c) => {
+                    println!(
+                        "configuration file {} is valid ({} app{})",
+                        cli.config.display(),
+                        c.apps.len(),
+                        if c.apps.len() == 1 { "" } else { "s" }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!("configuration file {} has {} error(s)", cli.config.display(), problems.len());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => match Config::load(&cli.config) {
+            Ok(c) => (c, false),
+            Err(e) => return fail(format!("{e}\nbgproxy: not started; fix the configuration (bgproxy --check --config {})", cli.config.display())),
+        },
+    };
+
+    let mut daemon = match server::build(&config, &opts) {
+        Ok(d) => d,
+        Err(e) => return fail(format!("not started: {e:#}")),
+    };
+    if extra {
+        daemon.server.add_service(demo::Backend::service(Color::Blue, "127.0.0.1:8081"));
+        daemon.server.add_service(demo::Backend::service(Color::Green, "127.0.0.1:8082"));
+    }
+    daemon.server.run_forever()
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("bgproxy: {message}");
+    ExitCode::FAILURE
+}

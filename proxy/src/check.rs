@@ -1,0 +1,53 @@
+//! `bgproxy --check`: validate everything the daemon would read at start
+//! (config, token file, TLS files, state file) without changing anything,
+//! like `haproxy -c` or `nginx -t`.
+
+use std::path::Path;
+
+use crate::config::{Config, ConfigError};
+use crate::server::read_token;
+use crate::state;
+
+/// Checks the config at `path`; returns every problem as one line.
+pub fn check(path: &Path) -> Result<Config, Vec<String>> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(ConfigError::Invalid(problems)) => return Err(problems.iter().map(|p| p.to_string()).collect()),
+        Err(e) => return Err(vec![e.to_string()]),
+    };
+    let mut problems = Vec::new();
+    if let Some(t) = &config.control.token_file {
+        if let Err(e) = read_token(t) {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    if let Some(tls) = &config.proxy.tls {
+        for (what, file, marker) in [
+            ("proxy.tls.cert", &tls.cert, "-----BEGIN CERTIFICATE-----"),
+            ("proxy.tls.key", &tls.key, "PRIVATE KEY-----"),
+        ] {
+            match std::fs::read_to_string(file) {
+                Ok(text) if text.contains(marker) => {}
+                Ok(_) => problems.push(format!("{what}: {} is not a PEM file with a {marker} block", file.display())),
+                Err(e) => problems.push(format!("{what}: cannot read {}: {e}", file.display())),
+            }
+        }
+    }
+    match std::fs::read(&config.state.path) {
+        Ok(bytes) => {
+            if let Err(reason) = state::parse(&bytes) {
+                problems.push(format!(
+                    "state file {} is not valid: {reason} (at start bgproxy would move it aside and recover)",
+                    config.state.path.display()
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => problems.push(format!("cannot read state file {}: {e}", config.state.path.display())),
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}

@@ -1,0 +1,301 @@
+//! The control API: HTTP/JSON under `/v1` on `control.listen`.
+//!
+//! A pingora `HttpServerApp` (not `ServeHttp`), so that a handler can stream
+//! its answer later (deploy progress). Flow per request: read the header ->
+//! route by method and path -> for mutating calls check the bearer token ->
+//! read the body (at most [`MAX_BODY`]) -> call the [`Controller`] -> answer
+//! JSON. Errors are `{"error": "...", "code": "..."}`.
+//!
+//! Routes:
+//! - `GET /v1/status`, `GET /v1/apps/{app}`, `GET /v1/apps/{app}/history[?limit=N]`
+//! - `POST /v1/apps/{app}/switch` `{"to","emergency","reason","actor"}`
+//! - `POST /v1/apps/{app}/rollback` `{"emergency","reason","actor"}` (body optional)
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bgproxy_control::api::{ApiError, RollbackRequest, SwitchRequest};
+use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::server::ShutdownWatch;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::debug;
+
+use crate::controller::{Change, Command, ControlError, Controller};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// How mutating calls are authorised.
+#[derive(Clone)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>` must match.
+    Token(Vec<u8>),
+    /// No token configured: mutating calls only from loopback.
+    LoopbackOnly,
+}
+
+/// The control API service.
+pub struct ControlApi {
+    controller: Arc<Controller>,
+    auth: Auth,
+}
+
+impl ControlApi {
+    pub fn new(controller: Arc<Controller>, auth: Auth) -> Self {
+        ControlApi { controller, auth }
+    }
+}
+
+/// An answer: status and JSON body.
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json<T: Serialize>(status: u16, value: &T) -> Reply {
+        let mut body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+        body.push(b'\n');
+        Reply { status, body }
+    }
+
+    fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
+        Reply::json(
+            status,
+            &ApiError {
+                error: message.into(),
+                code: code.into(),
+            },
+        )
+    }
+
+    fn from_control(e: ControlError) -> Reply {
+        Reply::error(e.status(), e.code(), e.to_string())
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl ControlApi {
+    fn authorize(&self, s: &ServerSession, client: Option<IpAddr>) -> Result<(), Reply> {
+        match &self.auth {
+            Auth::Token(token) => {
+                let given = s
+                    .req_header()
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes())
+                    .and_then(|v| v.strip_prefix(b"Bearer "))
+                    .map(|t| t.trim_ascii());
+                match given {
+                    Some(t) if constant_time_eq(t, token) => Ok(()),
+                    Some(_) => Err(Reply::error(401, "unauthorized", "invalid bearer token")),
+                    None => Err(Reply::error(
+                        401,
+                        "unauthorized",
+                        "this call needs 'Authorization: Bearer <token>' (the token in control.token_file)",
+                    )),
+                }
+            }
+            Auth::LoopbackOnly => match client {
+                Some(ip) if ip.is_loopback() => Ok(()),
+                _ => Err(Reply::error(
+                    403,
+                    "forbidden",
+                    "no control.token_file is configured, so changes are accepted from loopback only",
+                )),
+            },
+        }
+    }
+
+    /// Reads the body, refusing more than [`MAX_BODY`] bytes.
+    async fn body(s: &mut ServerSession) -> Result<Vec<u8>, Reply> {
+        let too_large = || Reply::error(413, "body_too_large", format!("request body is over {MAX_BODY} bytes"));
+        let declared = s
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        loop {
+            match s.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_BODY {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) => return Err(Reply::error(400, "bad_request", format!("cannot read request body: {e}"))),
+            }
+        }
+    }
+
+    fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Reply> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        serde_json::from_slice(body).map_err(|e| Reply::error(400, "bad_request", format!("invalid JSON body: {e}")))
+    }
+
+    async fn handle(&self, s: &mut ServerSession) -> Reply {
+        let client = match s.client_addr() {
+            Some(PingoraAddr::Inet(a)) => Some(a.ip()),
+            _ => None,
+        };
+        let method = s.req_header().method.clone();
+        let path = s.req_header().uri.path().to_string();
+        let query = s.req_header().uri.query().unwrap_or("").to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let get = method == http::Method::GET;
+        let post = method == http::Method::POST;
+        match segments.as_slice() {
+            ["v1", "status"] if get => Reply::json(200, &self.controller.status().await),
+            ["v1", "apps", app] if get => match self.controller.app(app).await {
+                Ok(a) => Reply::json(200, &a),
+                Err(e) => Reply::from_control(e),
+            },
+            ["v1", "apps", app, "history"] if get => {
+                let limit = match query_param(&query, "limit").map(str::parse::<usize>) {
+                    None => None,
+                    Some(Ok(n)) => Some(n),
+                    Some(Err(_)) => return Reply::error(400, "bad_request", "limit must be a whole number"),
+                };
+                match self.controller.history(app, limit).await {
+                    Ok(h) => Reply::json(200, &h),
+                    Err(e) => Reply::from_control(e),
+                }
+            }
+            ["v1", "apps", app, action @ ("switch" | "rollback")] if post => {
+                if let Err(r) = self.authorize(s, client) {
+                    return r;
+                }
+                let body = match Self::body(s).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let cmd = if *action == "switch" {
+                    if body.iter().all(u8::is_ascii_whitespace) {
+                        return Reply::error(400, "bad_request", "switch needs a JSON body like {\"to\": \"green\"}");
+                    }
+                    match serde_json::from_slice::<SwitchRequest>(&body) {
+                        Ok(r) => command(app, Change::Switch { to: r.to }, r.emergency, r.reason, r.actor, client),
+                        Err(e) => return Reply::error(400, "bad_request", format!("invalid JSON body: {e}")),
+                    }
+                } else {
+                    match Self::parse::<RollbackRequest>(&body) {
+                        Ok(r) => command(app, Change::Rollback, r.emergency, r.reason, r.actor, client),
+                        Err(r) => return r,
+                    }
+                };
+                match self.controller.apply(cmd).await {
+                    Ok(done) => Reply::json(200, &done),
+                    Err(e) => Reply::from_control(e),
+                }
+            }
+            ["v1", "status"] | ["v1", "apps", _] | ["v1", "apps", _, "history" | "switch" | "rollback"] => {
+                Reply::error(405, "method_not_allowed", format!("{method} is not allowed on {path}"))
+            }
+            _ => Reply::error(404, "not_found", format!("no such endpoint: {method} {path}")),
+        }
+    }
+}
+
+fn command(
+    app: &str,
+    change: Change,
+    emergency: bool,
+    reason: Option<String>,
+    actor: Option<String>,
+    client: Option<IpAddr>,
+) -> Command {
+    Command {
+        app: app.to_string(),
+        change,
+        emergency,
+        reason: reason.filter(|r| !r.trim().is_empty()),
+        actor: actor.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "unknown".into()),
+        client: client.map(|c| c.to_string()),
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[async_trait]
+impl HttpServerApp for ControlApi {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut s: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match s.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                debug!("control API: cannot read request: {e}");
+                return None;
+            }
+        }
+        s.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let reply = self.handle(&mut s).await;
+        // Drain an unread body so the connection can be reused.
+        if !s.is_body_done() {
+            s.set_keepalive(None);
+        }
+        let mut header = ResponseHeader::build(reply.status, Some(3)).ok()?;
+        header.insert_header("Content-Type", "application/json").ok()?;
+        header.insert_header("Content-Length", reply.body.len()).ok()?;
+        header.insert_header("Cache-Control", "no-store").ok()?;
+        if s.write_response_header(Box::new(header)).await.is_err() {
+            return None;
+        }
+        if s.write_response_body(Bytes::from(reply.body), true).await.is_err() {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&s);
+        match s.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn query() {
+        assert_eq!(query_param("a=1&limit=5", "limit"), Some("5"));
+        assert_eq!(query_param("", "limit"), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! The data plane: pingora's `ProxyHttp` for the front door.
+//!
+//! Per request: `request_filter` loads the routing snapshot once and finds
+//! the app by Host (404 when none); `upstream_peer` asks the app for a color
+//! and the color's pool for an upstream; everything is carried in
+//! [`RequestCtx`], so later hooks never load the snapshot again. No lock and
+//! no I/O of ours on this path.
+//!
+//! Failure policy: a connect failure is retried once on another upstream of
+//! the *same* color when the method is idempotent; if no upstream of the live
+//! color can take the request, the client gets a 502 with a short body. The
+//! standby is never used behind the operator's back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bgproxy_control::api::Color;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+use tracing::{info, warn};
+
+use crate::routing::{Routing, Snapshot};
+
+/// How long to wait for an upstream's TCP handshake before trying another.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The front door's proxy logic.
+pub struct DataPlane {
+    routing: Routing,
+}
+
+impl DataPlane {
+    pub fn new(routing: Routing) -> Self {
+        DataPlane { routing }
+    }
+}
+
+/// What one request has been routed to.
+#[derive(Default)]
+pub struct RequestCtx {
+    /// The snapshot this request is routed by (loaded once).
+    snapshot: Option<Arc<Snapshot>>,
+    app: usize,
+    color: Option<Color>,
+    /// The upstream of the current attempt.
+    upstream: Option<SocketAddr>,
+    /// Set after the one retry has been granted.
+    retried: bool,
+}
+
+impl RequestCtx {
+    fn route(&self) -> Option<&crate::routing::AppRoute> {
+        self.snapshot.as_ref().and_then(|s| s.apps.get(self.app))
+    }
+}
+
+fn host_of(req: &RequestHeader) -> Option<&[u8]> {
+    req.headers
+        .get(http::header::HOST)
+        .map(|h| h.as_bytes())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+}
+
+#[async_trait]
+impl ProxyHttp for DataPlane {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snapshot = self.routing.load_full();
+        match snapshot.app_for_host(host_of(session.req_header())) {
+            Some(app) => {
+                ctx.app = app;
+                ctx.snapshot = Some(snapshot);
+                Ok(false)
+            }
+            None => {
+                // Never echo the client's Host back: it is untrusted input.
+                let body = Bytes::from_static(b"404 Not Found: no app is configured for this host\n");
+                session.respond_error_with_body(404, body).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request was not routed to an app"))?;
+        let color = route.color_for(session.req_header());
+        // On the retry, skip the upstream that just refused.
+        let exclude = if ctx.retried { ctx.upstream } else { None };
+        let pool = route.pool(color);
+        let pick = pool.pick(exclude).ok_or_else(|| {
+            let mut e = Error::explain(ErrorType::ConnectNoRoute, "no other upstream of the live color to try");
+            e.esource = ErrorSource::Upstream;
+            e
+        })?;
+        let addr = pick.upstream.addr;
+        if pool.panic_changed(pick.panic) {
+            if pick.panic {
+                warn!(app = %route.name, color = %color, "every upstream of the live color is down: routing to them anyway (panic mode)");
+            } else {
+                info!(app = %route.name, color = %color, "an upstream of the live color is up again: panic mode over");
+            }
+        }
+        ctx.color = Some(color);
+        ctx.upstream = Some(addr);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let others = ctx
+            .route()
+            .zip(ctx.color)
+            .is_some_and(|(r, c)| r.pool(c).upstreams.len() > 1);
+        let retry = !ctx.retried && others && session.req_header().method.is_idempotent();
+        ctx.retried |= retry;
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(PingoraAddr::Inet(client)) = session.client_addr() {
+            let ip = client.ip().to_string();
+            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prior) => format!("{prior}, {ip}"),
+                None => ip,
+            };
+            upstream_request.insert_header("X-Forwarded-For", xff)?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream_request.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
+        if let Some(host) = host_of(session.req_header()).map(|h| h.to_vec()) {
+            upstream_request.insert_header("X-Forwarded-Host", host)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code == 502 {
+            let who = match (ctx.route(), ctx.color) {
+                (Some(r), Some(c)) => format!("{} ({c})", r.name),
+                (Some(r), None) => r.name.to_string(),
+                _ => "this app".into(),
+            };
+            warn!(upstream = ?ctx.upstream, "502 for {who}: {e}");
+            let body = format!("502 Bad Gateway: no upstream of {who} could take the request\n");
+            let _ = session.respond_error_with_body(502, Bytes::from(body)).await;
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

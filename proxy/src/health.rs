@@ -1,0 +1,278 @@
+//! Active health checks and observed health.
+//!
+//! pingora-load-balancing's `HttpHealthCheck` does the probing (connect,
+//! `GET health.path`, read the status); we own the schedule and the state,
+//! because pingora's `Health` starts *healthy* before any check ran, and a
+//! switch must never go to a color that was never observed up.
+//!
+//! Per upstream: `unknown` from start until the first check completes, which
+//! sets `up` or `down` by its result; after that `rise` consecutive passes
+//! turn `down` into `up` and `fall` consecutive failures turn `up` into
+//! `down` ([`Tracker`]). The state lives in a [`HealthCell`] (atomics) read
+//! lock-free by the data plane and the control API.
+//!
+//! Flow: [`HealthService`] (a pingora `BackgroundService`) spawns one task per
+//! upstream of both colors of every app, each ticking at `interval`.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bgproxy_control::api::Health;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
+use pingora::lb::Backend;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tracing::{info, warn};
+
+use crate::config::HealthConfig;
+use crate::routing::{Routing, Upstream};
+
+/// Observed health of one upstream and since when, readable without a lock.
+#[derive(Debug)]
+pub struct HealthCell {
+    state: AtomicU8,
+    /// Unix milliseconds of the last change.
+    since_ms: AtomicU64,
+}
+
+impl Default for HealthCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HealthCell {
+    /// A new cell: `unknown` since now.
+    pub fn new() -> Self {
+        HealthCell {
+            state: AtomicU8::new(0),
+            since_ms: AtomicU64::new(now_ms()),
+        }
+    }
+
+    #[inline]
+    pub fn get(&self) -> Health {
+        match self.state.load(Ordering::Relaxed) {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// Sets the state; `since` moves only when the state changes.
+    pub fn set(&self, h: Health) {
+        let v = match h {
+            Health::Unknown => 0,
+            Health::Up => 1,
+            Health::Down => 2,
+        };
+        if self.state.swap(v, Ordering::Relaxed) != v {
+            self.since_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// When the current state began, as Unix milliseconds.
+    pub fn since_ms(&self) -> u64 {
+        self.since_ms.load(Ordering::Relaxed)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The rise/fall state machine of one upstream. Pure: fed check results,
+/// answers the new state when it changes.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    state: Health,
+    passes: u32,
+    fails: u32,
+    rise: u32,
+    fall: u32,
+}
+
+impl Tracker {
+    pub fn new(rise: u32, fall: u32) -> Self {
+        Tracker {
+            state: Health::Unknown,
+            passes: 0,
+            fails: 0,
+            rise,
+            fall,
+        }
+    }
+
+    /// Records one check result; returns the new state if it changed.
+    pub fn observe(&mut self, passed: bool) -> Option<Health> {
+        if passed {
+            self.passes += 1;
+            self.fails = 0;
+        } else {
+            self.fails += 1;
+            self.passes = 0;
+        }
+        let next = match self.state {
+            // The first completed check decides: a real observation beats unknown.
+            Health::Unknown if passed => Health::Up,
+            Health::Unknown => Health::Down,
+            Health::Down if self.passes >= self.rise => Health::Up,
+            Health::Up if self.fails >= self.fall => Health::Down,
+            s => s,
+        };
+        (next != self.state).then(|| {
+            self.state = next;
+            next
+        })
+    }
+}
+
+/// Builds pingora's HTTP probe for one app's health settings.
+fn probe(cfg: &HealthConfig, host: &str) -> HttpHealthCheck {
+    let mut hc = HttpHealthCheck::new(host, false);
+    // The path is validated by the config (starts with '/', no spaces), so
+    // building the request header cannot fail; fall back to "/" regardless.
+    if let Ok(mut req) = pingora::http::RequestHeader::build("GET", cfg.path.as_bytes(), None) {
+        let _ = req.append_header("Host", host);
+        let _ = req.append_header("User-Agent", "bgproxy-health");
+        hc.req = req;
+    }
+    hc.peer_template.options.connection_timeout = Some(cfg.timeout);
+    hc.peer_template.options.read_timeout = Some(cfg.timeout);
+    hc.peer_template.options.write_timeout = Some(cfg.timeout);
+    let expect = cfg.expect_status;
+    hc.validator = Some(Box::new(move |resp| {
+        if resp.status.as_u16() == expect {
+            Ok(())
+        } else {
+            pingora::Error::e_explain(
+                pingora::ErrorType::CustomCode("unexpected health status", resp.status.as_u16()),
+                format!("expected {expect}"),
+            )
+        }
+    }));
+    hc
+}
+
+/// One health-checked upstream: what a checker task needs.
+pub struct Target {
+    pub app: Arc<str>,
+    pub color: bgproxy_control::api::Color,
+    pub upstream: Arc<Upstream>,
+    pub config: HealthConfig,
+    /// Host header of the probe: the app's first host, else the upstream.
+    pub host: String,
+}
+
+/// Runs one upstream's checks until shutdown.
+pub async fn check_loop(t: Target, mut shutdown: ShutdownWatch) {
+    let hc = probe(&t.config, &t.host);
+    let backend = Backend {
+        addr: pingora::protocols::l4::socket::SocketAddr::Inet(t.upstream.addr),
+        weight: 1,
+        ext: Default::default(),
+    };
+    let mut tracker = Tracker::new(t.config.rise.get(), t.config.fall.get());
+    let mut tick = tokio::time::interval(t.config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        // A total deadline on top of pingora's per-operation timeouts.
+        let result = match tokio::time::timeout(t.config.timeout, hc.check(&backend)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", t.config.timeout)),
+        };
+        if let Some(h) = tracker.observe(result.is_ok()) {
+            t.upstream.health.set(h);
+            match (h, &result) {
+                (Health::Down, Err(why)) => warn!(app = %t.app, color = %t.color, upstream = %t.upstream.name, "upstream is DOWN: {why}"),
+                _ => info!(app = %t.app, color = %t.color, upstream = %t.upstream.name, "upstream is {h}"),
+            }
+        }
+    }
+}
+
+/// The background service that health-checks every upstream of every app.
+pub struct HealthService {
+    routing: Routing,
+    settings: Vec<(Arc<str>, HealthConfig, String)>,
+}
+
+impl HealthService {
+    /// `settings`: per app name, its health config and the probe's Host.
+    pub fn new(routing: Routing, settings: Vec<(Arc<str>, HealthConfig, String)>) -> Self {
+        HealthService { routing, settings }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let snapshot = self.routing.load_full();
+        let mut tasks = Vec::new();
+        for app in &snapshot.apps {
+            let Some((_, cfg, host)) = self.settings.iter().find(|(n, _, _)| *n == app.name) else {
+                continue;
+            };
+            for pool in &app.pools {
+                for u in pool.upstreams.iter() {
+                    let target = Target {
+                        app: app.name.clone(),
+                        color: pool.color,
+                        upstream: u.clone(),
+                        config: cfg.clone(),
+                        host: host.clone(),
+                    };
+                    tasks.push(tokio::spawn(check_loop(target, shutdown.clone())));
+                }
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn first_check_decides_then_thresholds() {
+        let mut t = Tracker::new(2, 3);
+        assert_eq!(t.observe(true), Some(Health::Up));
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.observe(true), None, "a pass resets the failure count");
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.observe(false), Some(Health::Down), "fall = 3 consecutive");
+        assert_eq!(t.observe(true), None);
+        assert_eq!(t.observe(true), Some(Health::Up), "rise = 2 consecutive");
+
+        let mut t = Tracker::new(2, 3);
+        assert_eq!(t.observe(false), Some(Health::Down));
+    }
+
+    #[test]
+    fn cell_since_moves_only_on_change() {
+        let c = HealthCell::new();
+        assert_eq!(c.get(), Health::Unknown);
+        c.set(Health::Up);
+        let since = c.since_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        c.set(Health::Up);
+        assert_eq!(c.since_ms(), since);
+        c.set(Health::Down);
+        assert!(c.since_ms() > since);
+    }
+}

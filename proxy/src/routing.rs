@@ -1,0 +1,313 @@
+//! The routing snapshot: everything the data plane needs to route one
+//! request, in one immutable value behind one `ArcSwap`.
+//!
+//! Facts that must change together (each app's live color, its pools, the
+//! host table, the generation) live in one [`Snapshot`]; the controller builds
+//! a new one for every change and `store`s it, so a reader sees either the
+//! old routing or the new one, never half of each.
+//!
+//! What is *not* in the immutable part: the observed health of each upstream
+//! and the round-robin cursor of each pool. They change on their own clock
+//! (health checks, requests), so they are atomics inside [`Pool`] and
+//! [`Upstream`], which are shared by `Arc` between successive snapshots: a
+//! switch does not reset health or the cursor.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bgproxy_control::api::{Color, Health};
+
+use crate::health::HealthCell;
+
+/// The shared, swappable routing table.
+pub type Routing = Arc<ArcSwap<Snapshot>>;
+
+/// One upstream server of one color.
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// `addr` as text, computed once (status, logs, metric labels).
+    pub name: Arc<str>,
+    pub health: HealthCell,
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr) -> Self {
+        Upstream {
+            addr,
+            name: addr.to_string().into(),
+            health: HealthCell::new(),
+        }
+    }
+}
+
+/// The upstreams of one color of one app, with a round-robin cursor.
+#[derive(Debug)]
+pub struct Pool {
+    pub color: Color,
+    pub upstreams: Box<[Arc<Upstream>]>,
+    next: AtomicUsize,
+    /// Whether the last pick was a panic pick: lets the data plane log the
+    /// transitions instead of every request.
+    panicking: AtomicBool,
+}
+
+/// The upstream [`Pool::pick`] chose.
+#[derive(Debug)]
+pub struct Pick<'a> {
+    pub upstream: &'a Arc<Upstream>,
+    /// Every eligible upstream was `down`: the pick ignores health (panic
+    /// routing) rather than refusing the request on a guess.
+    pub panic: bool,
+}
+
+impl Pool {
+    pub fn new(color: Color, upstreams: Vec<Arc<Upstream>>) -> Self {
+        Pool {
+            color,
+            upstreams: upstreams.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+            panicking: AtomicBool::new(false),
+        }
+    }
+
+    /// Round-robin over the `up` and `unknown` upstreams, skipping `exclude`
+    /// (the one that just refused a connection). When all candidates are
+    /// `down`, spread over them anyway (`panic: true`). `None` only when no
+    /// upstream is left after the exclusion.
+    ///
+    /// Lock-free and allocation-free: one `fetch_add` and a scan.
+    pub fn pick(&self, exclude: Option<SocketAddr>) -> Option<Pick<'_>> {
+        let n = self.upstreams.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let candidates = (0..n)
+            .map(|i| &self.upstreams[(start.wrapping_add(i)) % n])
+            .filter(|u| Some(u.addr) != exclude);
+        let mut fallback = None;
+        for u in candidates {
+            if u.health.get() != Health::Down {
+                return Some(Pick { upstream: u, panic: false });
+            }
+            fallback.get_or_insert(u);
+        }
+        fallback.map(|upstream| Pick { upstream, panic: true })
+    }
+
+    /// Records whether a pick was a panic pick; returns true when that differs
+    /// from the previous pick (entering or leaving panic mode).
+    #[inline]
+    pub fn panic_changed(&self, panic: bool) -> bool {
+        // A plain load first keeps the common case (no change) free of writes.
+        self.panicking.load(Ordering::Relaxed) != panic && self.panicking.swap(panic, Ordering::Relaxed) != panic
+    }
+
+    /// True when every upstream is observed `up`: the health gate of a switch.
+    pub fn all_up(&self) -> bool {
+        self.upstreams.iter().all(|u| u.health.get() == Health::Up)
+    }
+}
+
+/// One app's routing.
+#[derive(Debug, Clone)]
+pub struct AppRoute {
+    pub name: Arc<str>,
+    pub live: Color,
+    /// Pools indexed by [`Color::index`].
+    pub pools: [Arc<Pool>; 2],
+}
+
+impl AppRoute {
+    /// The color a request of this app goes to.
+    ///
+    /// Today the live color. A weighted split or a preview rule (header,
+    /// cookie) is added here, as data in `AppRoute` built with the snapshot;
+    /// the data plane only calls this.
+    #[inline]
+    pub fn color_for(&self, _req: &pingora::http::RequestHeader) -> Color {
+        self.live
+    }
+
+    pub fn pool(&self, color: Color) -> &Arc<Pool> {
+        &self.pools[color.index()]
+    }
+}
+
+/// The whole routing table at one instant.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases with every published change.
+    pub generation: u64,
+    pub apps: Vec<AppRoute>,
+    /// Lowercase host name -> index into `apps`.
+    hosts: HashMap<Box<str>, usize>,
+    /// The app without hosts, if any.
+    default_app: Option<usize>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot; `hosts[i]` are the host names of `apps[i]` (already
+    /// lowercase, validated unique by the config).
+    pub fn new(generation: u64, apps: Vec<AppRoute>, hosts: &[Vec<String>]) -> Self {
+        let mut table = HashMap::new();
+        let mut default_app = None;
+        for (i, names) in hosts.iter().enumerate() {
+            if names.is_empty() {
+                default_app = Some(i);
+            }
+            for h in names {
+                table.insert(h.as_str().into(), i);
+            }
+        }
+        Snapshot {
+            generation,
+            apps,
+            hosts: table,
+            default_app,
+        }
+    }
+
+    /// A copy with one app's live color changed and the generation bumped.
+    /// Pools are shared, so health and cursors carry over.
+    pub fn with_live(&self, app: usize, live: Color) -> Snapshot {
+        let mut apps = self.apps.clone();
+        apps[app].live = live;
+        Snapshot {
+            generation: self.generation + 1,
+            apps,
+            hosts: self.hosts.clone(),
+            default_app: self.default_app,
+        }
+    }
+
+    /// Index of the app named `name`.
+    pub fn app_index(&self, name: &str) -> Option<usize> {
+        self.apps.iter().position(|a| &*a.name == name)
+    }
+
+    /// The app serving `host` (a Host header or `:authority`, with or without
+    /// port, any case); the default app when no host matches.
+    ///
+    /// Allocation-free: lowercase hosts hit directly, others are lowercased
+    /// into a stack buffer.
+    pub fn app_for_host(&self, host: Option<&[u8]>) -> Option<usize> {
+        let Some(host) = host else {
+            return self.default_app;
+        };
+        let host = strip_port(host);
+        let found = match std::str::from_utf8(host) {
+            Ok(h) if !h.bytes().any(|b| b.is_ascii_uppercase()) => self.hosts.get(h).copied(),
+            Ok(_) if host.len() <= 253 => {
+                let mut buf = [0u8; 253];
+                let lower = &mut buf[..host.len()];
+                lower.copy_from_slice(host);
+                lower.make_ascii_lowercase();
+                std::str::from_utf8(lower).ok().and_then(|h| self.hosts.get(h).copied())
+            }
+            _ => None,
+        };
+        found.or(self.default_app)
+    }
+}
+
+/// `example.net:8080` -> `example.net`; `[::1]:80` -> `[::1]`; a trailing
+/// dot is dropped too (`example.net.`).
+fn strip_port(host: &[u8]) -> &[u8] {
+    let host = if host.first() == Some(&b'[') {
+        match host.iter().position(|&b| b == b']') {
+            Some(end) => &host[..=end],
+            None => host,
+        }
+    } else {
+        match host.iter().rposition(|&b| b == b':') {
+            Some(colon) => &host[..colon],
+            None => host,
+        }
+    };
+    host.strip_suffix(b".").unwrap_or(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: u16) -> Pool {
+        Pool::new(
+            Color::Blue,
+            (0..n)
+                .map(|i| Arc::new(Upstream::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i)))))
+                .collect(),
+        )
+    }
+
+    fn port(p: Option<Pick<'_>>) -> (u16, bool) {
+        let p = p.expect("a pick");
+        (p.upstream.addr.port(), p.panic)
+    }
+
+    #[test]
+    fn round_robin_skips_down_and_panics_when_all_down() {
+        let p = pool(3);
+        let seq: Vec<u16> = (0..6).map(|_| port(p.pick(None)).0).collect();
+        assert_eq!(seq, [1000, 1001, 1002, 1000, 1001, 1002]);
+
+        p.upstreams[1].health.set(Health::Down);
+        let seq: Vec<u16> = (0..4).map(|_| port(p.pick(None)).0).collect();
+        assert!(!seq.contains(&1001), "{seq:?}");
+
+        for u in p.upstreams.iter() {
+            u.health.set(Health::Down);
+        }
+        let picks: Vec<(u16, bool)> = (0..3).map(|_| port(p.pick(None))).collect();
+        assert!(picks.iter().all(|(_, panic)| *panic));
+        assert_eq!(picks.iter().map(|p| p.0).collect::<std::collections::HashSet<_>>().len(), 3);
+    }
+
+    #[test]
+    fn exclusion_for_retries() {
+        let p = pool(2);
+        let ex = p.upstreams[0].addr;
+        for _ in 0..4 {
+            assert_eq!(port(p.pick(Some(ex))).0, 1001);
+        }
+        let single = pool(1);
+        assert!(single.pick(Some(single.upstreams[0].addr)).is_none());
+    }
+
+    #[test]
+    fn all_up_needs_every_upstream_observed_up() {
+        let p = pool(2);
+        assert!(!p.all_up(), "unknown is not healthy");
+        p.upstreams[0].health.set(Health::Up);
+        assert!(!p.all_up());
+        p.upstreams[1].health.set(Health::Up);
+        assert!(p.all_up());
+    }
+
+    #[test]
+    fn host_lookup() {
+        let route = |name: &str| AppRoute {
+            name: name.into(),
+            live: Color::Blue,
+            pools: [Arc::new(pool(1)), Arc::new(pool(1))],
+        };
+        let s = Snapshot::new(1, vec![route("a"), route("b")], &[vec!["a.example".into()], vec![]]);
+        assert_eq!(s.app_for_host(Some(b"a.example")), Some(0));
+        assert_eq!(s.app_for_host(Some(b"A.Example:8080")), Some(0));
+        assert_eq!(s.app_for_host(Some(b"a.example.")), Some(0));
+        assert_eq!(s.app_for_host(Some(b"other")), Some(1));
+        assert_eq!(s.app_for_host(None), Some(1));
+        assert_eq!(s.app_for_host(Some(&[0xff, 0xfe])), Some(1));
+        let s = Snapshot::new(1, vec![route("a")], &[vec!["a.example".into()]]);
+        assert_eq!(s.app_for_host(Some(b"b.example")), None);
+        assert_eq!(s.app_for_host(Some(b"[::1]:80")), None);
+        let s2 = s.with_live(0, Color::Green);
+        assert_eq!((s2.generation, s2.apps[0].live, s.apps[0].live), (2, Color::Green, Color::Blue));
+        assert!(Arc::ptr_eq(&s.apps[0].pools[0], &s2.apps[0].pools[0]));
+    }
+}

@@ -1,0 +1,376 @@
+//! The state store: which color is live per app, switch counts and history,
+//! in one JSON file written atomically and durably.
+//!
+//! Write: serialise -> `state.json.tmp` -> `sync_all` -> hard-link the current
+//! file as `state.json.prev` (atomically replacing the older one) -> rename
+//! the temp file over `state.json` -> fsync the directory. At every instant
+//! `state.json` is a complete file, old or new; after the directory fsync the
+//! new one survives power loss.
+//!
+//! Read at start ([`StateStore::load`]): a missing file is a first start; a
+//! corrupt or unreadable one is moved aside as `state.json.corrupt-<time>`
+//! (never deleted), and the previous good copy is used where there is one.
+//! The front door comes up either way; the caller logs every [`Recovery`].
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bgproxy_control::api::{Color, HistoryEntry};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The version this build writes. Every version ever written must stay
+/// loadable (see the compat test below).
+pub const STATE_VERSION: u32 = 1;
+
+/// How many history entries are kept per app.
+pub const HISTORY_LIMIT: usize = 200;
+
+/// The state file's content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    /// Per app name. Apps removed from the config keep their record.
+    pub apps: BTreeMap<String, AppState>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            version: STATE_VERSION,
+            apps: BTreeMap::new(),
+        }
+    }
+}
+
+/// One app's persisted state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppState {
+    pub live: Color,
+    pub switch_count: u64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_switch: Option<OffsetDateTime>,
+    /// Oldest first, at most [`HISTORY_LIMIT`].
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+impl AppState {
+    pub fn new(live: Color) -> Self {
+        AppState {
+            live,
+            switch_count: 0,
+            last_switch: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// Records a change of the live color.
+    pub fn record(&mut self, entry: HistoryEntry) {
+        self.live = entry.to;
+        self.switch_count += 1;
+        self.last_switch = Some(entry.time);
+        self.history.push(entry);
+        if self.history.len() > HISTORY_LIMIT {
+            let extra = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..extra);
+        }
+    }
+}
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("failed to persist state to {path}: {source}")]
+    Persist {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to read state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {path} is not valid: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// Something that went wrong while loading, and what was done about it.
+#[derive(Debug)]
+pub struct Recovery {
+    pub problem: StateError,
+    /// Where the bad file was moved, if it was.
+    pub moved_to: Option<PathBuf>,
+    /// Where the state was recovered from (`state.json.prev`), if anywhere.
+    pub recovered_from: Option<PathBuf>,
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.problem)?;
+        match &self.moved_to {
+            Some(p) => write!(f, "; moved it aside to {}", p.display())?,
+            None => write!(f, "; could not move it aside")?,
+        }
+        match &self.recovered_from {
+            Some(p) => write!(f, "; recovered from {}", p.display()),
+            None => write!(f, "; starting from initial_live"),
+        }
+    }
+}
+
+/// The state file on disk.
+#[derive(Clone, Debug)]
+pub struct StateStore {
+    path: PathBuf,
+    prev: PathBuf,
+    tmp: PathBuf,
+    dir: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(path: &Path) -> Self {
+        let with = |suffix: &str| {
+            let mut s = path.as_os_str().to_owned();
+            s.push(suffix);
+            PathBuf::from(s)
+        };
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        StateStore {
+            path: path.to_path_buf(),
+            prev: with(".prev"),
+            tmp: with(".tmp"),
+            dir,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Loads the state, recovering from a bad file as described in the module
+    /// docs. Never fails: problems are returned for the caller to log.
+    pub fn load(&self) -> (State, Vec<Recovery>) {
+        let mut recoveries = Vec::new();
+        match read(&self.path) {
+            Ok(Some(s)) => return (s, recoveries),
+            Ok(None) => {}
+            Err(problem) => {
+                let moved_to = self.move_aside();
+                recoveries.push(Recovery {
+                    problem,
+                    moved_to,
+                    recovered_from: None,
+                });
+            }
+        }
+        // Missing or bad: the previous good copy, if any.
+        match read(&self.prev) {
+            Ok(Some(s)) => {
+                if let Some(r) = recoveries.last_mut() {
+                    r.recovered_from = Some(self.prev.clone());
+                }
+                (s, recoveries)
+            }
+            Ok(None) => (State::default(), recoveries),
+            Err(problem) => {
+                recoveries.push(Recovery {
+                    problem,
+                    moved_to: None,
+                    recovered_from: None,
+                });
+                (State::default(), recoveries)
+            }
+        }
+    }
+
+    /// Renames the bad file to `state.json.corrupt-<UTC time>`, keeping it.
+    fn move_aside(&self) -> Option<PathBuf> {
+        let stamp = OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+            ))
+            .unwrap_or_else(|_| "unknown-time".into());
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".corrupt-{stamp}"));
+        let to = PathBuf::from(name);
+        fs::rename(&self.path, &to).ok().map(|_| to)
+    }
+
+    /// Writes `state` durably: when this returns `Ok`, the new state survives
+    /// `kill -9` and power loss. On error the old file is untouched.
+    pub fn persist(&self, state: &State) -> Result<(), StateError> {
+        let err = |source| StateError::Persist {
+            path: self.path.clone(),
+            source,
+        };
+        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| err(e.into()))?;
+        bytes.push(b'\n');
+        let mut f = File::create(&self.tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        // Keep the current good file as .prev: link it under a temporary name
+        // and rename that over .prev, so .prev is always whole too.
+        let prev_tmp = {
+            let mut s = self.prev.as_os_str().to_owned();
+            s.push(".tmp");
+            PathBuf::from(s)
+        };
+        let _ = fs::remove_file(&prev_tmp);
+        match fs::hard_link(&self.path, &prev_tmp) {
+            Ok(()) => fs::rename(&prev_tmp, &self.prev).map_err(err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        fs::rename(&self.tmp, &self.path).map_err(err)?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
+        Ok(())
+    }
+}
+
+/// `Ok(None)` when the file does not exist.
+fn read(path: &Path) -> Result<Option<State>, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    parse(&bytes).map(Some).map_err(|reason| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Parses any version of the state file this build knows.
+pub fn parse(bytes: &[u8]) -> Result<State, String> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: Option<u32>,
+    }
+    let v: Versioned = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    match v.version {
+        Some(1) => serde_json::from_slice::<State>(bytes).map_err(|e| e.to_string()),
+        Some(n) => Err(format!(
+            "unsupported state version {n} (this bgproxy reads version {STATE_VERSION}); was it written by a newer bgproxy?"
+        )),
+        None => Err("missing \"version\" field".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bgproxy_control::api::SwitchKind;
+
+    fn entry(to: Color) -> HistoryEntry {
+        HistoryEntry {
+            time: OffsetDateTime::now_utc(),
+            from: to.other(),
+            to,
+            kind: SwitchKind::Switch,
+            reason: Some("test".into()),
+            actor: "me@here".into(),
+            client: None,
+        }
+    }
+
+    #[test]
+    fn persist_then_load_keeps_prev() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(&dir.path().join("state.json"));
+        let (mut s, rec) = store.load();
+        assert!(rec.is_empty());
+        assert_eq!(s, State::default());
+        s.apps.insert("web".into(), AppState::new(Color::Blue));
+        store.persist(&s).unwrap();
+        let first = s.clone();
+        s.apps.get_mut("web").unwrap().record(entry(Color::Green));
+        store.persist(&s).unwrap();
+        assert_eq!(store.load().0, s);
+        assert_eq!(read(&dir.path().join("state.json.prev")).unwrap().unwrap(), first);
+        assert!(!dir.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_and_prev_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let store = StateStore::new(&path);
+        let mut s = State::default();
+        s.apps.insert("web".into(), AppState::new(Color::Green));
+        store.persist(&s).unwrap();
+        store.persist(&s).unwrap();
+        fs::write(&path, b"{\"version\": 1, \"apps\": {tru").unwrap();
+        let (loaded, rec) = store.load();
+        assert_eq!(loaded, s);
+        assert_eq!(rec.len(), 1);
+        let moved = rec[0].moved_to.clone().unwrap();
+        assert_eq!(fs::read(&moved).unwrap(), b"{\"version\": 1, \"apps\": {tru");
+        assert!(rec[0].to_string().contains("recovered from"), "{}", rec[0]);
+    }
+
+    #[test]
+    fn corrupt_without_prev_starts_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, b"garbage").unwrap();
+        let (loaded, rec) = StateStore::new(&path).load();
+        assert_eq!(loaded, State::default());
+        assert!(rec[0].to_string().contains("starting from initial_live"));
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn future_version_is_refused() {
+        let e = parse(br#"{"version": 9, "apps": {}}"#).unwrap_err();
+        assert!(e.contains("unsupported state version 9"), "{e}");
+    }
+
+    /// Every state version ever written must stay loadable.
+    #[test]
+    fn loads_version_1() {
+        let v1 = br#"{
+  "version": 1,
+  "apps": {
+    "attendant": {
+      "live": "green",
+      "switch_count": 6,
+      "last_switch": "2025-10-25T12:30:00Z",
+      "history": [
+        {"time": "2025-10-25T12:30:00Z", "from": "blue", "to": "green", "kind": "switch",
+         "reason": "release 42", "actor": "ops@lb1", "client": "127.0.0.1"},
+        {"time": "2025-10-25T12:00:00Z", "from": "green", "to": "blue", "kind": "emergency",
+         "actor": "unknown"}
+      ]
+    }
+  }
+}"#;
+        let s = parse(v1).unwrap();
+        let a = &s.apps["attendant"];
+        assert_eq!((a.live, a.switch_count, a.history.len()), (Color::Green, 6, 2));
+        assert_eq!(a.history[1].kind, SwitchKind::Emergency);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut a = AppState::new(Color::Blue);
+        for i in 0..(HISTORY_LIMIT + 10) {
+            a.record(entry(if i % 2 == 0 { Color::Green } else { Color::Blue }));
+        }
+        assert_eq!(a.history.len(), HISTORY_LIMIT);
+        assert_eq!(a.switch_count as usize, HISTORY_LIMIT + 10);
+    }
+}
