@@ -1,1 +1,401 @@
-//! placeholder
+//! End-to-end test harness: real `bgproxy` and `bgctl` binaries, real HTTP
+//! backends, everything on 127.0.0.1 with ports the OS picks.
+//!
+//! - [`Backend`]: a small threaded HTTP/1.1 server (keep-alive) that answers
+//!   `/health` with a status the test controls (or hangs), and any other path
+//!   with a JSON echo of what it received plus its color.
+//! - [`Daemon`]: writes a config into a temp dir, runs `bgproxy`, waits for
+//!   its control API, kills it on drop.
+//! - [`wait_until`]: readiness by polling with a deadline, never a bare sleep.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`);
+//! `cargo test --workspace` builds them.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Path of a workspace binary, built by `cargo test --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `cargo test --workspace` so the binaries are built",
+        path.display()
+    );
+    path
+}
+
+/// Polls `f` every 20ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A port that was free a moment ago (bind 127.0.0.1:0, then release).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct BackendState {
+    color: String,
+    health_status: AtomicU16,
+    health_hangs: AtomicBool,
+    stopped: AtomicBool,
+    hits: AtomicU64,
+    conns: Mutex<Vec<TcpStream>>,
+}
+
+/// A real HTTP backend on 127.0.0.1.
+pub struct Backend {
+    pub addr: SocketAddr,
+    state: Arc<BackendState>,
+}
+
+impl Backend {
+    /// Starts a backend of `color` (the name it answers with).
+    pub fn start(color: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(BackendState {
+            color: color.to_string(),
+            health_status: AtomicU16::new(200),
+            health_hangs: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            conns: Mutex::new(Vec::new()),
+        });
+        let st = state.clone();
+        thread::spawn(move || loop {
+            if st.stopped.load(Ordering::SeqCst) {
+                return; // drops the listener: new connections are refused
+            }
+            match listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    if let Ok(c) = s.try_clone() {
+                        st.conns.lock().unwrap().push(c);
+                    }
+                    let st = st.clone();
+                    thread::spawn(move || serve(s, st));
+                }
+                Err(_) => thread::sleep(Duration::from_millis(2)),
+            }
+        });
+        Backend { addr, state }
+    }
+
+    /// Makes `/health` answer `status`.
+    pub fn set_health(&self, status: u16) {
+        self.state.health_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Makes `/health` never answer (the check stays in flight).
+    pub fn hang_health(&self) {
+        self.state.health_hangs.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests served other than `/health`.
+    pub fn hits(&self) -> u64 {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Closes the port and every open connection: the backend is gone.
+    pub fn stop(&self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        for c in self.state.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        wait_until(Duration::from_secs(2), || TcpStream::connect(self.addr).is_err());
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(stream: TcpStream, st: Arc<BackendState>) {
+    let mut out = match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let mut headers = BTreeMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let (status, payload) = if target == "/health" {
+            if st.health_hangs.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_secs(3600));
+            }
+            (st.health_status.load(Ordering::SeqCst), b"health\n".to_vec())
+        } else {
+            st.hits.fetch_add(1, Ordering::SeqCst);
+            let echo = json!({
+                "color": st.color,
+                "method": method,
+                "target": target,
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+            });
+            (200, serde_json::to_vec(&echo).unwrap())
+        };
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\nX-Color: {}\r\n\r\n",
+            payload.len(),
+            st.color
+        );
+        if out.write_all(head.as_bytes()).and_then(|_| out.write_all(&payload)).is_err() {
+            return;
+        }
+        if headers.get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) {
+            return;
+        }
+    }
+}
+
+/// One `[[app]]` of a test config.
+#[derive(Clone, Debug)]
+pub struct AppSpec {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub blue: Vec<SocketAddr>,
+    pub green: Vec<SocketAddr>,
+    /// Lines of `[app.health]`; defaults to a fast check.
+    pub health: String,
+}
+
+impl AppSpec {
+    pub fn new(name: &str, blue: &[&Backend], green: &[&Backend]) -> AppSpec {
+        AppSpec {
+            name: name.into(),
+            hosts: Vec::new(),
+            blue: blue.iter().map(|b| b.addr).collect(),
+            green: green.iter().map(|b| b.addr).collect(),
+            health: "interval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 2\n".into(),
+        }
+    }
+
+    pub fn hosts(mut self, hosts: &[&str]) -> Self {
+        self.hosts = hosts.iter().map(|h| h.to_string()).collect();
+        self
+    }
+
+    pub fn health(mut self, lines: &str) -> Self {
+        self.health = lines.into();
+        self
+    }
+}
+
+/// A running `bgproxy` with its own temp dir, ports and config.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub proxy: SocketAddr,
+    pub control: SocketAddr,
+    pub token: Option<String>,
+    child: Option<Child>,
+    http: reqwest::blocking::Client,
+}
+
+impl Daemon {
+    /// Starts bgproxy with `apps`, no token (loopback-only control).
+    pub fn start(apps: &[AppSpec]) -> Daemon {
+        Self::start_with(apps, None)
+    }
+
+    /// Starts bgproxy with `apps` and, if given, a control token.
+    pub fn start_with(apps: &[AppSpec], token: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut toml = format!(
+            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"0s\"\nshutdown_timeout = \"1s\"\n\n\
+             [control]\nlisten = \"{control}\"\n"
+        );
+        if let Some(t) = token {
+            std::fs::write(dir.path().join("token"), format!("{t}\n")).unwrap();
+            toml.push_str("token_file = \"token\"\n");
+        }
+        toml.push_str("\n[state]\npath = \"state/state.json\"\n");
+        for a in apps {
+            let list = |v: &[SocketAddr]| v.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+            toml.push_str(&format!("\n[[app]]\nname = \"{}\"\n", a.name));
+            if !a.hosts.is_empty() {
+                let hosts = a.hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+                toml.push_str(&format!("hosts = [{hosts}]\n"));
+            }
+            toml.push_str(&format!(
+                "[app.health]\n{}\n[app.blue]\nupstreams = [{}]\n[app.green]\nupstreams = [{}]\n",
+                a.health,
+                list(&a.blue),
+                list(&a.green)
+            ));
+        }
+        let config = dir.path().join("bgproxy.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut d = Daemon {
+            dir,
+            config,
+            proxy,
+            control,
+            token: token.map(String::from),
+            child: None,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bgproxy.log")).unwrap_or_default()
+    }
+
+    /// Starts the process and waits until the control API answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("bgproxy.log"))
+            .unwrap();
+        let child = Command::new(bin("bgproxy"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let up = wait_until(Duration::from_secs(20), || {
+            self.http.get(self.url("/v1/status")).send().is_ok_and(|r| r.status() == 200)
+        });
+        assert!(up, "bgproxy did not come up; log:\n{}", self.log());
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.control, path)
+    }
+
+    /// A control API call; returns status and JSON body.
+    pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().expect("control API reachable");
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// `POST /v1/apps/{app}/switch`.
+    pub fn switch(&self, app: &str, to: &str) -> (u16, Value) {
+        self.api("POST", &format!("/v1/apps/{app}/switch"), Some(json!({"to": to, "actor": "e2e"})))
+    }
+
+    /// `GET /v1/apps/{app}`.
+    pub fn app(&self, app: &str) -> Value {
+        let (s, v) = self.api("GET", &format!("/v1/apps/{app}"), None);
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// Waits until every upstream of `color` of `app` is observed `health`.
+    pub fn wait_health(&self, app: &str, color: &str, health: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            let a = self.app(app);
+            a["colors"][color]["upstreams"]
+                .as_array()
+                .is_some_and(|u| u.iter().all(|u| u["health"] == health))
+        })
+    }
+
+    /// A GET through the front door with `host`; returns status and body.
+    pub fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .get(format!("http://{}{}", self.proxy, path))
+            .header("Host", host)
+            .send()
+            .expect("front door reachable");
+        (resp.status().as_u16(), resp.text().unwrap_or_default())
+    }
+
+    /// The color that answered a GET of `/` for `host`.
+    pub fn color_of(&self, host: &str) -> String {
+        let (s, body) = self.get(host, "/");
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["color"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

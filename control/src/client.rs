@@ -1,0 +1,142 @@
+//! A typed, blocking client of the control API, used by `bgctl` and usable by
+//! other tools. Every call returns the API's own types or a [`ClientError`]
+//! that says whether the daemon could not be reached, refused the token, or
+//! answered with an error.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{
+    ApiError, AppStatus, HistoryResponse, RollbackRequest, StatusResponse, SwitchRequest,
+    SwitchResponse,
+};
+
+/// Errors of a control API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the bgproxy control API at {addr}: {reason} (is bgproxy running? set --addr or BGCTL_ADDR)")]
+    Unreachable { addr: String, reason: String },
+    #[error("the control API at {addr} refused the token: {message} (set --token-file or BGCTL_TOKEN)")]
+    Unauthorized { addr: String, message: String },
+    #[error("{}", .error.error)]
+    Api { status: u16, error: ApiError },
+    #[error("unexpected answer from {addr}: {reason}")]
+    Protocol { addr: String, reason: String },
+}
+
+/// A client of one bgproxy control API.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    /// `base` is like `http://127.0.0.1:9900`; `token` is the bearer token
+    /// for mutating calls.
+    pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Client, ClientError> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| ClientError::Protocol {
+                addr: base.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    /// The address calls go to.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/status", None::<&()>)
+    }
+
+    pub fn app(&self, app: &str) -> Result<AppStatus, ClientError> {
+        self.call(reqwest::Method::GET, &format!("/v1/apps/{app}"), None::<&()>)
+    }
+
+    pub fn history(&self, app: &str, limit: Option<usize>) -> Result<HistoryResponse, ClientError> {
+        let q = limit.map(|l| format!("?limit={l}")).unwrap_or_default();
+        self.call(reqwest::Method::GET, &format!("/v1/apps/{app}/history{q}"), None::<&()>)
+    }
+
+    pub fn switch(&self, app: &str, req: &SwitchRequest) -> Result<SwitchResponse, ClientError> {
+        self.call(reqwest::Method::POST, &format!("/v1/apps/{app}/switch"), Some(req))
+    }
+
+    pub fn rollback(&self, app: &str, req: &RollbackRequest) -> Result<SwitchResponse, ClientError> {
+        self.call(reqwest::Method::POST, &format!("/v1/apps/{app}/rollback"), Some(req))
+    }
+
+    /// One call; the raw JSON of the answer is kept for `--json`.
+    pub fn call<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let text = self.call_raw(method, path, body)?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
+            addr: self.base.clone(),
+            reason: format!("{e} in {text:.200}"),
+        })
+    }
+
+    /// One call returning the answer's JSON text unparsed (for `--json`).
+    pub fn call_raw<B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<String, ClientError> {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().map_err(|e| ClientError::Unreachable {
+            addr: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().map_err(|e| ClientError::Unreachable {
+            addr: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        if (200..300).contains(&status) {
+            return Ok(text);
+        }
+        let error: ApiError = serde_json::from_str(&text).unwrap_or(ApiError {
+            error: format!("HTTP {status}: {text:.200}"),
+            code: "http_error".into(),
+        });
+        if status == 401 || status == 403 {
+            return Err(ClientError::Unauthorized {
+                addr: self.base.clone(),
+                message: error.error,
+            });
+        }
+        Err(ClientError::Api { status, error })
+    }
+}
+
+/// The innermost cause: "Connection refused (os error 111)" rather than
+/// reqwest's "error sending request for url".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

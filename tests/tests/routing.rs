@@ -1,0 +1,161 @@
+//! The data plane end to end: cutover under load, multi-app routing by Host,
+//! forwarding, retries and the 502 that never falls back to the standby.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bgproxy_e2e::{AppSpec, Backend, Daemon};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Several keep-alive clients send requests while the live color is switched
+/// dozens of times: zero failures, both colors served, and after the last
+/// switch every request goes to the final color.
+#[test]
+fn flip_under_load_loses_nothing() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
+    assert!(d.wait_health("web", "green", "up", T) && d.wait_health("web", "blue", "up", T));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sent = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let url = format!("http://{}/load", d.proxy);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, failures, sent, seen, url) = (stop.clone(), failures.clone(), sent.clone(), seen.clone(), url.clone());
+            thread::spawn(move || {
+                // One client each: its connection is kept alive across switches.
+                let c = reqwest::blocking::Client::new();
+                let started = Instant::now();
+                // Bounded in count and time.
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(60) {
+                        break;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match c.get(&url).send() {
+                        Ok(r) if r.status() == 200 => {
+                            if let Some(color) = r.headers().get("x-color").and_then(|v| v.to_str().ok()) {
+                                seen.lock().unwrap().insert(color.to_string());
+                            }
+                        }
+                        Ok(r) => failures.lock().unwrap().push(format!("status {}", r.status())),
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut to = "green";
+    for _ in 0..40 {
+        let (s, v) = d.switch("web", to);
+        assert_eq!(s, 200, "{v}");
+        to = if to == "green" { "blue" } else { "green" };
+        thread::sleep(Duration::from_millis(25));
+    }
+    // 40 switches from blue end on blue... make the final color green.
+    let (s, v) = d.switch("web", "green");
+    assert_eq!(s, 200, "{v}");
+    thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), sent.load(Ordering::Relaxed), &failures[..failures.len().min(5)]);
+    assert!(sent.load(Ordering::Relaxed) > 100, "too little load to mean anything");
+    assert_eq!(seen.lock().unwrap().len(), 2, "both colors served");
+    // Fresh and kept-alive connections alike now go to green.
+    let c = reqwest::blocking::Client::new();
+    for _ in 0..20 {
+        let r = c.get(&url).send().unwrap();
+        assert_eq!(r.headers()["x-color"], "green");
+        assert_eq!(d.color_of("any"), "green");
+    }
+    assert_eq!(d.app("web")["switch_count"], 41);
+}
+
+/// Two apps by Host switch independently; an unknown Host gets 404 when no
+/// app is the default.
+#[test]
+fn apps_are_routed_by_host_and_switch_independently() {
+    let (b1, g1, b2, g2) = (Backend::start("a-blue"), Backend::start("a-green"), Backend::start("b-blue"), Backend::start("b-green"));
+    let d = Daemon::start(&[
+        AppSpec::new("a", &[&b1], &[&g1]).hosts(&["a.example.net"]),
+        AppSpec::new("b", &[&b2], &[&g2]).hosts(&["b.example.net", "www.b.example.net"]),
+    ]);
+    assert_eq!(d.color_of("a.example.net"), "a-blue");
+    assert_eq!(d.color_of("B.Example.NET:8080"), "b-blue");
+    assert!(d.wait_health("b", "green", "up", T));
+    assert_eq!(d.switch("b", "green").0, 200);
+    assert_eq!(d.color_of("www.b.example.net"), "b-green");
+    assert_eq!(d.color_of("a.example.net"), "a-blue");
+    assert_eq!(d.app("a")["live"], "blue");
+
+    let (s, body) = d.get("evil.example.org", "/");
+    assert_eq!(s, 404);
+    assert!(body.contains("no app is configured for this host"), "{body}");
+    assert!(!body.contains("evil"), "the Host is not echoed");
+}
+
+/// Method, path, query, headers and body reach the upstream unchanged, with
+/// X-Forwarded-For/Proto/Host added.
+#[test]
+fn forwards_unchanged_with_x_forwarded_headers() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g]).hosts(&["shop.example.net"])]);
+    let resp = reqwest::blocking::Client::new()
+        .put(format!("http://{}/cart/items?id=42&q=a%20b", d.proxy))
+        .header("Host", "shop.example.net")
+        .header("X-Custom", "kept")
+        .header("X-Forwarded-For", "203.0.113.9")
+        .body("the body")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().unwrap();
+    assert_eq!(echo["method"], "PUT");
+    assert_eq!(echo["target"], "/cart/items?id=42&q=a%20b");
+    assert_eq!(echo["body"], "the body");
+    let h = &echo["headers"];
+    assert_eq!(h["host"], "shop.example.net");
+    assert_eq!(h["x-custom"], "kept");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example.net");
+}
+
+/// An upstream that refuses connections: idempotent requests are retried on
+/// another upstream of the same color; when no upstream of the live color can
+/// take the request the client gets a 502 and the standby is never used.
+#[test]
+fn refused_upstream_is_retried_then_502_never_standby() {
+    let (b1, b2, g) = (Backend::start("blue"), Backend::start("blue"), Backend::start("green"));
+    // Checks so rare that the stopped upstream still counts as up.
+    let slow = "interval = \"1h\"\ntimeout = \"1s\"\n";
+    let d = Daemon::start(&[AppSpec::new("web", &[&b1, &b2], &[&g]).health(slow)]);
+    assert!(d.wait_health("web", "blue", "up", T));
+    b1.stop();
+    for _ in 0..10 {
+        let (s, body) = d.get("x", "/");
+        assert_eq!(s, 200, "GET retried on the other blue upstream: {body}");
+    }
+    // A POST is not retried: some of them hit the dead upstream and get 502.
+    let c = reqwest::blocking::Client::new();
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| c.post(format!("http://{}/order", d.proxy)).body("x").send().unwrap().status().as_u16())
+        .collect();
+    assert!(statuses.contains(&502) && statuses.contains(&200), "{statuses:?}");
+
+    b2.stop();
+    let (s, body) = d.get("x", "/");
+    assert_eq!(s, 502);
+    assert!(body.contains("no upstream of web (blue)"), "{body}");
+    assert_eq!(g.hits(), 0, "the standby never took traffic");
+}
