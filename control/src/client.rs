@@ -18,7 +18,9 @@ use crate::api::{
 pub enum ClientError {
     #[error("cannot reach the bgproxy control API at {addr}: {reason} (is bgproxy running? set --addr or BGCTL_ADDR)")]
     Unreachable { addr: String, reason: String },
-    #[error("the control API at {addr} refused the token: {message} (set --token-file or BGCTL_TOKEN)")]
+    #[error(
+        "the control API at {addr} refused the token: {message} (set --token-file or BGCTL_TOKEN)"
+    )]
     Unauthorized { addr: String, message: String },
     #[error("{}", .error.error)]
     Api { status: u16, error: ApiError },
@@ -36,7 +38,11 @@ pub struct Client {
 impl Client {
     /// `base` is like `http://127.0.0.1:9900`; `token` is the bearer token
     /// for mutating calls.
-    pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Client, ClientError> {
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
         let http = reqwest::blocking::Client::builder()
             .timeout(timeout)
             .build()
@@ -61,20 +67,40 @@ impl Client {
     }
 
     pub fn app(&self, app: &str) -> Result<AppStatus, ClientError> {
-        self.call(reqwest::Method::GET, &format!("/v1/apps/{app}"), None::<&()>)
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/apps/{app}"),
+            None::<&()>,
+        )
     }
 
     pub fn history(&self, app: &str, limit: Option<usize>) -> Result<HistoryResponse, ClientError> {
         let q = limit.map(|l| format!("?limit={l}")).unwrap_or_default();
-        self.call(reqwest::Method::GET, &format!("/v1/apps/{app}/history{q}"), None::<&()>)
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/apps/{app}/history{q}"),
+            None::<&()>,
+        )
     }
 
     pub fn switch(&self, app: &str, req: &SwitchRequest) -> Result<SwitchResponse, ClientError> {
-        self.call(reqwest::Method::POST, &format!("/v1/apps/{app}/switch"), Some(req))
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/switch"),
+            Some(req),
+        )
     }
 
-    pub fn rollback(&self, app: &str, req: &RollbackRequest) -> Result<SwitchResponse, ClientError> {
-        self.call(reqwest::Method::POST, &format!("/v1/apps/{app}/rollback"), Some(req))
+    pub fn rollback(
+        &self,
+        app: &str,
+        req: &RollbackRequest,
+    ) -> Result<SwitchResponse, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/rollback"),
+            Some(req),
+        )
     }
 
     /// One call; the raw JSON of the answer is kept for `--json`.

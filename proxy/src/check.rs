@@ -12,7 +12,9 @@ use crate::state;
 pub fn check(path: &Path) -> Result<Config, Vec<String>> {
     let config = match Config::load(path) {
         Ok(c) => c,
-        Err(ConfigError::Invalid(problems)) => return Err(problems.iter().map(|p| p.to_string()).collect()),
+        Err(ConfigError::Invalid(problems)) => {
+            return Err(problems.iter().map(|p| p.to_string()).collect())
+        }
         Err(e) => return Err(vec![e.to_string()]),
     };
     let mut problems = Vec::new();
@@ -28,7 +30,10 @@ pub fn check(path: &Path) -> Result<Config, Vec<String>> {
         ] {
             match std::fs::read_to_string(file) {
                 Ok(text) if text.contains(marker) => {}
-                Ok(_) => problems.push(format!("{what}: {} is not a PEM file with a {marker} block", file.display())),
+                Ok(_) => problems.push(format!(
+                    "{what}: {} is not a PEM file with a {marker} block",
+                    file.display()
+                )),
                 Err(e) => problems.push(format!("{what}: cannot read {}: {e}", file.display())),
             }
         }
@@ -43,7 +48,10 @@ pub fn check(path: &Path) -> Result<Config, Vec<String>> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => problems.push(format!("cannot read state file {}: {e}", config.state.path.display())),
+        Err(e) => problems.push(format!(
+            "cannot read state file {}: {e}",
+            config.state.path.display()
+        )),
     }
     if problems.is_empty() {
         Ok(config)

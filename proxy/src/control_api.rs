@@ -122,7 +122,13 @@ impl ControlApi {
 
     /// Reads the body, refusing more than [`MAX_BODY`] bytes.
     async fn body(s: &mut ServerSession) -> Result<Vec<u8>, Reply> {
-        let too_large = || Reply::error(413, "body_too_large", format!("request body is over {MAX_BODY} bytes"));
+        let too_large = || {
+            Reply::error(
+                413,
+                "body_too_large",
+                format!("request body is over {MAX_BODY} bytes"),
+            )
+        };
         let declared = s
             .req_header()
             .headers
@@ -142,7 +148,13 @@ impl ControlApi {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => return Ok(body),
-                Err(e) => return Err(Reply::error(400, "bad_request", format!("cannot read request body: {e}"))),
+                Err(e) => {
+                    return Err(Reply::error(
+                        400,
+                        "bad_request",
+                        format!("cannot read request body: {e}"),
+                    ))
+                }
             }
         }
     }
@@ -151,7 +163,8 @@ impl ControlApi {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(T::default());
         }
-        serde_json::from_slice(body).map_err(|e| Reply::error(400, "bad_request", format!("invalid JSON body: {e}")))
+        serde_json::from_slice(body)
+            .map_err(|e| Reply::error(400, "bad_request", format!("invalid JSON body: {e}")))
     }
 
     async fn handle(&self, s: &mut ServerSession) -> Reply {
@@ -175,7 +188,9 @@ impl ControlApi {
                 let limit = match query_param(&query, "limit").map(str::parse::<usize>) {
                     None => None,
                     Some(Ok(n)) => Some(n),
-                    Some(Err(_)) => return Reply::error(400, "bad_request", "limit must be a whole number"),
+                    Some(Err(_)) => {
+                        return Reply::error(400, "bad_request", "limit must be a whole number")
+                    }
                 };
                 match self.controller.history(app, limit).await {
                     Ok(h) => Reply::json(200, &h),
@@ -192,15 +207,39 @@ impl ControlApi {
                 };
                 let cmd = if *action == "switch" {
                     if body.iter().all(u8::is_ascii_whitespace) {
-                        return Reply::error(400, "bad_request", "switch needs a JSON body like {\"to\": \"green\"}");
+                        return Reply::error(
+                            400,
+                            "bad_request",
+                            "switch needs a JSON body like {\"to\": \"green\"}",
+                        );
                     }
                     match serde_json::from_slice::<SwitchRequest>(&body) {
-                        Ok(r) => command(app, Change::Switch { to: r.to }, r.emergency, r.reason, r.actor, client),
-                        Err(e) => return Reply::error(400, "bad_request", format!("invalid JSON body: {e}")),
+                        Ok(r) => command(
+                            app,
+                            Change::Switch { to: r.to },
+                            r.emergency,
+                            r.reason,
+                            r.actor,
+                            client,
+                        ),
+                        Err(e) => {
+                            return Reply::error(
+                                400,
+                                "bad_request",
+                                format!("invalid JSON body: {e}"),
+                            )
+                        }
                     }
                 } else {
                     match Self::parse::<RollbackRequest>(&body) {
-                        Ok(r) => command(app, Change::Rollback, r.emergency, r.reason, r.actor, client),
+                        Ok(r) => command(
+                            app,
+                            Change::Rollback,
+                            r.emergency,
+                            r.reason,
+                            r.actor,
+                            client,
+                        ),
                         Err(r) => return r,
                     }
                 };
@@ -209,10 +248,18 @@ impl ControlApi {
                     Err(e) => Reply::from_control(e),
                 }
             }
-            ["v1", "status"] | ["v1", "apps", _] | ["v1", "apps", _, "history" | "switch" | "rollback"] => {
-                Reply::error(405, "method_not_allowed", format!("{method} is not allowed on {path}"))
-            }
-            _ => Reply::error(404, "not_found", format!("no such endpoint: {method} {path}")),
+            ["v1", "status"]
+            | ["v1", "apps", _]
+            | ["v1", "apps", _, "history" | "switch" | "rollback"] => Reply::error(
+                405,
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}"),
+            ),
+            _ => Reply::error(
+                404,
+                "not_found",
+                format!("no such endpoint: {method} {path}"),
+            ),
         }
     }
 }
@@ -230,7 +277,9 @@ fn command(
         change,
         emergency,
         reason: reason.filter(|r| !r.trim().is_empty()),
-        actor: actor.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "unknown".into()),
+        actor: actor
+            .filter(|a| !a.trim().is_empty())
+            .unwrap_or_else(|| "unknown".into()),
         client: client.map(|c| c.to_string()),
     }
 }
@@ -265,13 +314,20 @@ impl HttpServerApp for ControlApi {
             s.set_keepalive(None);
         }
         let mut header = ResponseHeader::build(reply.status, Some(3)).ok()?;
-        header.insert_header("Content-Type", "application/json").ok()?;
-        header.insert_header("Content-Length", reply.body.len()).ok()?;
+        header
+            .insert_header("Content-Type", "application/json")
+            .ok()?;
+        header
+            .insert_header("Content-Length", reply.body.len())
+            .ok()?;
         header.insert_header("Cache-Control", "no-store").ok()?;
         if s.write_response_header(Box::new(header)).await.is_err() {
             return None;
         }
-        if s.write_response_body(Bytes::from(reply.body), true).await.is_err() {
+        if s.write_response_body(Bytes::from(reply.body), true)
+            .await
+            .is_err()
+        {
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&s);

@@ -125,7 +125,10 @@ impl Controller {
                 pools: Color::ALL.map(|c| {
                     Arc::new(Pool::new(
                         c,
-                        app.upstreams(c).iter().map(|a| Arc::new(Upstream::new(*a))).collect(),
+                        app.upstreams(c)
+                            .iter()
+                            .map(|a| Arc::new(Upstream::new(*a)))
+                            .collect(),
                     ))
                 }),
             })
@@ -173,7 +176,8 @@ impl Controller {
             return Err(e.into());
         }
         *state = next;
-        self.routing.store(Arc::new(snapshot.with_live(index, entry.to)));
+        self.routing
+            .store(Arc::new(snapshot.with_live(index, entry.to)));
         drop(state);
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         info!(
@@ -212,7 +216,8 @@ impl Controller {
                     .and_then(|a| a.history.last())
                     .map(|h| h.from)
                     .filter(|_| record.is_some_and(|a| a.switch_count > 0));
-                let to = previous.ok_or_else(|| ControlError::NothingToRollBack(cmd.app.clone()))?;
+                let to =
+                    previous.ok_or_else(|| ControlError::NothingToRollBack(cmd.app.clone()))?;
                 (to, SwitchKind::Rollback)
             }
         };
@@ -243,7 +248,11 @@ impl Controller {
             time: OffsetDateTime::now_utc(),
             from: route.live,
             to,
-            kind: if cmd.emergency { SwitchKind::Emergency } else { kind },
+            kind: if cmd.emergency {
+                SwitchKind::Emergency
+            } else {
+                kind
+            },
             reason: cmd.reason.clone(),
             actor: cmd.actor.clone(),
             client: cmd.client.clone(),
@@ -279,12 +288,20 @@ impl Controller {
     }
 
     /// The app's history, newest last; the `limit` most recent entries.
-    pub async fn history(&self, name: &str, limit: Option<usize>) -> Result<HistoryResponse, ControlError> {
+    pub async fn history(
+        &self,
+        name: &str,
+        limit: Option<usize>,
+    ) -> Result<HistoryResponse, ControlError> {
         if self.routing.load().app_index(name).is_none() {
             return Err(ControlError::UnknownApp(name.to_string()));
         }
         let state = self.state.lock().await;
-        let all = state.apps.get(name).map(|a| a.history.as_slice()).unwrap_or_default();
+        let all = state
+            .apps
+            .get(name)
+            .map(|a| a.history.as_slice())
+            .unwrap_or_default();
         let skip = limit.map_or(0, |l| all.len().saturating_sub(l));
         Ok(HistoryResponse {
             app: name.to_string(),
@@ -292,7 +309,12 @@ impl Controller {
         })
     }
 
-    fn app_status(&self, route: &AppRoute, hosts: &[String], record: Option<&AppState>) -> AppStatus {
+    fn app_status(
+        &self,
+        route: &AppRoute,
+        hosts: &[String],
+        record: Option<&AppState>,
+    ) -> AppStatus {
         let color = |c: Color| {
             let pool = route.pool(c);
             ColorStatus {
@@ -303,8 +325,10 @@ impl Controller {
                     .map(|u| UpstreamStatus {
                         addr: u.name.to_string(),
                         health: u.health.get(),
-                        since: OffsetDateTime::from_unix_timestamp_nanos(u.health.since_ms() as i128 * 1_000_000)
-                            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                        since: OffsetDateTime::from_unix_timestamp_nanos(
+                            u.health.since_ms() as i128 * 1_000_000,
+                        )
+                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
                     })
                     .collect(),
             }

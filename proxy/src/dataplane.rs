@@ -86,23 +86,31 @@ impl ProxyHttp for DataPlane {
             }
             None => {
                 // Never echo the client's Host back: it is untrusted input.
-                let body = Bytes::from_static(b"404 Not Found: no app is configured for this host\n");
+                let body =
+                    Bytes::from_static(b"404 Not Found: no app is configured for this host\n");
                 session.respond_error_with_body(404, body).await?;
                 Ok(true)
             }
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request was not routed to an app"))?;
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx.route().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "request was not routed to an app")
+        })?;
         let color = route.color_for(session.req_header());
         // On the retry, skip the upstream that just refused.
         let exclude = if ctx.retried { ctx.upstream } else { None };
         let pool = route.pool(color);
         let pick = pool.pick(exclude).ok_or_else(|| {
-            let mut e = Error::explain(ErrorType::ConnectNoRoute, "no other upstream of the live color to try");
+            let mut e = Error::explain(
+                ErrorType::ConnectNoRoute,
+                "no other upstream of the live color to try",
+            );
             e.esource = ErrorSource::Upstream;
             e
         })?;
@@ -146,7 +154,11 @@ impl ProxyHttp for DataPlane {
     ) -> Result<()> {
         if let Some(PingoraAddr::Inet(client)) = session.client_addr() {
             let ip = client.ip().to_string();
-            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prior) => format!("{prior}, {ip}"),
                 None => ip,
             };
@@ -160,7 +172,12 @@ impl ProxyHttp for DataPlane {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -180,7 +197,9 @@ impl ProxyHttp for DataPlane {
             };
             warn!(upstream = ?ctx.upstream, "502 for {who}: {e}");
             let body = format!("502 Bad Gateway: no upstream of {who} could take the request\n");
-            let _ = session.respond_error_with_body(502, Bytes::from(body)).await;
+            let _ = session
+                .respond_error_with_body(502, Bytes::from(body))
+                .await;
         } else if code > 0 {
             let _ = session.respond_error(code).await;
         }

@@ -193,8 +193,12 @@ pub async fn check_loop(t: Target, mut shutdown: ShutdownWatch) {
         if let Some(h) = tracker.observe(result.is_ok()) {
             t.upstream.health.set(h);
             match (h, &result) {
-                (Health::Down, Err(why)) => warn!(app = %t.app, color = %t.color, upstream = %t.upstream.name, "upstream is DOWN: {why}"),
-                _ => info!(app = %t.app, color = %t.color, upstream = %t.upstream.name, "upstream is {h}"),
+                (Health::Down, Err(why)) => {
+                    warn!(app = %t.app, color = %t.color, upstream = %t.upstream.name, "upstream is DOWN: {why}")
+                }
+                _ => {
+                    info!(app = %t.app, color = %t.color, upstream = %t.upstream.name, "upstream is {h}")
+                }
             }
         }
     }

@@ -13,7 +13,12 @@ use clap::{Parser, Subcommand};
 #[command(version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(short, long, env = "BGPROXY_CONFIG", default_value = "/etc/bgproxy/bgproxy.toml")]
+    #[arg(
+        short,
+        long,
+        env = "BGPROXY_CONFIG",
+        default_value = "/etc/bgproxy/bgproxy.toml"
+    )]
     config: PathBuf,
     /// Validate the configuration (and the state, token and TLS files), print
     /// what is wrong, and exit: 0 when valid, 1 otherwise.
@@ -48,7 +53,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let opts = server::BuildOptions { upgrade: cli.upgrade };
+    let opts = server::BuildOptions {
+        upgrade: cli.upgrade,
+    };
 
     let (config, extra) = match cli.command {
         Some(Command::Demo { dir }) => match demo::config(&dir) {
@@ -73,14 +80,21 @@ fn main() -> ExitCode {
                     for p in &problems {
                         eprintln!("{p}");
                     }
-                    eprintln!("configuration file {} has {} error(s)", cli.config.display(), problems.len());
+                    eprintln!(
+                        "configuration file {} has {} error(s)",
+                        cli.config.display(),
+                        problems.len()
+                    );
                     ExitCode::FAILURE
                 }
             };
         }
         None => match Config::load(&cli.config) {
             Ok(c) => (c, false),
-            Err(e) => return fail(format!("{e}\nbgproxy: not started; fix the configuration (bgproxy --check --config {})", cli.config.display())),
+            Err(e) => return fail(format!(
+                "{e}\nbgproxy: not started; fix the configuration (bgproxy --check --config {})",
+                cli.config.display()
+            )),
         },
     };
 
@@ -89,8 +103,12 @@ fn main() -> ExitCode {
         Err(e) => return fail(format!("not started: {e:#}")),
     };
     if extra {
-        daemon.server.add_service(demo::Backend::service(Color::Blue, "127.0.0.1:8081"));
-        daemon.server.add_service(demo::Backend::service(Color::Green, "127.0.0.1:8082"));
+        daemon
+            .server
+            .add_service(demo::Backend::service(Color::Blue, "127.0.0.1:8081"));
+        daemon
+            .server
+            .add_service(demo::Backend::service(Color::Green, "127.0.0.1:8082"));
     }
     daemon.server.run_forever()
 }

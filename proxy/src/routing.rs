@@ -92,11 +92,17 @@ impl Pool {
         let mut fallback = None;
         for u in candidates {
             if u.health.get() != Health::Down {
-                return Some(Pick { upstream: u, panic: false });
+                return Some(Pick {
+                    upstream: u,
+                    panic: false,
+                });
             }
             fallback.get_or_insert(u);
         }
-        fallback.map(|upstream| Pick { upstream, panic: true })
+        fallback.map(|upstream| Pick {
+            upstream,
+            panic: true,
+        })
     }
 
     /// Records whether a pick was a panic pick; returns true when that differs
@@ -104,7 +110,8 @@ impl Pool {
     #[inline]
     pub fn panic_changed(&self, panic: bool) -> bool {
         // A plain load first keeps the common case (no change) free of writes.
-        self.panicking.load(Ordering::Relaxed) != panic && self.panicking.swap(panic, Ordering::Relaxed) != panic
+        self.panicking.load(Ordering::Relaxed) != panic
+            && self.panicking.swap(panic, Ordering::Relaxed) != panic
     }
 
     /// True when every upstream is observed `up`: the health gate of a switch.
@@ -207,7 +214,9 @@ impl Snapshot {
                 let lower = &mut buf[..host.len()];
                 lower.copy_from_slice(host);
                 lower.make_ascii_lowercase();
-                std::str::from_utf8(lower).ok().and_then(|h| self.hosts.get(h).copied())
+                std::str::from_utf8(lower)
+                    .ok()
+                    .and_then(|h| self.hosts.get(h).copied())
             }
             _ => None,
         };
@@ -265,7 +274,14 @@ mod tests {
         }
         let picks: Vec<(u16, bool)> = (0..3).map(|_| port(p.pick(None))).collect();
         assert!(picks.iter().all(|(_, panic)| *panic));
-        assert_eq!(picks.iter().map(|p| p.0).collect::<std::collections::HashSet<_>>().len(), 3);
+        assert_eq!(
+            picks
+                .iter()
+                .map(|p| p.0)
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            3
+        );
     }
 
     #[test]
@@ -296,7 +312,11 @@ mod tests {
             live: Color::Blue,
             pools: [Arc::new(pool(1)), Arc::new(pool(1))],
         };
-        let s = Snapshot::new(1, vec![route("a"), route("b")], &[vec!["a.example".into()], vec![]]);
+        let s = Snapshot::new(
+            1,
+            vec![route("a"), route("b")],
+            &[vec!["a.example".into()], vec![]],
+        );
         assert_eq!(s.app_for_host(Some(b"a.example")), Some(0));
         assert_eq!(s.app_for_host(Some(b"A.Example:8080")), Some(0));
         assert_eq!(s.app_for_host(Some(b"a.example.")), Some(0));
@@ -307,7 +327,10 @@ mod tests {
         assert_eq!(s.app_for_host(Some(b"b.example")), None);
         assert_eq!(s.app_for_host(Some(b"[::1]:80")), None);
         let s2 = s.with_live(0, Color::Green);
-        assert_eq!((s2.generation, s2.apps[0].live, s.apps[0].live), (2, Color::Green, Color::Blue));
+        assert_eq!(
+            (s2.generation, s2.apps[0].live, s.apps[0].live),
+            (2, Color::Green, Color::Blue)
+        );
         assert!(Arc::ptr_eq(&s.apps[0].pools[0], &s2.apps[0].pools[0]));
     }
 }

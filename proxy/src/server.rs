@@ -41,13 +41,20 @@ pub struct BuildOptions {
 /// Reads a bearer token file: the token is the file's content without
 /// surrounding white space, and must not be empty.
 pub fn read_token(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("failed to read control.token_file {}", path.display()))?;
+    let raw = std::fs::read(path)
+        .with_context(|| format!("failed to read control.token_file {}", path.display()))?;
     let token = raw.trim_ascii();
     if token.is_empty() {
         bail!("control.token_file {} is empty: put a long random token in it (e.g. `openssl rand -hex 32`)", path.display());
     }
-    if token.iter().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-        bail!("control.token_file {} holds white space or control characters inside the token", path.display());
+    if token
+        .iter()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        bail!(
+            "control.token_file {} holds white space or control characters inside the token",
+            path.display()
+        );
     }
     Ok(token.to_vec())
 }
@@ -86,9 +93,14 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
     let conf = ServerConf {
         threads: config.proxy.threads,
         grace_period_seconds: Some(config.proxy.grace_period.as_secs_f64().ceil() as u64),
-        graceful_shutdown_timeout_seconds: Some(config.proxy.shutdown_timeout.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(
+            config.proxy.shutdown_timeout.as_secs_f64().ceil() as u64
+        ),
         pid_file: state_dir.join("bgproxy.pid").to_string_lossy().into_owned(),
-        upgrade_sock: state_dir.join("bgproxy-upgrade.sock").to_string_lossy().into_owned(),
+        upgrade_sock: state_dir
+            .join("bgproxy-upgrade.sock")
+            .to_string_lossy()
+            .into_owned(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -109,14 +121,17 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
     if let Some(tls) = &config.proxy.tls {
         let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
         for addr in &tls.listen {
-            front
-                .add_tls(&addr.to_string(), &cert, &key)
-                .map_err(|e| anyhow::anyhow!("cannot set up TLS on {addr} with {cert} and {key}: {e}"))?;
+            front.add_tls(&addr.to_string(), &cert, &key).map_err(|e| {
+                anyhow::anyhow!("cannot set up TLS on {addr} with {cert} and {key}: {e}")
+            })?;
         }
     }
     server.add_service(front);
 
-    let mut control = Service::new("control api".into(), ControlApi::new(controller.clone(), auth));
+    let mut control = Service::new(
+        "control api".into(),
+        ControlApi::new(controller.clone(), auth),
+    );
     control.add_tcp(&config.control.listen.to_string());
     control.threads = Some(1);
     server.add_service(control);
@@ -125,7 +140,11 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
         .apps
         .iter()
         .map(|a| {
-            let host = a.hosts.first().cloned().unwrap_or_else(|| "localhost".into());
+            let host = a
+                .hosts
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "localhost".into());
             (a.name.as_str().into(), a.health.clone(), host)
         })
         .collect();

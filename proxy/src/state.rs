@@ -231,7 +231,9 @@ impl StateStore {
             Err(e) => return Err(err(e)),
         }
         fs::rename(&self.tmp, &self.path).map_err(err)?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
         Ok(())
     }
 }
@@ -248,10 +250,12 @@ fn read(path: &Path) -> Result<Option<State>, StateError> {
             })
         }
     };
-    parse(&bytes).map(Some).map_err(|reason| StateError::Corrupt {
-        path: path.to_path_buf(),
-        reason,
-    })
+    parse(&bytes)
+        .map(Some)
+        .map_err(|reason| StateError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        })
 }
 
 /// Parses any version of the state file this build knows.
@@ -300,7 +304,10 @@ mod tests {
         s.apps.get_mut("web").unwrap().record(entry(Color::Green));
         store.persist(&s).unwrap();
         assert_eq!(store.load().0, s);
-        assert_eq!(read(&dir.path().join("state.json.prev")).unwrap().unwrap(), first);
+        assert_eq!(
+            read(&dir.path().join("state.json.prev")).unwrap().unwrap(),
+            first
+        );
         assert!(!dir.path().join("state.json.tmp").exists());
     }
 
@@ -318,7 +325,10 @@ mod tests {
         assert_eq!(loaded, s);
         assert_eq!(rec.len(), 1);
         let moved = rec[0].moved_to.clone().unwrap();
-        assert_eq!(fs::read(&moved).unwrap(), b"{\"version\": 1, \"apps\": {tru");
+        assert_eq!(
+            fs::read(&moved).unwrap(),
+            b"{\"version\": 1, \"apps\": {tru"
+        );
         assert!(rec[0].to_string().contains("recovered from"), "{}", rec[0]);
     }
 
@@ -360,7 +370,10 @@ mod tests {
 }"#;
         let s = parse(v1).unwrap();
         let a = &s.apps["attendant"];
-        assert_eq!((a.live, a.switch_count, a.history.len()), (Color::Green, 6, 2));
+        assert_eq!(
+            (a.live, a.switch_count, a.history.len()),
+            (Color::Green, 6, 2)
+        );
         assert_eq!(a.history[1].kind, SwitchKind::Emergency);
     }
 
@@ -368,7 +381,11 @@ mod tests {
     fn history_is_bounded() {
         let mut a = AppState::new(Color::Blue);
         for i in 0..(HISTORY_LIMIT + 10) {
-            a.record(entry(if i % 2 == 0 { Color::Green } else { Color::Blue }));
+            a.record(entry(if i % 2 == 0 {
+                Color::Green
+            } else {
+                Color::Blue
+            }));
         }
         assert_eq!(a.history.len(), HISTORY_LIMIT);
         assert_eq!(a.switch_count as usize, HISTORY_LIMIT + 10);

@@ -27,5 +27,8 @@ fn every_example_config_passes_check() {
             checked += 1;
         }
     }
-    assert!(checked >= 2, "expected conf/bgproxy.toml and conf/demo.toml");
+    assert!(
+        checked >= 2,
+        "expected conf/bgproxy.toml and conf/demo.toml"
+    );
 }

@@ -53,7 +53,11 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// A port that was free a moment ago (bind 127.0.0.1:0, then release).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct BackendState {
@@ -126,7 +130,9 @@ impl Backend {
         for c in self.state.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
-        wait_until(Duration::from_secs(2), || TcpStream::connect(self.addr).is_err());
+        wait_until(Duration::from_secs(2), || {
+            TcpStream::connect(self.addr).is_err()
+        });
     }
 }
 
@@ -148,7 +154,10 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
             return;
         }
         let mut parts = line.split_whitespace();
-        let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let (method, target) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
         let mut headers = BTreeMap::new();
         loop {
             let mut h = String::new();
@@ -163,7 +172,10 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
             }
         }
-        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0; len];
         if reader.read_exact(&mut body).is_err() {
             return;
@@ -172,7 +184,10 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
             if st.health_hangs.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_secs(3600));
             }
-            (st.health_status.load(Ordering::SeqCst), b"health\n".to_vec())
+            (
+                st.health_status.load(Ordering::SeqCst),
+                b"health\n".to_vec(),
+            )
         } else {
             st.hits.fetch_add(1, Ordering::SeqCst);
             let echo = json!({
@@ -189,10 +204,17 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
             payload.len(),
             st.color
         );
-        if out.write_all(head.as_bytes()).and_then(|_| out.write_all(&payload)).is_err() {
+        if out
+            .write_all(head.as_bytes())
+            .and_then(|_| out.write_all(&payload))
+            .is_err()
+        {
             return;
         }
-        if headers.get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) {
+        if headers
+            .get("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        {
             return;
         }
     }
@@ -263,10 +285,20 @@ impl Daemon {
         }
         toml.push_str("\n[state]\npath = \"state/state.json\"\n");
         for a in apps {
-            let list = |v: &[SocketAddr]| v.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+            let list = |v: &[SocketAddr]| {
+                v.iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             toml.push_str(&format!("\n[[app]]\nname = \"{}\"\n", a.name));
             if !a.hosts.is_empty() {
-                let hosts = a.hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+                let hosts = a
+                    .hosts
+                    .iter()
+                    .map(|h| format!("\"{h}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 toml.push_str(&format!("hosts = [{hosts}]\n"));
             }
             toml.push_str(&format!(
@@ -321,7 +353,10 @@ impl Daemon {
             .unwrap();
         self.child = Some(child);
         let up = wait_until(Duration::from_secs(20), || {
-            self.http.get(self.url("/v1/status")).send().is_ok_and(|r| r.status() == 200)
+            self.http
+                .get(self.url("/v1/status"))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
         });
         assert!(up, "bgproxy did not come up; log:\n{}", self.log());
     }
@@ -350,12 +385,19 @@ impl Daemon {
         let resp = req.send().expect("control API reachable");
         let status = resp.status().as_u16();
         let text = resp.text().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// `POST /v1/apps/{app}/switch`.
     pub fn switch(&self, app: &str, to: &str) -> (u16, Value) {
-        self.api("POST", &format!("/v1/apps/{app}/switch"), Some(json!({"to": to, "actor": "e2e"})))
+        self.api(
+            "POST",
+            &format!("/v1/apps/{app}/switch"),
+            Some(json!({"to": to, "actor": "e2e"})),
+        )
     }
 
     /// `GET /v1/apps/{app}`.
@@ -390,7 +432,10 @@ impl Daemon {
     pub fn color_of(&self, host: &str) -> String {
         let (s, body) = self.get(host, "/");
         assert_eq!(s, 200, "{body}");
-        serde_json::from_str::<Value>(&body).unwrap()["color"].as_str().unwrap().to_string()
+        serde_json::from_str::<Value>(&body).unwrap()["color"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 }
 

@@ -21,10 +21,18 @@ fn health_gate_refuses_unhealthy_target_unless_emergency() {
     let since = Instant::now();
     assert!(d.wait_health("web", "green", "down", T));
     // fall = 3 checks 200ms apart, plus one interval of phase and slack.
-    assert!(since.elapsed() < Duration::from_millis(3 * 200 + 200 + 800), "{:?}", since.elapsed());
+    assert!(
+        since.elapsed() < Duration::from_millis(3 * 200 + 200 + 800),
+        "{:?}",
+        since.elapsed()
+    );
 
     let (s, v) = d.switch("web", "green");
-    assert_eq!((s, v["code"].as_str()), (409, Some("target_unhealthy")), "{v}");
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("target_unhealthy")),
+        "{v}"
+    );
     assert!(v["error"].as_str().unwrap().contains("is down"), "{v}");
     assert_eq!(d.app("web")["live"], "blue", "refusal changed nothing");
 
@@ -45,7 +53,11 @@ fn health_gate_refuses_unhealthy_target_unless_emergency() {
     g.set_health(200);
     assert!(d.wait_health("web", "green", "up", T));
     let (s, v) = d.api("POST", "/v1/apps/web/rollback", None);
-    assert_eq!((s, &v["live"], &v["kind"]), (200, &json!("blue"), &json!("rollback")), "{v}");
+    assert_eq!(
+        (s, &v["live"], &v["kind"]),
+        (200, &json!("blue"), &json!("rollback")),
+        "{v}"
+    );
 }
 
 /// A color never observed (its check is still in flight) is not healthy.
@@ -53,15 +65,28 @@ fn health_gate_refuses_unhealthy_target_unless_emergency() {
 fn unknown_health_is_not_healthy() {
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
     g.hang_health();
-    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g]).health("interval = \"1s\"\ntimeout = \"1m\"\n")]);
+    let d = Daemon::start(&[
+        AppSpec::new("web", &[&b], &[&g]).health("interval = \"1s\"\ntimeout = \"1m\"\n")
+    ]);
     assert!(d.wait_health("web", "blue", "up", T));
-    assert_eq!(d.app("web")["colors"]["green"]["upstreams"][0]["health"], "unknown");
+    assert_eq!(
+        d.app("web")["colors"]["green"]["upstreams"][0]["health"],
+        "unknown"
+    );
     let (s, v) = d.switch("web", "green");
     assert_eq!(s, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("is unknown"), "{v}");
     // Rollback before any switch has nothing to go back to.
-    let (s, v) = d.api("POST", "/v1/apps/web/rollback", Some(json!({"emergency": true})));
-    assert_eq!((s, v["code"].as_str()), (409, Some("nothing_to_roll_back")), "{v}");
+    let (s, v) = d.api(
+        "POST",
+        "/v1/apps/web/rollback",
+        Some(json!({"emergency": true})),
+    );
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("nothing_to_roll_back")),
+        "{v}"
+    );
 }
 
 /// Bad control input gets the right status and a JSON error, and changes
@@ -87,13 +112,27 @@ fn control_input_is_validated_and_changes_nothing() {
         (Some("Bearer wrong"), good, 401, "unauthorized"),
         (Some("Basic s3cret-token"), good, 401, "unauthorized"),
         (Some("Bearer s3cret-token"), "{\"to\": ", 400, "bad_request"),
-        (Some("Bearer s3cret-token"), r#"{"to":"purple"}"#, 400, "bad_request"),
-        (Some("Bearer s3cret-token"), r#"{"to":"green","force":true}"#, 400, "bad_request"),
+        (
+            Some("Bearer s3cret-token"),
+            r#"{"to":"purple"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            Some("Bearer s3cret-token"),
+            r#"{"to":"green","force":true}"#,
+            400,
+            "bad_request",
+        ),
         (Some("Bearer s3cret-token"), "", 400, "bad_request"),
     ];
     for (auth, body, status, code) in cases {
         let (s, v) = post(auth, body);
-        assert_eq!((s, v["code"].as_str().unwrap()), (status, code), "{auth:?} {body}: {v}");
+        assert_eq!(
+            (s, v["code"].as_str().unwrap()),
+            (status, code),
+            "{auth:?} {body}: {v}"
+        );
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
     let big = format!(r#"{{"to":"green","reason":"{}"}}"#, "x".repeat(70 * 1024));
@@ -110,7 +149,11 @@ fn control_input_is_validated_and_changes_nothing() {
     assert_eq!(s, 404);
 
     let app = d.app("web");
-    assert_eq!((app["live"].as_str(), app["switch_count"].as_u64()), (Some("blue"), Some(0)), "nothing changed");
+    assert_eq!(
+        (app["live"].as_str(), app["switch_count"].as_u64()),
+        (Some("blue"), Some(0)),
+        "nothing changed"
+    );
     let (_, h) = d.api("GET", "/v1/apps/web/history", None);
     assert_eq!(h["history"], json!([]));
     // The right token works.
@@ -125,8 +168,16 @@ fn check(toml: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bgproxy.toml");
     std::fs::write(&path, toml).unwrap();
-    let out = Command::new(bin("bgproxy")).arg("--check").arg("--config").arg(&path).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "F"))
+    let out = Command::new(bin("bgproxy"))
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "F"),
+    )
 }
 
 /// `bgproxy --check` rejects each kind of bad config naming key and line,
@@ -140,15 +191,46 @@ fn check_rejects_bad_configs_with_key_and_line() {
     assert!(ok, "{err}");
     let second = good.split("[[app]]").nth(1).unwrap();
     let cases: Vec<(String, &str)> = vec![
-        (good.replace("[state]", "[state]\nfsync = true"), "F:4:1: unknown field `fsync`"),
-        (format!("{good}[app.health]\ninterval = \"fast\"\n"), "F:13:12: app[0].health.interval: invalid duration 'fast'"),
-        (good.replace("name = \"web\"", "name = \"web\"\ninitial_live = \"red\""), "F:7:16: unknown variant `red`"),
-        (good.replace("[\"127.0.0.1:3001\"]", "[]"), "F:9:13: app[0].blue.upstreams: is empty"),
-        (good.replace("127.0.0.1:3002", "nohost"), "F:11:14: app[0].green.upstreams[0]: invalid upstream 'nohost'"),
-        (format!("{good}[[app]]{}", second.replace("3001", "4001").replace("3002", "4002")), "app[1].name: duplicate app name 'web'"),
-        (format!("{good}[[app]]{}", second.replace("web", "api")), "F:14:10: app[1].hosts[0]: host 'a.example' is already routed to app 'web'"),
         (
-            format!("{}[[app]]{}", good.replace("hosts = [\"a.example\"]\n", ""), second.replace("web", "api").replace("hosts = [\"a.example\"]\n", "").replace("300", "400")),
+            good.replace("[state]", "[state]\nfsync = true"),
+            "F:4:1: unknown field `fsync`",
+        ),
+        (
+            format!("{good}[app.health]\ninterval = \"fast\"\n"),
+            "F:13:12: app[0].health.interval: invalid duration 'fast'",
+        ),
+        (
+            good.replace("name = \"web\"", "name = \"web\"\ninitial_live = \"red\""),
+            "F:7:16: unknown variant `red`",
+        ),
+        (
+            good.replace("[\"127.0.0.1:3001\"]", "[]"),
+            "F:9:13: app[0].blue.upstreams: is empty",
+        ),
+        (
+            good.replace("127.0.0.1:3002", "nohost"),
+            "F:11:14: app[0].green.upstreams[0]: invalid upstream 'nohost'",
+        ),
+        (
+            format!(
+                "{good}[[app]]{}",
+                second.replace("3001", "4001").replace("3002", "4002")
+            ),
+            "app[1].name: duplicate app name 'web'",
+        ),
+        (
+            format!("{good}[[app]]{}", second.replace("web", "api")),
+            "F:14:10: app[1].hosts[0]: host 'a.example' is already routed to app 'web'",
+        ),
+        (
+            format!(
+                "{}[[app]]{}",
+                good.replace("hosts = [\"a.example\"]\n", ""),
+                second
+                    .replace("web", "api")
+                    .replace("hosts = [\"a.example\"]\n", "")
+                    .replace("300", "400")
+            ),
             "app[1].hosts: app 'api' has no hosts, and neither has 'web'",
         ),
     ];
@@ -161,7 +243,11 @@ fn check_rejects_bad_configs_with_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, good.replace("[state]", "[state]\nfsync = true")).unwrap();
-    let out = Command::new(bin("bgproxy")).arg("--config").arg(&path).output().unwrap();
+    let out = Command::new(bin("bgproxy"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `fsync`"));
 }

@@ -52,12 +52,25 @@ fn corrupt_state_file_is_kept_aside_and_recovered() {
     let aside: Vec<_> = std::fs::read_dir(d.state_dir())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("state.json.corrupt-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.corrupt-")
+        })
         .collect();
     assert_eq!(aside.len(), 1);
-    assert_eq!(std::fs::read(aside[0].path()).unwrap(), garbage, "kept, not deleted");
+    assert_eq!(
+        std::fs::read(aside[0].path()).unwrap(),
+        garbage,
+        "kept, not deleted"
+    );
     let log = d.log();
-    assert!(log.contains("is not valid") && log.contains("moved it aside") && log.contains("recovered from"), "{log}");
+    assert!(
+        log.contains("is not valid")
+            && log.contains("moved it aside")
+            && log.contains("recovered from"),
+        "{log}"
+    );
 
     // No good copy at all: initial_live, and still serving.
     d.kill9();

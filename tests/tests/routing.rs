@@ -27,7 +27,13 @@ fn flip_under_load_loses_nothing() {
     let url = format!("http://{}/load", d.proxy);
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, failures, sent, seen, url) = (stop.clone(), failures.clone(), sent.clone(), seen.clone(), url.clone());
+            let (stop, failures, sent, seen, url) = (
+                stop.clone(),
+                failures.clone(),
+                sent.clone(),
+                seen.clone(),
+                url.clone(),
+            );
             thread::spawn(move || {
                 // One client each: its connection is kept alive across switches.
                 let c = reqwest::blocking::Client::new();
@@ -40,11 +46,16 @@ fn flip_under_load_loses_nothing() {
                     sent.fetch_add(1, Ordering::Relaxed);
                     match c.get(&url).send() {
                         Ok(r) if r.status() == 200 => {
-                            if let Some(color) = r.headers().get("x-color").and_then(|v| v.to_str().ok()) {
+                            if let Some(color) =
+                                r.headers().get("x-color").and_then(|v| v.to_str().ok())
+                            {
                                 seen.lock().unwrap().insert(color.to_string());
                             }
                         }
-                        Ok(r) => failures.lock().unwrap().push(format!("status {}", r.status())),
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}", r.status())),
                         Err(e) => failures.lock().unwrap().push(e.to_string()),
                     }
                 }
@@ -68,8 +79,17 @@ fn flip_under_load_loses_nothing() {
         c.join().unwrap();
     }
     let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), sent.load(Ordering::Relaxed), &failures[..failures.len().min(5)]);
-    assert!(sent.load(Ordering::Relaxed) > 100, "too little load to mean anything");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        sent.load(Ordering::Relaxed),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        sent.load(Ordering::Relaxed) > 100,
+        "too little load to mean anything"
+    );
     assert_eq!(seen.lock().unwrap().len(), 2, "both colors served");
     // Fresh and kept-alive connections alike now go to green.
     let c = reqwest::blocking::Client::new();
@@ -85,7 +105,12 @@ fn flip_under_load_loses_nothing() {
 /// app is the default.
 #[test]
 fn apps_are_routed_by_host_and_switch_independently() {
-    let (b1, g1, b2, g2) = (Backend::start("a-blue"), Backend::start("a-green"), Backend::start("b-blue"), Backend::start("b-green"));
+    let (b1, g1, b2, g2) = (
+        Backend::start("a-blue"),
+        Backend::start("a-green"),
+        Backend::start("b-blue"),
+        Backend::start("b-green"),
+    );
     let d = Daemon::start(&[
         AppSpec::new("a", &[&b1], &[&g1]).hosts(&["a.example.net"]),
         AppSpec::new("b", &[&b2], &[&g2]).hosts(&["b.example.net", "www.b.example.net"]),
@@ -100,7 +125,10 @@ fn apps_are_routed_by_host_and_switch_independently() {
 
     let (s, body) = d.get("evil.example.org", "/");
     assert_eq!(s, 404);
-    assert!(body.contains("no app is configured for this host"), "{body}");
+    assert!(
+        body.contains("no app is configured for this host"),
+        "{body}"
+    );
     assert!(!body.contains("evil"), "the Host is not echoed");
 }
 
@@ -136,7 +164,11 @@ fn forwards_unchanged_with_x_forwarded_headers() {
 /// take the request the client gets a 502 and the standby is never used.
 #[test]
 fn refused_upstream_is_retried_then_502_never_standby() {
-    let (b1, b2, g) = (Backend::start("blue"), Backend::start("blue"), Backend::start("green"));
+    let (b1, b2, g) = (
+        Backend::start("blue"),
+        Backend::start("blue"),
+        Backend::start("green"),
+    );
     // Checks so rare that the stopped upstream still counts as up.
     let slow = "interval = \"1h\"\ntimeout = \"1s\"\n";
     let d = Daemon::start(&[AppSpec::new("web", &[&b1, &b2], &[&g]).health(slow)]);
@@ -149,9 +181,19 @@ fn refused_upstream_is_retried_then_502_never_standby() {
     // A POST is not retried: some of them hit the dead upstream and get 502.
     let c = reqwest::blocking::Client::new();
     let statuses: Vec<u16> = (0..6)
-        .map(|_| c.post(format!("http://{}/order", d.proxy)).body("x").send().unwrap().status().as_u16())
+        .map(|_| {
+            c.post(format!("http://{}/order", d.proxy))
+                .body("x")
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        })
         .collect();
-    assert!(statuses.contains(&502) && statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.contains(&502) && statuses.contains(&200),
+        "{statuses:?}"
+    );
 
     b2.stop();
     let (s, body) = d.get("x", "/");

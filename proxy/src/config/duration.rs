@@ -12,7 +12,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let bad = || format!("invalid duration '{s}': expected a whole number and a unit, like 500ms, 2s, 1m or 1h");
+    let bad = || {
+        format!(
+            "invalid duration '{s}': expected a whole number and a unit, like 500ms, 2s, 1m or 1h"
+        )
+    };
     if digits.is_empty() {
         return Err(bad());
     }

@@ -101,7 +101,12 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             1
         }
     };
-    let grace_period = dur_or(&fp.grace_period, Duration::from_secs(1), "proxy.grace_period", p);
+    let grace_period = dur_or(
+        &fp.grace_period,
+        Duration::from_secs(1),
+        "proxy.grace_period",
+        p,
+    );
     let shutdown_timeout = dur_or(
         &fp.shutdown_timeout,
         Duration::from_secs(10),
@@ -126,9 +131,9 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
                 .map(|t| existing_file(t, base, "control.token_file", p)),
         },
     };
-    let metrics = raw.metrics.and_then(|m| {
-        addr(&m.listen, "metrics.listen", p).map(|listen| MetricsConfig { listen })
-    });
+    let metrics = raw
+        .metrics
+        .and_then(|m| addr(&m.listen, "metrics.listen", p).map(|listen| MetricsConfig { listen }));
     let state = StateConfig {
         path: raw
             .state
@@ -170,7 +175,12 @@ fn default_control() -> SocketAddr {
 /// Two services on one address would fail at bind time with a vaguer error.
 fn listeners_distinct(config: &mut Config, p: &mut Problems<'_>) {
     let mut seen: HashMap<SocketAddr, &str> = HashMap::new();
-    let mut all: Vec<(SocketAddr, &str)> = config.proxy.listen.iter().map(|a| (*a, "proxy.listen")).collect();
+    let mut all: Vec<(SocketAddr, &str)> = config
+        .proxy
+        .listen
+        .iter()
+        .map(|a| (*a, "proxy.listen"))
+        .collect();
     if let Some(t) = &config.proxy.tls {
         all.extend(t.listen.iter().map(|a| (*a, "proxy.tls.listen")));
     }
@@ -216,7 +226,10 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
                 p.at(
                     h.span(),
                     format!("{k}.hosts[{j}]"),
-                    format!("invalid host name '{}': a DNS name without port or scheme", h.get_ref()),
+                    format!(
+                        "invalid host name '{}': a DNS name without port or scheme",
+                        h.get_ref()
+                    ),
                 );
                 continue;
             }
@@ -248,7 +261,9 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
                 p.at(
                     a.green.span(),
                     format!("{k}.green.upstreams"),
-                    format!("upstream {u} is in both blue and green: each color needs its own servers"),
+                    format!(
+                        "upstream {u} is in both blue and green: each color needs its own servers"
+                    ),
                 );
             }
         }
@@ -279,7 +294,9 @@ fn valid_host(host: &str) -> bool {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
         })
 }
 
@@ -290,29 +307,57 @@ fn health(raw: Option<&FileHealth>, k: &str, p: &mut Problems<'_>) -> HealthConf
         if path.get_ref().starts_with('/') && !path.get_ref().contains(char::is_whitespace) {
             h.path = path.get_ref().clone();
         } else {
-            p.at(path.span(), format!("{k}.health.path"), "must start with '/' and contain no spaces");
+            p.at(
+                path.span(),
+                format!("{k}.health.path"),
+                "must start with '/' and contain no spaces",
+            );
         }
     }
-    h.interval = dur_or(&raw.interval, h.interval, &format!("{k}.health.interval"), p);
+    h.interval = dur_or(
+        &raw.interval,
+        h.interval,
+        &format!("{k}.health.interval"),
+        p,
+    );
     h.timeout = dur_or(&raw.timeout, h.timeout, &format!("{k}.health.timeout"), p);
     if h.interval.is_zero() {
-        p.at(raw.interval.as_ref().map_or(0..0, |s| s.span()), format!("{k}.health.interval"), "must be more than 0");
+        p.at(
+            raw.interval.as_ref().map_or(0..0, |s| s.span()),
+            format!("{k}.health.interval"),
+            "must be more than 0",
+        );
     }
     if h.timeout.is_zero() {
-        p.at(raw.timeout.as_ref().map_or(0..0, |s| s.span()), format!("{k}.health.timeout"), "must be more than 0");
+        p.at(
+            raw.timeout.as_ref().map_or(0..0, |s| s.span()),
+            format!("{k}.health.timeout"),
+            "must be more than 0",
+        );
     }
-    for (field, value, slot) in [("rise", &raw.rise, &mut h.rise), ("fall", &raw.fall, &mut h.fall)] {
+    for (field, value, slot) in [
+        ("rise", &raw.rise, &mut h.rise),
+        ("fall", &raw.fall, &mut h.fall),
+    ] {
         if let Some(v) = value {
             match u32::try_from(*v.get_ref()).ok().and_then(NonZeroU32::new) {
                 Some(n) if n.get() <= 100 => *slot = n,
-                _ => p.at(v.span(), format!("{k}.health.{field}"), "must be between 1 and 100"),
+                _ => p.at(
+                    v.span(),
+                    format!("{k}.health.{field}"),
+                    "must be between 1 and 100",
+                ),
             }
         }
     }
     if let Some(s) = &raw.expect_status {
         match u16::try_from(*s.get_ref()) {
             Ok(code) if (100..=599).contains(&code) => h.expect_status = code,
-            _ => p.at(s.span(), format!("{k}.health.expect_status"), "must be an HTTP status between 100 and 599"),
+            _ => p.at(
+                s.span(),
+                format!("{k}.health.expect_status"),
+                "must be an HTTP status between 100 and 599",
+            ),
         }
     }
     h
@@ -321,7 +366,11 @@ fn health(raw: Option<&FileHealth>, k: &str, p: &mut Problems<'_>) -> HealthConf
 fn pool(raw: &Spanned<FilePool>, k: &str, p: &mut Problems<'_>) -> Vec<SocketAddr> {
     let ups = &raw.get_ref().upstreams;
     if ups.get_ref().is_empty() {
-        p.at(ups.span(), format!("{k}.upstreams"), "is empty: list at least one \"host:port\"");
+        p.at(
+            ups.span(),
+            format!("{k}.upstreams"),
+            "is empty: list at least one \"host:port\"",
+        );
         return Vec::new();
     }
     let mut out: Vec<SocketAddr> = Vec::new();
@@ -344,9 +393,15 @@ fn upstream_addr(u: &Spanned<String>, key: &str, p: &mut Problems<'_>) -> Option
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
     }
-    let has_port = s.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+    let has_port = s
+        .rsplit_once(':')
+        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
     if !has_port {
-        p.at(u.span(), key, format!("invalid upstream '{s}': expected \"host:port\", like \"10.0.0.22:3001\""));
+        p.at(
+            u.span(),
+            key,
+            format!("invalid upstream '{s}': expected \"host:port\", like \"10.0.0.22:3001\""),
+        );
         return None;
     }
     match s.to_socket_addrs().map(|mut it| it.next()) {
@@ -364,7 +419,12 @@ fn deploy(raw: Option<&FileDeploy>, k: &str, p: &mut Problems<'_>) -> DeployConf
         health_timeout: Duration::from_secs(60),
     };
     let Some(raw) = raw else { return d };
-    d.health_timeout = dur_or(&raw.health_timeout, d.health_timeout, &format!("{k}.deploy.health_timeout"), p);
+    d.health_timeout = dur_or(
+        &raw.health_timeout,
+        d.health_timeout,
+        &format!("{k}.deploy.health_timeout"),
+        p,
+    );
     for (i, s) in raw.steps.iter().enumerate() {
         let sk = format!("{k}.deploy.steps[{i}]");
         let st = s.get_ref();
@@ -377,7 +437,12 @@ fn deploy(raw: Option<&FileDeploy>, k: &str, p: &mut Problems<'_>) -> DeployConf
         if let Err(m) = check_placeholders(st.run.get_ref()) {
             p.at(st.run.span(), format!("{sk}.run"), m);
         }
-        let timeout = dur_or(&st.timeout, Duration::from_secs(300), &format!("{sk}.timeout"), p);
+        let timeout = dur_or(
+            &st.timeout,
+            Duration::from_secs(300),
+            &format!("{sk}.timeout"),
+            p,
+        );
         if timeout.is_zero() {
             p.at(s.span(), format!("{sk}.timeout"), "must be more than 0");
         }
@@ -426,14 +491,22 @@ fn addr(s: &Spanned<String>, key: &str, p: &mut Problems<'_>) -> Option<SocketAd
             p.at(
                 s.span(),
                 key,
-                format!("invalid address '{}': expected \"ip:port\", like \"0.0.0.0:80\"", s.get_ref()),
+                format!(
+                    "invalid address '{}': expected \"ip:port\", like \"0.0.0.0:80\"",
+                    s.get_ref()
+                ),
             );
             None
         }
     }
 }
 
-fn dur_or(v: &Option<Spanned<String>>, default: Duration, key: &str, p: &mut Problems<'_>) -> Duration {
+fn dur_or(
+    v: &Option<Spanned<String>>,
+    default: Duration,
+    key: &str,
+    p: &mut Problems<'_>,
+) -> Duration {
     match v {
         None => default,
         Some(s) => parse_duration(s.get_ref()).unwrap_or_else(|m| {
@@ -455,7 +528,14 @@ fn resolve(base: &Path, path: &str) -> PathBuf {
 fn existing_file(s: &Spanned<String>, base: &Path, key: &str, p: &mut Problems<'_>) -> PathBuf {
     let path = resolve(base, s.get_ref());
     if !path.is_file() {
-        p.at(s.span(), key, format!("file {} does not exist or is not a regular file", path.display()));
+        p.at(
+            s.span(),
+            key,
+            format!(
+                "file {} does not exist or is not a regular file",
+                path.display()
+            ),
+        );
     }
     path
 }
@@ -524,7 +604,11 @@ upstreams = ["127.0.0.1:3002"]
     #[test]
     fn bad_color() {
         let p = one(&GOOD.replace("hosts = [", "initial_live = \"purple\"\nhosts = ["));
-        assert!(p.message.contains("unknown variant `purple`"), "{}", p.message);
+        assert!(
+            p.message.contains("unknown variant `purple`"),
+            "{}",
+            p.message
+        );
         assert_eq!(p.line, 10);
     }
 
@@ -543,13 +627,26 @@ upstreams = ["127.0.0.1:3002"]
         let second = GOOD.split("[[app]]").nth(1).unwrap();
         let two = format!("{GOOD}[[app]]{second}");
         let v = problems(&two);
-        assert!(v.iter().any(|p| p.key == "app[1].name" && p.message.contains("duplicate app name 'web'")), "{v:?}");
-        assert!(v.iter().any(|p| p.key == "app[1].hosts[0]" && p.message.contains("already routed")), "{v:?}");
+        assert!(
+            v.iter()
+                .any(|p| p.key == "app[1].name" && p.message.contains("duplicate app name 'web'")),
+            "{v:?}"
+        );
+        assert!(
+            v.iter()
+                .any(|p| p.key == "app[1].hosts[0]" && p.message.contains("already routed")),
+            "{v:?}"
+        );
         let p = one(&GOOD.replace("127.0.0.1:3002", "127.0.0.1:3001"));
         assert!(p.message.contains("both blue and green"), "{p:?}");
 
         let no_hosts = GOOD.replace("hosts = [\"Web.Example.net\"]\n", "");
-        let other = no_hosts.split("[[app]]").nth(1).unwrap().replace("\"web\"", "\"api\"").replace("300", "400");
+        let other = no_hosts
+            .split("[[app]]")
+            .nth(1)
+            .unwrap()
+            .replace("\"web\"", "\"api\"")
+            .replace("300", "400");
         let v = problems(&format!("{no_hosts}[[app]]{other}"));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].message.contains("only one app can be the default"));
@@ -558,7 +655,9 @@ upstreams = ["127.0.0.1:3002"]
 
     #[test]
     fn deploy_steps_are_checked() {
-        let text = format!("{GOOD}\n[[app.deploy.steps]]\nname = \"pull\"\nrun = \"ssh {{hostname}} true\"\n");
+        let text = format!(
+            "{GOOD}\n[[app.deploy.steps]]\nname = \"pull\"\nrun = \"ssh {{hostname}} true\"\n"
+        );
         let p = one(&text);
         assert_eq!(p.key, "app[0].deploy.steps[0].run");
         assert!(p.message.contains("unknown placeholder '{hostname}'"));
