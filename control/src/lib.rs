@@ -3,8 +3,11 @@
 //! - [`api`]: the request and response types of the control API (`/v1`). The
 //!   daemon serialises them and `bgctl` deserialises them, so the two can never
 //!   disagree on a field.
+//! - [`duration`]: the `500ms` / `2s` / `1m` duration syntax of the config
+//!   and of `bgctl --timeout`.
 //! - [`client`] (feature `client`): a typed blocking client of that API.
 
 pub mod api;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod duration;

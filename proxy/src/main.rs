@@ -91,10 +91,12 @@ fn main() -> ExitCode {
         }
         None => match Config::load(&cli.config) {
             Ok(c) => (c, false),
-            Err(e) => return fail(format!(
+            Err(e) => {
+                return fail(format!(
                 "{e}\nbgproxy: not started; fix the configuration (bgproxy --check --config {})",
                 cli.config.display()
-            )),
+            ))
+            }
         },
     };
 

@@ -428,6 +428,26 @@ impl Daemon {
         (resp.status().as_u16(), resp.text().unwrap_or_default())
     }
 
+    /// Runs the real `bgctl` against this daemon, without a TTY: returns exit
+    /// code, stdout and stderr. The token, if any, comes from `BGCTL_TOKEN`.
+    pub fn bgctl(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new(bin("bgctl"));
+        cmd.args(args)
+            .env("BGCTL_ADDR", format!("http://{}", self.control))
+            .env_remove("BGCTL_TOKEN")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        if let Some(t) = &self.token {
+            cmd.env("BGCTL_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// The color that answered a GET of `/` for `host`.
     pub fn color_of(&self, host: &str) -> String {
         let (s, body) = self.get(host, "/");

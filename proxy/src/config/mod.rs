@@ -12,7 +12,6 @@
 //! `bgproxy --check` runs steps 1 and 2 (plus the state file and token file
 //! checks) and prints the errors.
 
-mod duration;
 mod file;
 mod validate;
 
@@ -23,7 +22,7 @@ use std::time::Duration;
 
 use bgproxy_control::api::Color;
 
-pub use duration::parse_duration;
+pub use bgproxy_control::duration::parse_duration;
 pub use validate::from_str;
 
 /// The validated configuration of the daemon.

@@ -1,4 +1,4 @@
-//! Durations in the config: an integer and a unit, `500ms`, `2s`, `1m`, `1h`.
+//! Durations in the config and on bgctl's command line: an integer and a unit, `500ms`, `2s`, `1m`, `1h`.
 
 use std::time::Duration;
 

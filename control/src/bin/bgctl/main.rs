@@ -1,0 +1,383 @@
+//! `bgctl`: the operator's command line for bgproxy.
+//!
+//! Flow of every command: parse arguments (clap; usage errors exit 2) ->
+//! build a [`Client`] from `--addr`/`BGCTL_ADDR` and the token -> resolve the
+//! app (`--app`, or the only one) -> call the API -> print (text, or the
+//! API's JSON with `--json`) -> exit with the code of design.md:
+//! 0 done, 1 refused or failed, 2 usage, 3 approval needed, 4 cannot reach
+//! or authenticate.
+
+mod render;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bgproxy_control::api::{AppStatus, Color, RollbackRequest, SwitchRequest, SwitchResponse};
+use bgproxy_control::client::{Client, ClientError};
+use bgproxy_control::duration::parse_duration;
+use clap::{CommandFactory, Parser, Subcommand};
+
+use render::Style;
+
+/// Exit codes (design.md).
+const EXIT_REFUSED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_APPROVAL: u8 = 3;
+const EXIT_UNREACHABLE: u8 = 4;
+
+/// bgctl: run blue/green releases through bgproxy's control API.
+#[derive(Parser)]
+#[command(
+    version,
+    about,
+    after_help = "Exit codes: 0 done, 1 refused or failed, 2 usage error, 3 approval needed, 4 cannot reach or authenticate to the API."
+)]
+struct Cli {
+    /// Control API address.
+    #[arg(
+        long,
+        global = true,
+        env = "BGCTL_ADDR",
+        default_value = "http://127.0.0.1:9900"
+    )]
+    addr: String,
+    /// File holding the bearer token for changes (BGCTL_TOKEN may hold the
+    /// token itself).
+    #[arg(long, global = true, env = "BGCTL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The app to act on; may be left out when only one app is configured.
+    #[arg(long, global = true)]
+    app: Option<String>,
+    /// Print the API's JSON and nothing else.
+    #[arg(long, global = true)]
+    json: bool,
+    /// How long to wait for the API, like 10s or 500ms.
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every app: live and standby color, upstream health, switches.
+    Status,
+    /// Make a color live (shows the plan and asks first).
+    Switch {
+        /// The color to make live.
+        #[arg(value_parser = parse_color)]
+        color: Color,
+        #[command(flatten)]
+        approval: Approval,
+    },
+    /// Switch back to the previous live color (same gates as switch).
+    Rollback {
+        #[command(flatten)]
+        approval: Approval,
+    },
+    /// The switch history of an app.
+    History {
+        /// Show at most this many entries, newest last.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(clap::Args)]
+struct Approval {
+    /// Proceed without asking.
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Skip the health gate: switch even if the target is not healthy.
+    #[arg(long)]
+    emergency: bool,
+    /// Why, recorded in the history.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+fn parse_color(s: &str) -> Result<Color, String> {
+    s.parse::<Color>().map_err(|e| e.to_string())
+}
+
+/// A failure with its exit code; the message goes to stderr.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e {
+            ClientError::Unreachable { .. } | ClientError::Unauthorized { .. } => EXIT_UNREACHABLE,
+            ClientError::Api { .. } | ClientError::Protocol { .. } => EXIT_REFUSED,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let style = Style::detect(cli.json);
+    match run(cli, &style) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("{}", style.error(&format!("bgctl: {}", f.message)));
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn token(cli: &Cli) -> Result<Option<String>, Failure> {
+    if let Some(path) = &cli.token_file {
+        let t = std::fs::read_to_string(path).map_err(|e| {
+            fail(
+                EXIT_USAGE,
+                format!("cannot read --token-file {}: {e}", path.display()),
+            )
+        })?;
+        return Ok(Some(t.trim().to_string()));
+    }
+    Ok(std::env::var("BGCTL_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
+}
+
+fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
+    if let Cmd::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "bgctl", &mut std::io::stdout());
+        return Ok(());
+    }
+    let client = Client::new(&cli.addr, token(&cli)?, cli.timeout)?;
+    match &cli.command {
+        Cmd::Status => {
+            if cli.json {
+                return print_raw(&client, "/v1/status");
+            }
+            let status = client.status()?;
+            let apps: Vec<&AppStatus> = status
+                .apps
+                .iter()
+                .filter(|a| cli.app.as_ref().is_none_or(|n| &a.name == n))
+                .collect();
+            if let Some(name) = &cli.app {
+                if apps.is_empty() {
+                    return Err(unknown_app(name, &status.apps));
+                }
+            }
+            print!("{}", render::status(&apps, style));
+            Ok(())
+        }
+        Cmd::History { limit } => {
+            let app = resolve_app(&client, cli.app.as_deref())?;
+            if cli.json {
+                return print_raw(
+                    &client,
+                    &format!("/v1/apps/{}/history?limit={limit}", app.name),
+                );
+            }
+            let h = client.history(&app.name, Some(*limit))?;
+            print!("{}", render::history(&h, style));
+            Ok(())
+        }
+        Cmd::Switch { color, approval } => {
+            let app = resolve_app(&client, cli.app.as_deref())?;
+            if app.live == *color {
+                return Err(fail(
+                    EXIT_REFUSED,
+                    format!(
+                        "{color} is already live for app '{}': nothing to do",
+                        app.name
+                    ),
+                ));
+            }
+            change(&client, &app, *color, false, approval, cli.json, style)
+        }
+        Cmd::Rollback { approval } => {
+            let app = resolve_app(&client, cli.app.as_deref())?;
+            let last = client.history(&app.name, Some(1))?.history.pop();
+            let Some(previous) = last.map(|h| h.from).filter(|_| app.switch_count > 0) else {
+                return Err(fail(
+                    EXIT_REFUSED,
+                    format!("app '{}' has never been switched: there is no previous live color to roll back to", app.name),
+                ));
+            };
+            change(&client, &app, previous, true, approval, cli.json, style)
+        }
+        Cmd::Completions { .. } => Ok(()),
+    }
+}
+
+fn print_raw(client: &Client, path: &str) -> Result<(), Failure> {
+    let text = client.call_raw(reqwest::Method::GET, path, None::<&()>)?;
+    print!("{text}");
+    Ok(())
+}
+
+fn unknown_app(name: &str, apps: &[AppStatus]) -> Failure {
+    let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+    fail(
+        EXIT_USAGE,
+        format!("unknown app '{name}': the apps are {}", names.join(", ")),
+    )
+}
+
+/// `--app`, or the only app; with several apps and no `--app`, a usage error
+/// listing them.
+fn resolve_app(client: &Client, name: Option<&str>) -> Result<AppStatus, Failure> {
+    let mut apps = client.status()?.apps;
+    match name {
+        Some(n) => match apps.iter().position(|a| a.name == n) {
+            Some(i) => Ok(apps.swap_remove(i)),
+            None => Err(unknown_app(n, &apps)),
+        },
+        None if apps.len() == 1 => Ok(apps.remove(0)),
+        None => {
+            let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+            Err(fail(
+                EXIT_USAGE,
+                format!(
+                    "several apps are configured: choose one with --app ({})",
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// The two-step approval and the change itself (switch or rollback).
+fn change(
+    client: &Client,
+    app: &AppStatus,
+    to: Color,
+    rollback: bool,
+    approval: &Approval,
+    json: bool,
+    style: &Style,
+) -> Result<(), Failure> {
+    let target = app.colors.get(to);
+    if !target.healthy && !approval.emergency {
+        if json {
+            println!(
+                "{}",
+                render::plan_json(app, to, rollback, approval.emergency, false)
+            );
+        } else {
+            eprint!(
+                "{}",
+                render::plan(app, to, rollback, approval.emergency, style)
+            );
+        }
+        return Err(fail(
+            EXIT_REFUSED,
+            format!(
+                "refusing: {to} is not healthy ({}); wait until it is, or add --emergency to skip the health gate",
+                render::unhealthy_summary(target)
+            ),
+        ));
+    }
+    if !approval.yes {
+        let interactive =
+            std::io::stdin().is_terminal() && std::io::stderr().is_terminal() && !json;
+        if !interactive {
+            if json {
+                println!(
+                    "{}",
+                    render::plan_json(app, to, rollback, approval.emergency, true)
+                );
+            } else {
+                print!(
+                    "{}",
+                    render::plan(app, to, rollback, approval.emergency, style)
+                );
+            }
+            return Err(fail(
+                EXIT_APPROVAL,
+                "approval needed: nothing changed; re-run with --yes to proceed",
+            ));
+        }
+        eprint!(
+            "{}",
+            render::plan(app, to, rollback, approval.emergency, style)
+        );
+        eprint!("Proceed? [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            return Err(fail(EXIT_REFUSED, "not confirmed: nothing changed"));
+        }
+    }
+    let (emergency, reason, actor) = (approval.emergency, approval.reason.clone(), Some(actor()));
+    let (path, body) = if rollback {
+        let req = RollbackRequest {
+            emergency,
+            reason,
+            actor,
+        };
+        (
+            format!("/v1/apps/{}/rollback", app.name),
+            serde_json::to_value(req),
+        )
+    } else {
+        let req = SwitchRequest {
+            to,
+            emergency,
+            reason,
+            actor,
+        };
+        (
+            format!("/v1/apps/{}/switch", app.name),
+            serde_json::to_value(req),
+        )
+    };
+    let body = body.map_err(|e| fail(EXIT_REFUSED, format!("cannot encode the request: {e}")))?;
+    let started = Instant::now();
+    let text = client.call_raw(reqwest::Method::POST, &path, Some(&body))?;
+    if json {
+        print!("{text}");
+        return Ok(());
+    }
+    let done: SwitchResponse = serde_json::from_str(&text).map_err(|e| {
+        fail(
+            EXIT_REFUSED,
+            format!("the change was made, but its answer is unreadable: {e}"),
+        )
+    })?;
+    print!("{}", render::done(&done, started.elapsed(), style));
+    Ok(())
+}
+
+/// `user@host`, recorded as the actor in the history.
+fn actor() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
+}
