@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::debug;
 
+use crate::audit::{AuditLog, AuditRecord};
 use crate::controller::{Change, Command, ControlError, Controller};
 
 /// Largest request body accepted.
@@ -44,35 +45,48 @@ pub enum Auth {
 pub struct ControlApi {
     controller: Arc<Controller>,
     auth: Auth,
+    audit: AuditLog,
 }
 
 impl ControlApi {
-    pub fn new(controller: Arc<Controller>, auth: Auth) -> Self {
-        ControlApi { controller, auth }
+    pub fn new(controller: Arc<Controller>, auth: Auth, audit: AuditLog) -> Self {
+        ControlApi {
+            controller,
+            auth,
+            audit,
+        }
     }
 }
 
-/// An answer: status and JSON body.
+/// An answer: status and JSON body, and for errors the code and message.
 struct Reply {
     status: u16,
     body: Vec<u8>,
+    error: Option<(&'static str, String)>,
 }
 
 impl Reply {
     fn json<T: Serialize>(status: u16, value: &T) -> Reply {
         let mut body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
         body.push(b'\n');
-        Reply { status, body }
+        Reply {
+            status,
+            body,
+            error: None,
+        }
     }
 
-    fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
-        Reply::json(
+    fn error(status: u16, code: &'static str, message: impl Into<String>) -> Reply {
+        let message = message.into();
+        let mut r = Reply::json(
             status,
             &ApiError {
-                error: message.into(),
+                error: message.clone(),
                 code: code.into(),
             },
-        )
+        );
+        r.error = Some((code, message));
+        r
     }
 
     fn from_control(e: ControlError) -> Reply {
@@ -198,55 +212,22 @@ impl ControlApi {
                 }
             }
             ["v1", "apps", app, action @ ("switch" | "rollback")] if post => {
-                if let Err(r) = self.authorize(s, client) {
-                    return r;
-                }
-                let body = match Self::body(s).await {
-                    Ok(b) => b,
-                    Err(r) => return r,
-                };
-                let cmd = if *action == "switch" {
-                    if body.iter().all(u8::is_ascii_whitespace) {
-                        return Reply::error(
-                            400,
-                            "bad_request",
-                            "switch needs a JSON body like {\"to\": \"green\"}",
-                        );
-                    }
-                    match serde_json::from_slice::<SwitchRequest>(&body) {
-                        Ok(r) => command(
-                            app,
-                            Change::Switch { to: r.to },
-                            r.emergency,
-                            r.reason,
-                            r.actor,
-                            client,
-                        ),
-                        Err(e) => {
-                            return Reply::error(
-                                400,
-                                "bad_request",
-                                format!("invalid JSON body: {e}"),
-                            )
-                        }
-                    }
-                } else {
-                    match Self::parse::<RollbackRequest>(&body) {
-                        Ok(r) => command(
-                            app,
-                            Change::Rollback,
-                            r.emergency,
-                            r.reason,
-                            r.actor,
-                            client,
-                        ),
-                        Err(r) => return r,
-                    }
-                };
-                match self.controller.apply(cmd).await {
-                    Ok(done) => Reply::json(200, &done),
-                    Err(e) => Reply::from_control(e),
-                }
+                let mut attempt = Attempt::default();
+                let reply = self.mutate(s, client, app, action, &mut attempt).await;
+                self.audit.record(&AuditRecord {
+                    time: time::OffsetDateTime::now_utc(),
+                    action,
+                    app,
+                    result: reply.error.as_ref().map_or("ok", |(code, _)| code),
+                    status: reply.status,
+                    actor: attempt.actor.as_deref().unwrap_or("unknown"),
+                    client: client.map(|c| c.to_string()),
+                    reason: attempt.reason.as_deref(),
+                    emergency: attempt.emergency,
+                    to: attempt.to.map(|c| c.as_str()),
+                    error: reply.error.as_ref().map(|(_, m)| m.as_str()),
+                });
+                reply
             }
             ["v1", "status"]
             | ["v1", "apps", _]
@@ -260,6 +241,83 @@ impl ControlApi {
                 "not_found",
                 format!("no such endpoint: {method} {path}"),
             ),
+        }
+    }
+}
+
+/// What a mutating request asked for, as far as it was understood (for
+/// the audit log, also of refused attempts).
+#[derive(Default)]
+struct Attempt {
+    actor: Option<String>,
+    reason: Option<String>,
+    emergency: bool,
+    to: Option<bgproxy_control::api::Color>,
+}
+
+impl ControlApi {
+    /// A switch or rollback: authorise, read and parse the body, apply.
+    async fn mutate(
+        &self,
+        s: &mut ServerSession,
+        client: Option<IpAddr>,
+        app: &str,
+        action: &str,
+        attempt: &mut Attempt,
+    ) -> Reply {
+        if let Err(r) = self.authorize(s, client) {
+            return r;
+        }
+        let body = match Self::body(s).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let cmd = if action == "switch" {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Reply::error(
+                    400,
+                    "bad_request",
+                    "switch needs a JSON body like {\"to\": \"green\"}",
+                );
+            }
+            match serde_json::from_slice::<SwitchRequest>(&body) {
+                Ok(r) => {
+                    attempt.to = Some(r.to);
+                    command(
+                        app,
+                        Change::Switch { to: r.to },
+                        r.emergency,
+                        r.reason,
+                        r.actor,
+                        client,
+                    )
+                }
+                Err(e) => {
+                    return Reply::error(400, "bad_request", format!("invalid JSON body: {e}"))
+                }
+            }
+        } else {
+            match Self::parse::<RollbackRequest>(&body) {
+                Ok(r) => command(
+                    app,
+                    Change::Rollback,
+                    r.emergency,
+                    r.reason,
+                    r.actor,
+                    client,
+                ),
+                Err(r) => return r,
+            }
+        };
+        attempt.actor = Some(cmd.actor.clone());
+        attempt.reason.clone_from(&cmd.reason);
+        attempt.emergency = cmd.emergency;
+        match self.controller.apply(cmd).await {
+            Ok(done) => {
+                attempt.to = Some(done.live);
+                Reply::json(200, &done)
+            }
+            Err(e) => Reply::from_control(e),
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::routing::{AppRoute, Pool, Routing, Snapshot, Upstream};
 use crate::state::{AppState, State, StateError, StateStore};
 
@@ -100,6 +101,7 @@ pub struct Controller {
     state: Mutex<State>,
     /// Host names per app, in snapshot order (for status).
     hosts: Vec<Vec<String>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Controller {
@@ -108,14 +110,21 @@ impl Controller {
     /// configured are kept. Persists the merged state so that a recovered or
     /// first state is on disk before the front door opens, which also proves
     /// the state directory is writable.
-    pub fn start(config: &Config, store: StateStore, mut state: State) -> Result<Self, StateError> {
+    pub fn start(
+        config: &Config,
+        store: StateStore,
+        mut state: State,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StateError> {
         for app in &config.apps {
             state
                 .apps
                 .entry(app.name.clone())
                 .or_insert_with(|| AppState::new(app.initial_live));
         }
+        let started = Instant::now();
         store.persist(&state)?;
+        metrics.state_write.observe(started.elapsed().as_secs_f64());
         let routes = config
             .apps
             .iter()
@@ -123,19 +132,25 @@ impl Controller {
                 name: app.name.as_str().into(),
                 live: state.apps[&app.name].live,
                 pools: Color::ALL.map(|c| {
-                    Arc::new(Pool::new(
-                        c,
-                        app.upstreams(c)
-                            .iter()
-                            .map(|a| Arc::new(Upstream::new(*a)))
-                            .collect(),
-                    ))
+                    let upstreams = app
+                        .upstreams(c)
+                        .iter()
+                        .map(|a| {
+                            let gauge = metrics.upstream(&app.name, c, &a.to_string());
+                            Arc::new(Upstream::new(*a, gauge))
+                        })
+                        .collect();
+                    Arc::new(Pool::new(c, upstreams, metrics.pool(&app.name, c)))
                 }),
             })
             .collect();
         let hosts: Vec<Vec<String>> = config.apps.iter().map(|a| a.hosts.clone()).collect();
         let snapshot = Snapshot::new(1, routes, &hosts);
+        for app in &snapshot.apps {
+            metrics.register_app(&app.name, app.live);
+        }
         Ok(Controller {
+            metrics,
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             store,
             state: Mutex::new(state),
@@ -171,14 +186,21 @@ impl Controller {
         let switch_count = app_state.switch_count;
         // Persist, then publish: an answered switch is never lost, and a
         // failed write changes nothing.
+        let write_started = Instant::now();
         if let Err(e) = self.store.persist(&next) {
+            self.metrics.state_write_failures.inc();
             warn!(app = %cmd.app, "switch to {} not done: {e}", entry.to);
             return Err(e.into());
         }
+        self.metrics
+            .state_write
+            .observe(write_started.elapsed().as_secs_f64());
         *state = next;
         self.routing
             .store(Arc::new(snapshot.with_live(index, entry.to)));
         drop(state);
+        self.metrics.set_live(&cmd.app, entry.to);
+        self.metrics.switched(&cmd.app, entry.kind);
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         info!(
             app = %cmd.app, from = %entry.from, to = %entry.to, kind = %entry.kind,

@@ -12,8 +12,9 @@
 //! standby is never used behind the operator's back.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bgproxy_control::api::Color;
@@ -26,6 +27,8 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::{info, warn};
 
+use crate::config::LogConfig;
+use crate::metrics::Metrics;
 use crate::routing::{Routing, Snapshot};
 
 /// How long to wait for an upstream's TCP handshake before trying another.
@@ -34,11 +37,46 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The front door's proxy logic.
 pub struct DataPlane {
     routing: Routing,
+    metrics: Arc<Metrics>,
+    access: AccessLog,
 }
 
 impl DataPlane {
-    pub fn new(routing: Routing) -> Self {
-        DataPlane { routing }
+    pub fn new(routing: Routing, metrics: Arc<Metrics>, log: &LogConfig) -> Self {
+        DataPlane {
+            routing,
+            metrics,
+            access: AccessLog::new(log),
+        }
+    }
+}
+
+/// Which requests get an access log line: none, all, or an evenly spaced
+/// fraction (deterministic, lock-free: request n is logged when
+/// `floor((n+1)*rate) > floor(n*rate)`).
+struct AccessLog {
+    rate: f64,
+    seen: AtomicU64,
+}
+
+impl AccessLog {
+    fn new(log: &LogConfig) -> Self {
+        AccessLog {
+            rate: if log.access { log.access_sample } else { 0.0 },
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn sample(&self) -> bool {
+        if self.rate >= 1.0 {
+            return true;
+        }
+        if self.rate <= 0.0 {
+            return false;
+        }
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.rate).floor() > (n * self.rate).floor()
     }
 }
 
@@ -53,6 +91,10 @@ pub struct RequestCtx {
     upstream: Option<SocketAddr>,
     /// Set after the one retry has been granted.
     retried: bool,
+    /// When the request arrived.
+    started: Option<Instant>,
+    /// Counted in the color's active gauge (to be released in `logging`).
+    active: bool,
 }
 
 impl RequestCtx {
@@ -77,6 +119,7 @@ impl ProxyHttp for DataPlane {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
         let snapshot = self.routing.load_full();
         match snapshot.app_for_host(host_of(session.req_header())) {
             Some(app) => {
@@ -85,6 +128,7 @@ impl ProxyHttp for DataPlane {
                 Ok(false)
             }
             None => {
+                self.metrics.unrouted.inc();
                 // Never echo the client's Host back: it is untrusted input.
                 let body =
                     Bytes::from_static(b"404 Not Found: no app is configured for this host\n");
@@ -115,6 +159,12 @@ impl ProxyHttp for DataPlane {
             e
         })?;
         let addr = pick.upstream.addr;
+        if !ctx.active {
+            pool.metrics.active.inc();
+        }
+        if pick.panic {
+            pool.metrics.panic_routed.inc();
+        }
         if pool.panic_changed(pick.panic) {
             if pick.panic {
                 warn!(app = %route.name, color = %color, "every upstream of the live color is down: routing to them anyway (panic mode)");
@@ -122,6 +172,7 @@ impl ProxyHttp for DataPlane {
                 info!(app = %route.name, color = %color, "an upstream of the live color is up again: panic mode over");
             }
         }
+        ctx.active = true;
         ctx.color = Some(color);
         ctx.upstream = Some(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -142,6 +193,11 @@ impl ProxyHttp for DataPlane {
             .is_some_and(|(r, c)| r.pool(c).upstreams.len() > 1);
         let retry = !ctx.retried && others && session.req_header().method.is_idempotent();
         ctx.retried |= retry;
+        if retry {
+            if let Some((r, c)) = ctx.route().zip(ctx.color) {
+                r.pool(c).metrics.retries.inc();
+            }
+        }
         e.set_retry(retry);
         e
     }
@@ -170,6 +226,47 @@ impl ProxyHttp for DataPlane {
             upstream_request.insert_header("X-Forwarded-Host", host)?;
         }
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let elapsed = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
+        let (app, color) = match (ctx.route(), ctx.color) {
+            (Some(route), Some(color)) => {
+                let m = &route.pool(color).metrics;
+                m.record(status, elapsed.as_secs_f64());
+                if ctx.active {
+                    m.active.dec();
+                }
+                (Some(&route.name), Some(color))
+            }
+            (route, _) => (route.map(|r| &r.name), None),
+        };
+        if !self.access.sample() {
+            return;
+        }
+        let req = session.req_header();
+        let client = match session.client_addr() {
+            Some(PingoraAddr::Inet(a)) => a.ip().to_string(),
+            _ => String::new(),
+        };
+        // Client-controlled values (path, host) are logged with Debug
+        // quoting so they cannot forge log lines.
+        info!(
+            target: "access",
+            app = app.map_or("-", |a| &**a),
+            color = color.map_or("-", Color::as_str),
+            upstream = %ctx.upstream.map_or("-".to_string(), |u| u.to_string()),
+            method = %req.method,
+            path = ?req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            host = ?host_of(req).map(String::from_utf8_lossy),
+            status = status.unwrap_or(0),
+            bytes = session.body_bytes_sent(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            client = %client,
+            error = e.map(|e| e.etype().as_str()),
+            "request"
+        );
     }
 
     async fn fail_to_proxy(

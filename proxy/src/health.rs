@@ -191,7 +191,7 @@ pub async fn check_loop(t: Target, mut shutdown: ShutdownWatch) {
             Err(_) => Err(format!("no answer within {:?}", t.config.timeout)),
         };
         if let Some(h) = tracker.observe(result.is_ok()) {
-            t.upstream.health.set(h);
+            t.upstream.set_health(h);
             match (h, &result) {
                 (Health::Down, Err(why)) => {
                     warn!(app = %t.app, color = %t.color, upstream = %t.upstream.name, "upstream is DOWN: {why}")

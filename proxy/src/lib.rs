@@ -10,10 +10,13 @@
 //! control_api /v1 HTTP/JSON -> Controller::apply
 //! controller  validate -> StateStore::persist (fsync) -> ArcSwap::store -> answer
 //! state       the JSON state file, atomic writes, recovery from corruption
+//! metrics     Prometheus names and pre-resolved handles; metrics_http serves them
+//! audit       audit.log: one fsync'd JSON line per control action
 //! check       bgproxy --check
 //! demo        bgproxy demo: two sample backends and the proxy on loopback
 //! ```
 
+pub mod audit;
 pub mod check;
 pub mod config;
 pub mod control_api;
@@ -21,6 +24,8 @@ pub mod controller;
 pub mod dataplane;
 pub mod demo;
 pub mod health;
+pub mod metrics;
+pub mod metrics_http;
 pub mod routing;
 pub mod server;
 pub mod state;

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bgproxy::{check, config::Config, demo, server};
+use bgproxy::config::{Config, LogConfig, LogFormat};
+use bgproxy::{check, demo, server};
 use bgproxy_control::api::Color;
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,9 @@ struct Cli {
     /// upgrade); the old process is then sent SIGQUIT.
     #[arg(long)]
     upgrade: bool,
+    /// Log format: text (default) or json; overrides `log.format`.
+    #[arg(long, value_parser = |s: &str| s.parse::<LogFormat>())]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -44,14 +48,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
     let opts = server::BuildOptions {
         upgrade: cli.upgrade,
@@ -100,6 +96,7 @@ fn main() -> ExitCode {
         },
     };
 
+    init_logging(&config.log, cli.log_format);
     let mut daemon = match server::build(&config, &opts) {
         Ok(d) => d,
         Err(e) => return fail(format!("not started: {e:#}")),
@@ -113,6 +110,22 @@ fn main() -> ExitCode {
             .add_service(demo::Backend::service(Color::Green, "127.0.0.1:8082"));
     }
     daemon.server.run_forever()
+}
+
+/// Logs go to stderr: the level from `RUST_LOG`, else `log.level`; the
+/// format from `--log-format`, else `log.format`. Colors only on a terminal.
+fn init_logging(log: &LogConfig, format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format.unwrap_or(log.format) {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 fn fail(message: String) -> ExitCode {

@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use bgproxy_control::api::{Color, Health};
 
 use crate::health::HealthCell;
+use crate::metrics::PoolMetrics;
 
 /// The shared, swappable routing table.
 pub type Routing = Arc<ArcSwap<Snapshot>>;
@@ -32,15 +33,25 @@ pub struct Upstream {
     /// `addr` as text, computed once (status, logs, metric labels).
     pub name: Arc<str>,
     pub health: HealthCell,
+    /// `bgproxy_upstream_healthy` of this upstream.
+    gauge: prometheus::IntGauge,
 }
 
 impl Upstream {
-    pub fn new(addr: SocketAddr) -> Self {
+    /// An upstream whose health is reported on `gauge`.
+    pub fn new(addr: SocketAddr, gauge: prometheus::IntGauge) -> Self {
         Upstream {
             addr,
             name: addr.to_string().into(),
             health: HealthCell::new(),
+            gauge,
         }
+    }
+
+    /// Records a new observed health, and reports it as a metric.
+    pub fn set_health(&self, h: Health) {
+        self.health.set(h);
+        self.gauge.set(i64::from(h == Health::Up));
     }
 }
 
@@ -50,6 +61,8 @@ pub struct Pool {
     pub color: Color,
     pub upstreams: Box<[Arc<Upstream>]>,
     next: AtomicUsize,
+    /// Pre-resolved metric handles of this app's color.
+    pub metrics: PoolMetrics,
     /// Whether the last pick was a panic pick: lets the data plane log the
     /// transitions instead of every request.
     panicking: AtomicBool,
@@ -65,9 +78,10 @@ pub struct Pick<'a> {
 }
 
 impl Pool {
-    pub fn new(color: Color, upstreams: Vec<Arc<Upstream>>) -> Self {
+    pub fn new(color: Color, upstreams: Vec<Arc<Upstream>>, metrics: PoolMetrics) -> Self {
         Pool {
             color,
+            metrics,
             upstreams: upstreams.into_boxed_slice(),
             next: AtomicUsize::new(0),
             panicking: AtomicBool::new(false),
@@ -245,12 +259,22 @@ fn strip_port(host: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
+    fn detached_gauge() -> prometheus::IntGauge {
+        prometheus::IntGauge::new("g", "g").unwrap()
+    }
+
     fn pool(n: u16) -> Pool {
         Pool::new(
             Color::Blue,
             (0..n)
-                .map(|i| Arc::new(Upstream::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i)))))
+                .map(|i| {
+                    Arc::new(Upstream::new(
+                        SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
+                        detached_gauge(),
+                    ))
+                })
                 .collect(),
+            PoolMetrics::detached(),
         )
     }
 

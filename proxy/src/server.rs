@@ -17,17 +17,21 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tracing::{error, info, warn};
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::control_api::{Auth, ControlApi};
 use crate::controller::Controller;
 use crate::dataplane::DataPlane;
 use crate::health::HealthService;
+use crate::metrics::Metrics;
+use crate::metrics_http::MetricsEndpoint;
 use crate::state::StateStore;
 
 /// A built daemon: the server to run and the handles around it.
 pub struct Daemon {
     pub server: Server,
     pub controller: Arc<Controller>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Options that come from the command line rather than the config.
@@ -79,12 +83,16 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
     for r in &recoveries {
         error!("state file problem: {r}");
     }
-    let controller = Controller::start(config, store, state).with_context(|| {
-        format!(
-            "cannot write the state file {}: make its directory writable by the bgproxy user",
-            config.state.path.display()
-        )
-    })?;
+    let metrics = Arc::new(Metrics::new());
+    let audit = AuditLog::open(&state_dir)
+        .with_context(|| format!("cannot open the audit log in {}", state_dir.display()))?;
+    let controller =
+        Controller::start(config, store, state, metrics.clone()).with_context(|| {
+            format!(
+                "cannot write the state file {}: make its directory writable by the bgproxy user",
+                config.state.path.display()
+            )
+        })?;
     let controller = Arc::new(controller);
     for app in &controller.routing().load().apps {
         info!(app = %app.name, live = %app.live, "routing app");
@@ -112,7 +120,7 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
 
     let mut front = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        DataPlane::new(controller.routing()),
+        DataPlane::new(controller.routing(), metrics.clone(), &config.log),
         "front door",
     );
     for addr in &config.proxy.listen {
@@ -130,11 +138,23 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
 
     let mut control = Service::new(
         "control api".into(),
-        ControlApi::new(controller.clone(), auth),
+        ControlApi::new(controller.clone(), auth, audit),
     );
     control.add_tcp(&config.control.listen.to_string());
     control.threads = Some(1);
     server.add_service(control);
+
+    if let Some(m) = &config.metrics {
+        let mut svc = Service::new(
+            "metrics".into(),
+            MetricsEndpoint {
+                metrics: metrics.clone(),
+            },
+        );
+        svc.add_tcp(&m.listen.to_string());
+        svc.threads = Some(1);
+        server.add_service(svc);
+    }
 
     let settings = config
         .apps
@@ -157,5 +177,9 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
         listen = ?config.proxy.listen, control = %config.control.listen,
         state = %config.state.path.display(), "bgproxy ready to start"
     );
-    Ok(Daemon { server, controller })
+    Ok(Daemon {
+        server,
+        controller,
+        metrics,
+    })
 }

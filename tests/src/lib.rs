@@ -253,13 +253,26 @@ impl AppSpec {
     }
 }
 
+/// Extra settings of a test daemon.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// A control token (written to a token file).
+    pub token: Option<String>,
+    /// Extra command-line arguments of bgproxy.
+    pub args: Vec<String>,
+    /// Extra top-level TOML tables (e.g. a `[log]` table).
+    pub toml: String,
+}
+
 /// A running `bgproxy` with its own temp dir, ports and config.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub proxy: SocketAddr,
     pub control: SocketAddr,
+    pub metrics: SocketAddr,
     pub token: Option<String>,
+    args: Vec<String>,
     child: Option<Child>,
     http: reqwest::blocking::Client,
 }
@@ -272,12 +285,26 @@ impl Daemon {
 
     /// Starts bgproxy with `apps` and, if given, a control token.
     pub fn start_with(apps: &[AppSpec], token: Option<&str>) -> Daemon {
+        Self::start_opts(
+            apps,
+            Options {
+                token: token.map(String::from),
+                ..Options::default()
+            },
+        )
+    }
+
+    /// Starts bgproxy with `apps` and `opts`.
+    pub fn start_opts(apps: &[AppSpec], opts: Options) -> Daemon {
+        let token = opts.token.as_deref();
         let dir = tempfile::tempdir().unwrap();
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut toml = format!(
             "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"0s\"\nshutdown_timeout = \"1s\"\n\n\
-             [control]\nlisten = \"{control}\"\n"
+             [metrics]\nlisten = \"{metrics}\"\n\n{}\n[control]\nlisten = \"{control}\"\n",
+            opts.toml
         );
         if let Some(t) = token {
             std::fs::write(dir.path().join("token"), format!("{t}\n")).unwrap();
@@ -315,7 +342,9 @@ impl Daemon {
             config,
             proxy,
             control,
+            metrics,
             token: token.map(String::from),
+            args: opts.args,
             child: None,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -346,6 +375,7 @@ impl Daemon {
         let child = Command::new(bin("bgproxy"))
             .arg("--config")
             .arg(&self.config)
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -371,6 +401,26 @@ impl Daemon {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.control, path)
+    }
+
+    /// The text of `GET /metrics`.
+    pub fn scrape(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.metrics))
+            .send()
+            .and_then(|r| r.text())
+            .expect("metrics endpoint reachable")
+    }
+
+    /// The value of one sample line (`name{labels}`) of `/metrics`, or None.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.scrape();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// A control API call; returns status and JSON body.

@@ -14,8 +14,18 @@ pub struct FileConfig {
     pub control: Option<FileControl>,
     pub metrics: Option<FileMetrics>,
     pub state: Option<FileState>,
+    pub log: Option<FileLog>,
     #[serde(default)]
     pub app: Vec<Spanned<FileApp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    pub level: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub access: Option<bool>,
+    pub access_sample: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,7 +34,55 @@ pub struct Config {
     pub control: ControlConfig,
     pub metrics: Option<MetricsConfig>,
     pub state: StateConfig,
+    pub log: LogConfig,
     pub apps: Vec<AppConfig>,
+}
+
+/// `[log]`: the daemon's logs and the access log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `warn,bgproxy=debug`); `RUST_LOG` wins.
+    /// Default `info`.
+    pub level: String,
+    /// Default [`LogFormat::Text`]; `--log-format` wins.
+    pub format: LogFormat,
+    /// One line per request at target `access`. Default on.
+    pub access: bool,
+    /// The fraction of requests logged, 0.0 to 1.0. Default 1.0.
+    pub access_sample: f64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+            access: true,
+            access_sample: 1.0,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format '{other}': expected 'text' or 'json'"
+            )),
+        }
+    }
 }
 
 /// `[proxy]`: the front door.

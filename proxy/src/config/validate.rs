@@ -146,6 +146,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             .unwrap_or_else(|| PathBuf::from("/var/lib/bgproxy/state.json")),
     };
 
+    let log = log(raw.log.as_ref(), p);
     let apps = apps(raw.app, base, p);
     let mut config = Config {
         path: file.to_path_buf(),
@@ -159,6 +160,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         control,
         metrics,
         state,
+        log,
         apps,
     };
     if config.apps.is_empty() {
@@ -166,6 +168,43 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
     }
     listeners_distinct(&mut config, p);
     config
+}
+
+fn log(raw: Option<&FileLog>, p: &mut Problems<'_>) -> LogConfig {
+    let mut l = LogConfig::default();
+    let Some(raw) = raw else { return l };
+    if let Some(level) = &raw.level {
+        match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+            Ok(_) => l.level = level.get_ref().clone(),
+            Err(e) => p.at(
+                level.span(),
+                "log.level",
+                format!(
+                    "invalid level '{}': {e}; use error, warn, info, debug or trace",
+                    level.get_ref()
+                ),
+            ),
+        }
+    }
+    if let Some(f) = &raw.format {
+        match f.get_ref().parse() {
+            Ok(format) => l.format = format,
+            Err(m) => p.at(f.span(), "log.format", m),
+        }
+    }
+    l.access = raw.access.unwrap_or(l.access);
+    if let Some(s) = &raw.access_sample {
+        if (0.0..=1.0).contains(s.get_ref()) {
+            l.access_sample = *s.get_ref();
+        } else {
+            p.at(
+                s.span(),
+                "log.access_sample",
+                "must be between 0.0 (none) and 1.0 (every request)",
+            );
+        }
+    }
+    l
 }
 
 fn default_control() -> SocketAddr {

@@ -1,0 +1,300 @@
+//! Prometheus metrics: every name in [`names`], one [`Metrics`] registry per
+//! daemon, and pre-resolved handles for the hot path.
+//!
+//! Label values come only from the config (app names, colors, upstream
+//! addresses) and from fixed enums (status class, switch kind, result),
+//! never from client input: a client cannot grow the number of series.
+//! The data plane never looks a label up: each [`Pool`](crate::routing::Pool)
+//! carries its [`PoolMetrics`] handles, resolved when the pool is built, so
+//! recording a request is a few atomic adds.
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use bgproxy_control::api::{Color, SwitchKind};
+
+/// Metric names: call sites never repeat a name literal.
+pub mod names {
+    pub const REQUESTS_TOTAL: &str = "bgproxy_requests_total";
+    pub const REQUEST_DURATION_SECONDS: &str = "bgproxy_request_duration_seconds";
+    pub const UPSTREAM_HEALTHY: &str = "bgproxy_upstream_healthy";
+    pub const LIVE_COLOR: &str = "bgproxy_live_color";
+    pub const SWITCHES_TOTAL: &str = "bgproxy_switches_total";
+    pub const DEPLOYS_TOTAL: &str = "bgproxy_deploys_total";
+    pub const ACTIVE_CONNECTIONS: &str = "bgproxy_active_connections";
+    pub const CONFIG_RELOADS_TOTAL: &str = "bgproxy_config_reloads_total";
+    pub const STATE_WRITE_DURATION_SECONDS: &str = "bgproxy_state_write_duration_seconds";
+    pub const STATE_WRITE_FAILURES_TOTAL: &str = "bgproxy_state_write_failures_total";
+    pub const PANIC_ROUTED_TOTAL: &str = "bgproxy_panic_routed_requests_total";
+    pub const UPSTREAM_RETRIES_TOTAL: &str = "bgproxy_upstream_retries_total";
+    pub const UNROUTED_TOTAL: &str = "bgproxy_unrouted_requests_total";
+
+    /// Every name above.
+    pub const ALL: &[&str] = &[
+        REQUESTS_TOTAL,
+        REQUEST_DURATION_SECONDS,
+        UPSTREAM_HEALTHY,
+        LIVE_COLOR,
+        SWITCHES_TOTAL,
+        DEPLOYS_TOTAL,
+        ACTIVE_CONNECTIONS,
+        CONFIG_RELOADS_TOTAL,
+        STATE_WRITE_DURATION_SECONDS,
+        STATE_WRITE_FAILURES_TOTAL,
+        PANIC_ROUTED_TOTAL,
+        UPSTREAM_RETRIES_TOTAL,
+        UNROUTED_TOTAL,
+    ];
+}
+
+/// Status classes, the values of the `code_class` label.
+const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// Latency buckets: from 1ms to 30s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The daemon's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_healthy: IntGaugeVec,
+    live_color: IntGaugeVec,
+    switches: IntCounterVec,
+    /// Per app, color and result of a deploy.
+    pub deploys: IntCounterVec,
+    active: IntGaugeVec,
+    /// Config reloads by result (`success`, `failure`).
+    pub reloads: IntCounterVec,
+    /// Time to write the state file durably.
+    pub state_write: Histogram,
+    /// Failed state writes (the change was refused).
+    pub state_write_failures: IntCounter,
+    panic_routed: IntCounterVec,
+    retries: IntCounterVec,
+    /// Requests for a Host no app serves (no labels on purpose).
+    pub unrouted: IntCounter,
+}
+
+fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    // Names are constants and unique, so registration cannot collide.
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    /// A fresh registry with every bgproxy metric and the process metrics.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let m = Metrics {
+            requests: counter(names::REQUESTS_TOTAL, "Requests proxied, by app, color and status class.", &["app", "color", "code_class"]),
+            duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(names::REQUEST_DURATION_SECONDS, "Request duration from first byte in to last byte out, by app and color.")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["app", "color"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_healthy: gauge(names::UPSTREAM_HEALTHY, "1 when the upstream is observed up, 0 when down or not yet checked.", &["app", "color", "upstream"]),
+            live_color: gauge(names::LIVE_COLOR, "1 for the app's live color, 0 for the standby.", &["app", "color"]),
+            switches: counter(names::SWITCHES_TOTAL, "Changes of the live color, by app and kind.", &["app", "kind"]),
+            deploys: counter(names::DEPLOYS_TOTAL, "Deploys to the standby color, by app, color and result.", &["app", "color", "result"]),
+            active: gauge(names::ACTIVE_CONNECTIONS, "Requests (and upgraded connections) in flight to each color.", &["app", "color"]),
+            reloads: counter(names::CONFIG_RELOADS_TOTAL, "Configuration reloads, by result.", &["result"]),
+            state_write: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(names::STATE_WRITE_DURATION_SECONDS, "Time to write the state file durably (write, fsync, rename, fsync dir).")
+                        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+                )
+                .expect("valid metric"),
+            ),
+            state_write_failures: register(&r, IntCounter::new(names::STATE_WRITE_FAILURES_TOTAL, "State writes that failed; the change they carried was refused.").expect("valid metric")),
+            panic_routed: counter(names::PANIC_ROUTED_TOTAL, "Requests sent to a live color whose upstreams were all down (panic routing).", &["app", "color"]),
+            retries: counter(names::UPSTREAM_RETRIES_TOTAL, "Requests retried on another upstream of the same color after a refused connection.", &["app", "color"]),
+            unrouted: register(&r, IntCounter::new(names::UNROUTED_TOTAL, "Requests for a Host that no app serves (answered 404).").expect("valid metric")),
+            registry: r,
+        };
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let _ = m.registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        m
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// Resolves the handles of one app's color.
+    pub fn pool(&self, app: &str, color: Color) -> PoolMetrics {
+        let c = color.as_str();
+        PoolMetrics {
+            requests: CODE_CLASSES.map(|class| self.requests.with_label_values(&[app, c, class])),
+            duration: self.duration.with_label_values(&[app, c]),
+            active: self.active.with_label_values(&[app, c]),
+            panic_routed: self.panic_routed.with_label_values(&[app, c]),
+            retries: self.retries.with_label_values(&[app, c]),
+        }
+    }
+
+    /// The health gauge of one upstream.
+    pub fn upstream(&self, app: &str, color: Color, upstream: &str) -> IntGauge {
+        self.upstream_healthy
+            .with_label_values(&[app, color.as_str(), upstream])
+    }
+
+    /// Creates an app's series that would otherwise appear only on first use
+    /// (every switch kind at 0), so `increase()` works from the first switch.
+    pub fn register_app(&self, app: &str, live: Color) {
+        for kind in [
+            SwitchKind::Switch,
+            SwitchKind::Rollback,
+            SwitchKind::Emergency,
+            SwitchKind::Automatic,
+        ] {
+            self.switches.with_label_values(&[app, &kind.to_string()]);
+        }
+        self.set_live(app, live);
+    }
+
+    /// Sets the live-color gauges of an app.
+    pub fn set_live(&self, app: &str, live: Color) {
+        for c in Color::ALL {
+            self.live_color
+                .with_label_values(&[app, c.as_str()])
+                .set(i64::from(c == live));
+        }
+    }
+
+    /// Counts a change of the live color.
+    pub fn switched(&self, app: &str, kind: SwitchKind) {
+        self.switches
+            .with_label_values(&[app, &kind.to_string()])
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Pre-resolved handles of one app's color: recording is atomic adds only.
+#[derive(Clone, Debug)]
+pub struct PoolMetrics {
+    requests: [IntCounter; 6],
+    duration: Histogram,
+    /// In-flight requests to this color.
+    pub active: IntGauge,
+    /// Requests routed while every upstream was down.
+    pub panic_routed: IntCounter,
+    /// Retries on another upstream.
+    pub retries: IntCounter,
+}
+
+impl PoolMetrics {
+    /// Handles attached to no registry (for unit tests and benchmarks).
+    pub fn detached() -> PoolMetrics {
+        Metrics::new().pool("detached", Color::Blue)
+    }
+
+    /// Records one finished request: its status (`None` when no response
+    /// was sent) and duration.
+    #[inline]
+    pub fn record(&self, status: Option<u16>, seconds: f64) {
+        let class = match status {
+            Some(s @ 100..=599) => usize::from(s / 100 - 1),
+            _ => 5,
+        };
+        self.requests[class].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_names_are_registered() {
+        let m = Metrics::new();
+        let p = m.pool("a", Color::Blue);
+        p.record(Some(200), 0.1);
+        m.register_app("a", Color::Blue);
+        m.upstream("a", Color::Blue, "127.0.0.1:1");
+        m.deploys.with_label_values(&["a", "blue", "ok"]);
+        let families: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        for name in names::ALL {
+            assert!(families.iter().any(|f| f == name), "{name} not registered");
+        }
+        let ours = families
+            .iter()
+            .filter(|f| f.starts_with("bgproxy_"))
+            .count();
+        assert_eq!(
+            ours,
+            names::ALL.len(),
+            "names::ALL lists every bgproxy metric"
+        );
+    }
+
+    #[test]
+    fn records_by_class_and_renders() {
+        let m = Metrics::new();
+        let p = m.pool("web", Color::Green);
+        p.record(Some(204), 0.002);
+        p.record(Some(502), 0.5);
+        p.record(None, 0.1);
+        m.set_live("web", Color::Green);
+        m.switched("web", SwitchKind::Emergency);
+        let text = String::from_utf8(m.render()).unwrap();
+        for line in [
+            r#"bgproxy_requests_total{app="web",code_class="2xx",color="green"} 1"#,
+            r#"bgproxy_requests_total{app="web",code_class="5xx",color="green"} 1"#,
+            r#"bgproxy_requests_total{app="web",code_class="none",color="green"} 1"#,
+            r#"bgproxy_request_duration_seconds_count{app="web",color="green"} 3"#,
+            r#"bgproxy_live_color{app="web",color="green"} 1"#,
+            r#"bgproxy_live_color{app="web",color="blue"} 0"#,
+            r#"bgproxy_switches_total{app="web",kind="emergency"} 1"#,
+            r#"bgproxy_config_reloads_total{result="failure"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}
