@@ -256,6 +256,22 @@ pub struct HistoryResponse {
     pub history: Vec<HistoryEntry>,
 }
 
+/// Answer of `POST /v1/reload`: what the new configuration changed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReloadResponse {
+    /// Generation of the routing snapshot now in force.
+    pub generation: u64,
+    /// Apps that are new (they start on their `initial_live` color).
+    pub added: Vec<String>,
+    /// Apps no longer served (their state record is kept).
+    pub removed: Vec<String>,
+    /// Apps whose hosts, upstreams, health settings or deploy steps changed.
+    pub changed: Vec<String>,
+    /// Changed settings that take effect only after a restart (listeners,
+    /// threads, TLS files, ...), by config key.
+    pub restart_required: Vec<String>,
+}
+
 /// Every error answer of the API: `{"error": "...", "code": "..."}`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiError {

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    ApiError, AppStatus, HistoryResponse, RollbackRequest, StatusResponse, SwitchRequest,
-    SwitchResponse,
+    ApiError, AppStatus, HistoryResponse, ReloadResponse, RollbackRequest, StatusResponse,
+    SwitchRequest, SwitchResponse,
 };
 
 /// Errors of a control API call.
@@ -101,6 +101,11 @@ impl Client {
             &format!("/v1/apps/{app}/rollback"),
             Some(req),
         )
+    }
+
+    /// Reloads the daemon's configuration file.
+    pub fn reload(&self) -> Result<ReloadResponse, ClientError> {
+        self.call(reqwest::Method::POST, "/v1/reload", None::<&()>)
     }
 
     /// One call; the raw JSON of the answer is kept for `--json`.

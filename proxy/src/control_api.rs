@@ -10,6 +10,7 @@
 //! - `GET /v1/status`, `GET /v1/apps/{app}`, `GET /v1/apps/{app}/history[?limit=N]`
 //! - `POST /v1/apps/{app}/switch` `{"to","emergency","reason","actor"}`
 //! - `POST /v1/apps/{app}/rollback` `{"emergency","reason","actor"}` (body optional)
+//! - `POST /v1/reload`: reload the config file
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -45,11 +46,11 @@ pub enum Auth {
 pub struct ControlApi {
     controller: Arc<Controller>,
     auth: Auth,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
 }
 
 impl ControlApi {
-    pub fn new(controller: Arc<Controller>, auth: Auth, audit: AuditLog) -> Self {
+    pub fn new(controller: Arc<Controller>, auth: Auth, audit: Arc<AuditLog>) -> Self {
         ControlApi {
             controller,
             auth,
@@ -211,25 +212,29 @@ impl ControlApi {
                     Err(e) => Reply::from_control(e),
                 }
             }
+            ["v1", "reload"] if post => {
+                let reply = match self.authorize(s, client) {
+                    Err(r) => r,
+                    Ok(()) => match self.controller.reload().await {
+                        Ok(report) => Reply::json(200, &report),
+                        Err(e) => Reply::from_control(e),
+                    },
+                };
+                let attempt = Attempt {
+                    actor: Some("api".into()),
+                    ..Attempt::default()
+                };
+                self.audit("reload", "", &reply, &attempt, client);
+                reply
+            }
             ["v1", "apps", app, action @ ("switch" | "rollback")] if post => {
                 let mut attempt = Attempt::default();
                 let reply = self.mutate(s, client, app, action, &mut attempt).await;
-                self.audit.record(&AuditRecord {
-                    time: time::OffsetDateTime::now_utc(),
-                    action,
-                    app,
-                    result: reply.error.as_ref().map_or("ok", |(code, _)| code),
-                    status: reply.status,
-                    actor: attempt.actor.as_deref().unwrap_or("unknown"),
-                    client: client.map(|c| c.to_string()),
-                    reason: attempt.reason.as_deref(),
-                    emergency: attempt.emergency,
-                    to: attempt.to.map(|c| c.as_str()),
-                    error: reply.error.as_ref().map(|(_, m)| m.as_str()),
-                });
+                self.audit(action, app, &reply, &attempt, client);
                 reply
             }
             ["v1", "status"]
+            | ["v1", "reload"]
             | ["v1", "apps", _]
             | ["v1", "apps", _, "history" | "switch" | "rollback"] => Reply::error(
                 405,
@@ -256,6 +261,30 @@ struct Attempt {
 }
 
 impl ControlApi {
+    /// Appends a mutating request and its answer to the audit log.
+    fn audit(
+        &self,
+        action: &str,
+        app: &str,
+        reply: &Reply,
+        attempt: &Attempt,
+        client: Option<IpAddr>,
+    ) {
+        self.audit.record(&AuditRecord {
+            time: time::OffsetDateTime::now_utc(),
+            action,
+            app,
+            result: reply.error.as_ref().map_or("ok", |(code, _)| code),
+            status: reply.status,
+            actor: attempt.actor.as_deref().unwrap_or("unknown"),
+            client: client.map(|c| c.to_string()),
+            reason: attempt.reason.as_deref(),
+            emergency: attempt.emergency,
+            to: attempt.to.map(|c| c.as_str()),
+            error: reply.error.as_ref().map(|(_, m)| m.as_str()),
+        });
+    }
+
     /// A switch or rollback: authorise, read and parse the body, apply.
     async fn mutate(
         &self,

@@ -1,29 +1,38 @@
 //! The controller: the one writer of routing and state.
 //!
-//! Every change of the live color goes through [`Controller::apply`], shaped
-//! as a reducer: validate (app known, target differs, target healthy unless
-//! emergency) -> persist durably -> publish the new snapshot (`store`) ->
-//! answer. The API and start-up both use it; nothing else calls `store`.
+//! Every change goes through it, shaped as a reducer: validate -> persist
+//! durably -> publish the new snapshot (`store`) -> answer. A switch or
+//! rollback ([`Controller::apply`]) validates the gates (app known, target
+//! differs, target healthy unless emergency); a reload
+//! ([`Controller::reload`]) validates the whole new config first. The API,
+//! signals, the config watcher and start-up all use it; nothing else calls
+//! `store`.
 //!
-//! Changes are serialised by one async mutex around the persisted [`State`]
-//! (there is one state file, so writes are serial anyway). The data plane
-//! never takes that lock: it only `load`s the snapshot.
+//! Changes are serialised by one async mutex around [`Inner`] (there is one
+//! state file, so writes are serial anyway). The data plane never takes that
+//! lock: it only `load`s the snapshot. Every published snapshot's generation
+//! is sent on a watch channel, which the health checker follows.
+//!
+//! The state file is also guarded by an exclusive file lock held while this
+//! controller is the writer: a second bgproxy on the same state refuses to
+//! start, and during a graceful upgrade the new process loads the state only
+//! after the old one has stopped accepting changes ([`Controller::close`]).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bgproxy_control::api::{
-    AppStatus, Color, ColorStatus, Colors, Health, HistoryEntry, HistoryResponse, StatusResponse,
-    SwitchKind, SwitchResponse, UpstreamStatus,
+    AppStatus, Color, ColorStatus, Colors, Health, HistoryEntry, HistoryResponse, ReloadResponse,
+    StatusResponse, SwitchKind, SwitchResponse, UpstreamStatus,
 };
 use time::OffsetDateTime;
-use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tokio::sync::{watch, Mutex};
+use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{AppConfig, Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::routing::{AppRoute, Pool, Routing, Snapshot, Upstream};
-use crate::state::{AppState, State, StateError, StateStore};
+use crate::routing::{AppRoute, Routing, Snapshot};
+use crate::state::{AppState, State, StateError, StateLock, StateStore};
 
 /// Why a control request was refused or failed. Each maps to an HTTP status
 /// and a stable `code` of the API.
@@ -45,6 +54,10 @@ pub enum ControlError {
     Persist(#[from] StateError),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the new configuration is not valid, nothing was changed:\n{0}")]
+    InvalidConfig(String),
+    #[error("bgproxy is shutting down or handing over to a new process: no changes accepted here; retry in a moment")]
+    ShuttingDown,
 }
 
 impl ControlError {
@@ -56,7 +69,8 @@ impl ControlError {
             | ControlError::TargetUnhealthy { .. }
             | ControlError::NothingToRollBack(_) => 409,
             ControlError::Persist(_) => 500,
-            ControlError::BadRequest(_) => 400,
+            ControlError::BadRequest(_) | ControlError::InvalidConfig(_) => 400,
+            ControlError::ShuttingDown => 503,
         }
     }
 
@@ -69,6 +83,8 @@ impl ControlError {
             ControlError::NothingToRollBack(_) => "nothing_to_roll_back",
             ControlError::Persist(_) => "persist_failed",
             ControlError::BadRequest(_) => "bad_request",
+            ControlError::InvalidConfig(_) => "invalid_config",
+            ControlError::ShuttingDown => "shutting_down",
         }
     }
 }
@@ -94,67 +110,70 @@ pub struct Command {
     pub client: Option<String>,
 }
 
+/// What the writer lock protects.
+struct Inner {
+    state: State,
+    /// The configuration the routing was built from.
+    config: Arc<Config>,
+    /// The file lock; `None` once closed (no more changes accepted).
+    lock: Option<StateLock>,
+}
+
 /// The single writer. Cheap to share behind an `Arc`.
 pub struct Controller {
     routing: Routing,
     store: StateStore,
-    state: Mutex<State>,
-    /// Host names per app, in snapshot order (for status).
-    hosts: Vec<Vec<String>>,
+    inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
+    generation: watch::Sender<u64>,
+    /// The configuration the process started with: listeners, threads and
+    /// the like stay as they were then, whatever reloads came since.
+    boot: Arc<Config>,
 }
 
 impl Controller {
-    /// Builds the first snapshot from `config` and the loaded `state`: apps
-    /// without a record get `initial_live`; records of apps no longer
-    /// configured are kept. Persists the merged state so that a recovered or
-    /// first state is on disk before the front door opens, which also proves
-    /// the state directory is writable.
+    /// Takes the state file lock (waiting up to `lock_wait`, e.g. for the old
+    /// process of a graceful upgrade to let go), loads and recovers the state
+    /// (logging every problem), gives apps without a record `initial_live`
+    /// (records of apps no longer configured are kept), persists the result
+    /// (so the state directory is proven writable before any port opens) and
+    /// builds the first snapshot.
     pub fn start(
-        config: &Config,
+        config: Arc<Config>,
         store: StateStore,
-        mut state: State,
         metrics: Arc<Metrics>,
+        lock_wait: Duration,
     ) -> Result<Self, StateError> {
-        for app in &config.apps {
-            state
-                .apps
-                .entry(app.name.clone())
-                .or_insert_with(|| AppState::new(app.initial_live));
+        let lock = store.lock(lock_wait)?;
+        let (mut state, recoveries) = store.load();
+        for r in &recoveries {
+            error!("state file problem: {r}");
         }
+        merge_new_apps(&mut state, &config.apps);
         let started = Instant::now();
         store.persist(&state)?;
         metrics.state_write.observe(started.elapsed().as_secs_f64());
-        let routes = config
-            .apps
-            .iter()
-            .map(|app| AppRoute {
-                name: app.name.as_str().into(),
-                live: state.apps[&app.name].live,
-                pools: Color::ALL.map(|c| {
-                    let upstreams = app
-                        .upstreams(c)
-                        .iter()
-                        .map(|a| {
-                            let gauge = metrics.upstream(&app.name, c, &a.to_string());
-                            Arc::new(Upstream::new(*a, gauge))
-                        })
-                        .collect();
-                    Arc::new(Pool::new(c, upstreams, metrics.pool(&app.name, c)))
-                }),
-            })
-            .collect();
-        let hosts: Vec<Vec<String>> = config.apps.iter().map(|a| a.hosts.clone()).collect();
-        let snapshot = Snapshot::new(1, routes, &hosts);
+        let snapshot = Snapshot::build(
+            1,
+            &app_configs(&config),
+            |a| state.apps[a].live,
+            None,
+            &metrics,
+        );
         for app in &snapshot.apps {
             metrics.register_app(&app.name, app.live);
         }
         Ok(Controller {
-            metrics,
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             store,
-            state: Mutex::new(state),
-            hosts,
+            inner: Mutex::new(Inner {
+                state,
+                config: config.clone(),
+                lock: Some(lock),
+            }),
+            boot: config,
+            metrics,
+            generation: watch::channel(1).0,
         })
     }
 
@@ -163,13 +182,42 @@ impl Controller {
         self.routing.clone()
     }
 
+    /// Follows published generations (for the health checker).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// The configuration in force.
+    pub async fn config(&self) -> Arc<Config> {
+        self.inner.lock().await.config.clone()
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
+        self.routing.store(Arc::new(snapshot));
+        self.generation.send_replace(generation);
+    }
+
+    /// Stops accepting changes and releases the state file lock, after any
+    /// change in progress. Called when shutdown or a graceful upgrade
+    /// begins: from then on the state file belongs to whoever takes the lock.
+    pub async fn close(&self) {
+        let mut inner = self.inner.lock().await;
+        if inner.lock.take().is_some() {
+            info!("state file released: no more changes accepted by this process");
+        }
+    }
+
     /// Validates, persists and publishes one change. When this returns `Ok`,
     /// the change is on disk and the data plane routes by it.
     pub async fn apply(&self, cmd: Command) -> Result<SwitchResponse, ControlError> {
         let started = Instant::now();
-        let mut state = self.state.lock().await;
+        let mut inner = self.inner.lock().await;
+        if inner.lock.is_none() {
+            return Err(ControlError::ShuttingDown);
+        }
         let snapshot = self.routing.load_full();
-        let result = self.decide(&snapshot, &state, &cmd);
+        let result = self.decide(&snapshot, &inner.state, &cmd);
         let (index, entry) = match result {
             Ok(ok) => ok,
             Err(e) => {
@@ -177,7 +225,7 @@ impl Controller {
                 return Err(e);
             }
         };
-        let mut next = state.clone();
+        let mut next = inner.state.clone();
         let app_state = next
             .apps
             .entry(cmd.app.clone())
@@ -195,10 +243,9 @@ impl Controller {
         self.metrics
             .state_write
             .observe(write_started.elapsed().as_secs_f64());
-        *state = next;
-        self.routing
-            .store(Arc::new(snapshot.with_live(index, entry.to)));
-        drop(state);
+        inner.state = next;
+        self.publish(snapshot.with_live(index, entry.to));
+        drop(inner);
         self.metrics.set_live(&cmd.app, entry.to);
         self.metrics.switched(&cmd.app, entry.kind);
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -282,10 +329,103 @@ impl Controller {
         Ok((index, entry))
     }
 
+    /// Reloads the configuration from its file: parses and validates it
+    /// completely first (a bad file changes nothing and says why), then
+    /// publishes a snapshot with the new apps, upstreams, health settings and
+    /// deploy steps, each app keeping its live color from the state. Settings
+    /// that need a restart are reported, not silently ignored.
+    pub async fn reload(&self) -> Result<ReloadResponse, ControlError> {
+        let path = self.inner.lock().await.config.path.clone();
+        // Parse outside the lock: it may resolve host names.
+        let loaded = Config::load(&path);
+        let result = match loaded {
+            Ok(new) => self.apply_config(Arc::new(new)).await,
+            Err(e @ ConfigError::Invalid(_)) | Err(e @ ConfigError::Read { .. }) => {
+                Err(ControlError::InvalidConfig(e.to_string()))
+            }
+        };
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.metrics.reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok(r) => info!(
+                generation = r.generation, added = ?r.added, removed = ?r.removed, changed = ?r.changed,
+                "configuration reloaded from {}", path.display()
+            ),
+            Err(e) => error!("configuration reload failed: {e}"),
+        }
+        if let Ok(r) = &result {
+            if !r.restart_required.is_empty() {
+                warn!(
+                    "changed settings that take effect only after a restart: {}",
+                    r.restart_required.join(", ")
+                );
+            }
+        }
+        result
+    }
+
+    /// Publishes a validated configuration (the reducer step of a reload).
+    pub async fn apply_config(&self, new: Arc<Config>) -> Result<ReloadResponse, ControlError> {
+        let mut inner = self.inner.lock().await;
+        if inner.lock.is_none() {
+            return Err(ControlError::ShuttingDown);
+        }
+        let old = inner.config.clone();
+        let mut next = inner.state.clone();
+        merge_new_apps(&mut next, &new.apps);
+        if next != inner.state {
+            let started = Instant::now();
+            if let Err(e) = self.store.persist(&next) {
+                self.metrics.state_write_failures.inc();
+                return Err(e.into());
+            }
+            self.metrics
+                .state_write
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let current = self.routing.load_full();
+        let snapshot = Snapshot::build(
+            current.generation + 1,
+            &app_configs(&new),
+            |a| next.apps[a].live,
+            Some(&current),
+            &self.metrics,
+        );
+        let names = |c: &Config| c.apps.iter().map(|a| a.name.clone()).collect::<Vec<_>>();
+        let (old_names, new_names) = (names(&old), names(&new));
+        let report = ReloadResponse {
+            generation: snapshot.generation,
+            added: new_names
+                .iter()
+                .filter(|n| !old_names.contains(n))
+                .cloned()
+                .collect(),
+            removed: old_names
+                .iter()
+                .filter(|n| !new_names.contains(n))
+                .cloned()
+                .collect(),
+            changed: new
+                .apps
+                .iter()
+                .filter(|a| old.app(&a.name).is_some_and(|o| !same_app(o, a)))
+                .map(|a| a.name.clone())
+                .collect(),
+            restart_required: restart_required(&self.boot, &new),
+        };
+        for app in &snapshot.apps {
+            self.metrics.register_app(&app.name, app.live);
+        }
+        inner.state = next;
+        inner.config = new;
+        self.publish(snapshot);
+        Ok(report)
+    }
+
     /// Status of every configured app, read under the writer lock so live
     /// color and switch count are from the same instant.
     pub async fn status(&self) -> StatusResponse {
-        let state = self.state.lock().await;
+        let inner = self.inner.lock().await;
         let snapshot = self.routing.load_full();
         StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -293,8 +433,7 @@ impl Controller {
             apps: snapshot
                 .apps
                 .iter()
-                .enumerate()
-                .map(|(i, a)| self.app_status(a, &self.hosts[i], state.apps.get(&*a.name)))
+                .map(|a| app_status(a, inner.state.apps.get(&*a.name)))
                 .collect(),
         }
     }
@@ -318,8 +457,9 @@ impl Controller {
         if self.routing.load().app_index(name).is_none() {
             return Err(ControlError::UnknownApp(name.to_string()));
         }
-        let state = self.state.lock().await;
-        let all = state
+        let inner = self.inner.lock().await;
+        let all = inner
+            .state
             .apps
             .get(name)
             .map(|a| a.history.as_slice())
@@ -330,43 +470,101 @@ impl Controller {
             history: all[skip..].to_vec(),
         })
     }
+}
 
-    fn app_status(
-        &self,
-        route: &AppRoute,
-        hosts: &[String],
-        record: Option<&AppState>,
-    ) -> AppStatus {
-        let color = |c: Color| {
-            let pool = route.pool(c);
-            ColorStatus {
-                healthy: pool.all_up(),
-                upstreams: pool
-                    .upstreams
-                    .iter()
-                    .map(|u| UpstreamStatus {
-                        addr: u.name.to_string(),
-                        health: u.health.get(),
-                        since: OffsetDateTime::from_unix_timestamp_nanos(
-                            u.health.since_ms() as i128 * 1_000_000,
-                        )
-                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                    })
-                    .collect(),
-            }
-        };
-        AppStatus {
-            name: route.name.to_string(),
-            hosts: hosts.to_vec(),
-            live: route.live,
-            standby: route.live.other(),
-            switch_count: record.map_or(0, |r| r.switch_count),
-            last_switch: record.and_then(|r| r.last_switch),
-            deploy: None,
-            colors: Colors {
-                blue: color(Color::Blue),
-                green: color(Color::Green),
-            },
+fn app_status(route: &AppRoute, record: Option<&AppState>) -> AppStatus {
+    let color = |c: Color| {
+        let pool = route.pool(c);
+        ColorStatus {
+            healthy: pool.all_up(),
+            upstreams: pool
+                .upstreams
+                .iter()
+                .map(|u| UpstreamStatus {
+                    addr: u.name.to_string(),
+                    health: u.health.get(),
+                    since: OffsetDateTime::from_unix_timestamp_nanos(
+                        u.health.since_ms() as i128 * 1_000_000,
+                    )
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                })
+                .collect(),
         }
+    };
+    AppStatus {
+        name: route.name.to_string(),
+        hosts: route.config.hosts.clone(),
+        live: route.live,
+        standby: route.live.other(),
+        switch_count: record.map_or(0, |r| r.switch_count),
+        last_switch: record.and_then(|r| r.last_switch),
+        deploy: None,
+        colors: Colors {
+            blue: color(Color::Blue),
+            green: color(Color::Green),
+        },
     }
+}
+
+/// Gives every configured app without a state record its `initial_live`.
+fn merge_new_apps(state: &mut State, apps: &[AppConfig]) {
+    for app in apps {
+        state
+            .apps
+            .entry(app.name.clone())
+            .or_insert_with(|| AppState::new(app.initial_live));
+    }
+}
+
+fn app_configs(config: &Config) -> Vec<Arc<AppConfig>> {
+    config.apps.iter().cloned().map(Arc::new).collect()
+}
+
+/// Whether two versions of an app route and check the same way.
+fn same_app(a: &AppConfig, b: &AppConfig) -> bool {
+    a.hosts == b.hosts
+        && a.pools == b.pools
+        && a.health == b.health
+        && a.initial_live == b.initial_live
+        && format!("{:?}", a.deploy) == format!("{:?}", b.deploy)
+}
+
+/// Settings a reload cannot apply to a running process.
+fn restart_required(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut check = |key: &str, changed: bool| {
+        if changed {
+            keys.push(key.to_string());
+        }
+    };
+    check("proxy.listen", old.proxy.listen != new.proxy.listen);
+    check("proxy.threads", old.proxy.threads != new.proxy.threads);
+    check(
+        "proxy.tls",
+        format!("{:?}", old.proxy.tls) != format!("{:?}", new.proxy.tls),
+    );
+    check(
+        "proxy.grace_period",
+        old.proxy.grace_period != new.proxy.grace_period,
+    );
+    check(
+        "proxy.shutdown_timeout",
+        old.proxy.shutdown_timeout != new.proxy.shutdown_timeout,
+    );
+    check("control.listen", old.control.listen != new.control.listen);
+    check(
+        "control.token_file",
+        old.control.token_file != new.control.token_file,
+    );
+    check(
+        "control.watch_config",
+        old.control.watch_config != new.control.watch_config,
+    );
+    check(
+        "metrics.listen",
+        format!("{:?}", old.metrics) != format!("{:?}", new.metrics),
+    );
+    check("state.path", old.state.path != new.state.path);
+    check("log", old.log != new.log);
+    keys
 }

@@ -12,7 +12,7 @@
 //! standby is never used behind the operator's back.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,14 +39,24 @@ pub struct DataPlane {
     routing: Routing,
     metrics: Arc<Metrics>,
     access: AccessLog,
+    draining: Arc<AtomicBool>,
 }
 
 impl DataPlane {
-    pub fn new(routing: Routing, metrics: Arc<Metrics>, log: &LogConfig) -> Self {
+    /// `draining` is set when an upgrade or shutdown begins: from then on
+    /// every HTTP/1 response closes its connection, so no client reuses a
+    /// keep-alive connection that is about to be dropped (and races it).
+    pub fn new(
+        routing: Routing,
+        metrics: Arc<Metrics>,
+        log: &LogConfig,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
         DataPlane {
             routing,
             metrics,
             access: AccessLog::new(log),
+            draining,
         }
     }
 }
@@ -224,6 +234,19 @@ impl ProxyHttp for DataPlane {
         upstream_request.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
         if let Some(host) = host_of(session.req_header()).map(|h| h.to_vec()) {
             upstream_request.insert_header("X-Forwarded-Host", host)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if self.draining.load(Ordering::Relaxed) && !session.as_downstream().is_http2() {
+            session.set_keepalive(None);
+            upstream_response.insert_header(http::header::CONNECTION, "close")?;
         }
         Ok(())
     }

@@ -11,15 +11,18 @@
 //! `down` ([`Tracker`]). The state lives in a [`HealthCell`] (atomics) read
 //! lock-free by the data plane and the control API.
 //!
-//! Flow: [`HealthService`] (a pingora `BackgroundService`) spawns one task per
-//! upstream of both colors of every app, each ticking at `interval`.
+//! Flow: [`HealthService`] (a pingora `BackgroundService`) runs one task per
+//! upstream of both colors of every app, each ticking at `interval`, and
+//! follows reloads.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bgproxy_control::api::Health;
+use bgproxy_control::api::{Color, Health};
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
 use pingora::lb::Backend;
 use pingora::server::ShutdownWatch;
@@ -161,7 +164,7 @@ fn probe(cfg: &HealthConfig, host: &str) -> HttpHealthCheck {
 /// One health-checked upstream: what a checker task needs.
 pub struct Target {
     pub app: Arc<str>,
-    pub color: bgproxy_control::api::Color,
+    pub color: Color,
     pub upstream: Arc<Upstream>,
     pub config: HealthConfig,
     /// Host header of the probe: the app's first host, else the upstream.
@@ -205,42 +208,93 @@ pub async fn check_loop(t: Target, mut shutdown: ShutdownWatch) {
 }
 
 /// The background service that health-checks every upstream of every app.
+///
+/// It follows the published routing: after every new generation it starts
+/// checks for upstreams that appeared, stops those of upstreams that went,
+/// and restarts those whose app changed its health settings.
 pub struct HealthService {
     routing: Routing,
-    settings: Vec<(Arc<str>, HealthConfig, String)>,
+    generations: tokio::sync::watch::Receiver<u64>,
 }
 
 impl HealthService {
-    /// `settings`: per app name, its health config and the probe's Host.
-    pub fn new(routing: Routing, settings: Vec<(Arc<str>, HealthConfig, String)>) -> Self {
-        HealthService { routing, settings }
+    pub fn new(routing: Routing, generations: tokio::sync::watch::Receiver<u64>) -> Self {
+        HealthService {
+            routing,
+            generations,
+        }
     }
+}
+
+/// A running check: what it was started with, to notice changes.
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    upstream: Arc<Upstream>,
+    config: HealthConfig,
+    host: String,
 }
 
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let snapshot = self.routing.load_full();
-        let mut tasks = Vec::new();
-        for app in &snapshot.apps {
-            let Some((_, cfg, host)) = self.settings.iter().find(|(n, _, _)| *n == app.name) else {
-                continue;
-            };
-            for pool in &app.pools {
-                for u in pool.upstreams.iter() {
-                    let target = Target {
-                        app: app.name.clone(),
-                        color: pool.color,
-                        upstream: u.clone(),
-                        config: cfg.clone(),
-                        host: host.clone(),
-                    };
-                    tasks.push(tokio::spawn(check_loop(target, shutdown.clone())));
+        let mut generations = self.generations.clone();
+        let mut running: HashMap<(Arc<str>, Color, SocketAddr), Running> = HashMap::new();
+        let mut stop = shutdown.clone();
+        loop {
+            let snapshot = self.routing.load_full();
+            let mut wanted = HashMap::new();
+            for app in &snapshot.apps {
+                let host = app
+                    .config
+                    .hosts
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "localhost".into());
+                for pool in &app.pools {
+                    for u in pool.upstreams.iter() {
+                        let key = (app.name.clone(), pool.color, u.addr);
+                        wanted.insert(key, (u.clone(), app.config.health.clone(), host.clone()));
+                    }
                 }
             }
+            running.retain(|key, r| {
+                let keep = wanted.get(key).is_some_and(|(u, cfg, host)| {
+                    Arc::ptr_eq(u, &r.upstream) && *cfg == r.config && *host == r.host
+                });
+                if !keep {
+                    r.task.abort();
+                }
+                keep
+            });
+            for (key, (upstream, config, host)) in wanted {
+                if running.contains_key(&key) {
+                    continue;
+                }
+                let target = Target {
+                    app: key.0.clone(),
+                    color: key.1,
+                    upstream: upstream.clone(),
+                    config: config.clone(),
+                    host: host.clone(),
+                };
+                let task = tokio::spawn(check_loop(target, shutdown.clone()));
+                running.insert(
+                    key,
+                    Running {
+                        task,
+                        upstream,
+                        config,
+                        host,
+                    },
+                );
+            }
+            tokio::select! {
+                changed = generations.changed() => if changed.is_err() { break },
+                _ = stop.changed() => break,
+            }
         }
-        for t in tasks {
-            let _ = t.await;
+        for r in running.into_values() {
+            r.task.abort();
         }
     }
 }

@@ -12,6 +12,7 @@
 //! state       the JSON state file, atomic writes, recovery from corruption
 //! metrics     Prometheus names and pre-resolved handles; metrics_http serves them
 //! audit       audit.log: one fsync'd JSON line per control action
+//! ops         SIGHUP and config-file reloads; closing the state on shutdown
 //! check       bgproxy --check
 //! demo        bgproxy demo: two sample backends and the proxy on loopback
 //! ```
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod health;
 pub mod metrics;
 pub mod metrics_http;
+pub mod ops;
 pub mod routing;
 pub mod server;
 pub mod state;

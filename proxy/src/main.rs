@@ -97,7 +97,7 @@ fn main() -> ExitCode {
     };
 
     init_logging(&config.log, cli.log_format);
-    let mut daemon = match server::build(&config, &opts) {
+    let mut daemon = match server::build(std::sync::Arc::new(config), &opts) {
         Ok(d) => d,
         Err(e) => return fail(format!("not started: {e:#}")),
     };

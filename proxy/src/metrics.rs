@@ -187,6 +187,17 @@ impl Metrics {
         self.set_live(app, live);
     }
 
+    /// Requests in flight to any color of any app, including apps a reload
+    /// removed while their requests were still running.
+    pub fn in_flight(&self) -> i64 {
+        self.active
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum()
+    }
+
     /// Sets the live-color gauges of an app.
     pub fn set_live(&self, app: &str, live: Color) {
         for c in Color::ALL {

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bgproxy_control::api::{Color, Health};
 
+use crate::config::AppConfig;
 use crate::health::HealthCell;
-use crate::metrics::PoolMetrics;
+use crate::metrics::{Metrics, PoolMetrics};
 
 /// The shared, swappable routing table.
 pub type Routing = Arc<ArcSwap<Snapshot>>;
@@ -141,6 +142,9 @@ pub struct AppRoute {
     pub live: Color,
     /// Pools indexed by [`Color::index`].
     pub pools: [Arc<Pool>; 2],
+    /// The app's validated config (hosts, health, deploy steps), as of the
+    /// config this snapshot was built from.
+    pub config: Arc<AppConfig>,
 }
 
 impl AppRoute {
@@ -172,16 +176,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot; `hosts[i]` are the host names of `apps[i]` (already
-    /// lowercase, validated unique by the config).
-    pub fn new(generation: u64, apps: Vec<AppRoute>, hosts: &[Vec<String>]) -> Self {
+    /// Builds a snapshot of `apps` (host names already lowercase and
+    /// validated unique by the config).
+    pub fn new(generation: u64, apps: Vec<AppRoute>) -> Self {
         let mut table = HashMap::new();
         let mut default_app = None;
-        for (i, names) in hosts.iter().enumerate() {
-            if names.is_empty() {
+        for (i, app) in apps.iter().enumerate() {
+            if app.config.hosts.is_empty() {
                 default_app = Some(i);
             }
-            for h in names {
+            for h in &app.config.hosts {
                 table.insert(h.as_str().into(), i);
             }
         }
@@ -191,6 +195,56 @@ impl Snapshot {
             hosts: table,
             default_app,
         }
+    }
+
+    /// Builds the routing of `apps`, each live on `live(name)`. From `prev`
+    /// it reuses every pool whose upstream list is unchanged and every
+    /// upstream that stays in its app and color, so observed health,
+    /// round-robin cursors and metric handles carry over a reload.
+    pub fn build(
+        generation: u64,
+        apps: &[Arc<AppConfig>],
+        live: impl Fn(&str) -> Color,
+        prev: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Snapshot {
+        let routes = apps
+            .iter()
+            .map(|app| {
+                let old = prev.and_then(|p| p.app_index(&app.name).map(|i| &p.apps[i]));
+                let pools = Color::ALL.map(|c| {
+                    let old_pool = old.map(|o| o.pool(c));
+                    let addrs = app.upstreams(c);
+                    if let Some(p) = old_pool
+                        .filter(|p| p.upstreams.iter().map(|u| u.addr).eq(addrs.iter().copied()))
+                    {
+                        return p.clone();
+                    }
+                    let upstreams = addrs
+                        .iter()
+                        .map(|a| {
+                            old_pool
+                                .and_then(|p| p.upstreams.iter().find(|u| u.addr == *a))
+                                .cloned()
+                                .unwrap_or_else(|| {
+                                    Arc::new(Upstream::new(
+                                        *a,
+                                        metrics.upstream(&app.name, c, &a.to_string()),
+                                    ))
+                                })
+                        })
+                        .collect();
+                    Arc::new(Pool::new(c, upstreams, metrics.pool(&app.name, c)))
+                });
+                AppRoute {
+                    name: app.name.as_str().into(),
+                    live: live(&app.name),
+                    pools,
+                    config: app.clone(),
+                }
+            })
+            .collect();
+        Snapshot::new(generation, routes)
     }
 
     /// A copy with one app's live color changed and the generation bumped.
@@ -329,17 +383,72 @@ mod tests {
         assert!(p.all_up());
     }
 
+    fn app(name: &str, hosts: &[&str], blue: &[u16], green: &[u16]) -> Arc<AppConfig> {
+        let addrs = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+                .collect()
+        };
+        Arc::new(AppConfig {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            initial_live: Color::Blue,
+            health: Default::default(),
+            pools: [addrs(blue), addrs(green)],
+            deploy: Default::default(),
+        })
+    }
+
+    fn snapshot(apps: &[Arc<AppConfig>], prev: Option<&Snapshot>) -> Snapshot {
+        Snapshot::build(1, apps, |_| Color::Blue, prev, &Metrics::new())
+    }
+
+    #[test]
+    fn build_reuses_unchanged_pools_and_staying_upstreams() {
+        let s1 = snapshot(&[app("a", &["a.example"], &[1, 2], &[3])], None);
+        s1.apps[0].pools[0].upstreams[0].health.set(Health::Up);
+        let s2 = snapshot(
+            &[
+                app("a", &["a.example"], &[1, 2, 4], &[3]),
+                app("b", &["b.example"], &[5], &[6]),
+            ],
+            Some(&s1),
+        );
+        let (old, new) = (&s1.apps[0], &s2.apps[0]);
+        assert!(
+            Arc::ptr_eq(old.pool(Color::Green), new.pool(Color::Green)),
+            "unchanged pool kept"
+        );
+        assert!(
+            !Arc::ptr_eq(old.pool(Color::Blue), new.pool(Color::Blue)),
+            "changed pool rebuilt"
+        );
+        assert!(
+            Arc::ptr_eq(&old.pools[0].upstreams[0], &new.pools[0].upstreams[0]),
+            "upstream kept"
+        );
+        assert_eq!(
+            new.pools[0].upstreams[0].health.get(),
+            Health::Up,
+            "its health too"
+        );
+        assert_eq!(
+            new.pools[0].upstreams[2].health.get(),
+            Health::Unknown,
+            "a new upstream starts unknown"
+        );
+        assert_eq!(s2.app_for_host(Some(b"b.example")), Some(1));
+    }
+
     #[test]
     fn host_lookup() {
-        let route = |name: &str| AppRoute {
-            name: name.into(),
-            live: Color::Blue,
-            pools: [Arc::new(pool(1)), Arc::new(pool(1))],
-        };
-        let s = Snapshot::new(
-            1,
-            vec![route("a"), route("b")],
-            &[vec!["a.example".into()], vec![]],
+        let s = snapshot(
+            &[
+                app("a", &["a.example"], &[1], &[2]),
+                app("b", &[], &[3], &[4]),
+            ],
+            None,
         );
         assert_eq!(s.app_for_host(Some(b"a.example")), Some(0));
         assert_eq!(s.app_for_host(Some(b"A.Example:8080")), Some(0));
@@ -347,13 +456,13 @@ mod tests {
         assert_eq!(s.app_for_host(Some(b"other")), Some(1));
         assert_eq!(s.app_for_host(None), Some(1));
         assert_eq!(s.app_for_host(Some(&[0xff, 0xfe])), Some(1));
-        let s = Snapshot::new(1, vec![route("a")], &[vec!["a.example".into()]]);
+        let s = snapshot(&[app("a", &["a.example"], &[1], &[2])], None);
         assert_eq!(s.app_for_host(Some(b"b.example")), None);
         assert_eq!(s.app_for_host(Some(b"[::1]:80")), None);
         let s2 = s.with_live(0, Color::Green);
         assert_eq!(
             (s2.generation, s2.apps[0].live, s.apps[0].live),
-            (2, Color::Green, Color::Blue)
+            (s.generation + 1, Color::Green, Color::Blue)
         );
         assert!(Arc::ptr_eq(&s.apps[0].pools[0], &s2.apps[0].pools[0]));
     }

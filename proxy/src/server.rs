@@ -9,13 +9,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::audit::AuditLog;
 use crate::config::Config;
@@ -25,6 +26,7 @@ use crate::dataplane::DataPlane;
 use crate::health::HealthService;
 use crate::metrics::Metrics;
 use crate::metrics_http::MetricsEndpoint;
+use crate::ops::OpsService;
 use crate::state::StateStore;
 
 /// A built daemon: the server to run and the handles around it.
@@ -63,8 +65,53 @@ pub fn read_token(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(token.to_vec())
 }
 
+/// Binds and releases every listening address, so that a taken port or a
+/// missing privilege stops the start with a clear message. (pingora itself
+/// would retry in the background while the rest of the daemon runs.)
+fn preflight_listeners(config: &Config) -> anyhow::Result<()> {
+    let mut all: Vec<(std::net::SocketAddr, &str)> = config
+        .proxy
+        .listen
+        .iter()
+        .map(|a| (*a, "proxy.listen"))
+        .collect();
+    if let Some(tls) = &config.proxy.tls {
+        all.extend(tls.listen.iter().map(|a| (*a, "proxy.tls.listen")));
+    }
+    all.push((config.control.listen, "control.listen"));
+    if let Some(m) = &config.metrics {
+        all.push((m.listen, "metrics.listen"));
+    }
+    for (addr, key) in all {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    "another process listens there (another bgproxy? then use --upgrade to take over from it)"
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "ports below 1024 need CAP_NET_BIND_SERVICE (see systemd/bgproxy.service) or root"
+                }
+                std::io::ErrorKind::AddrNotAvailable => "no interface of this host has that address",
+                _ => "check the address",
+            };
+            bail!("cannot listen on {addr} ({key}): {e}: {hint}");
+        }
+    }
+    Ok(())
+}
+
+/// How long a process started with `--upgrade` waits for the old one to
+/// release the state file (the old one releases it when its grace period
+/// ends).
+const UPGRADE_LOCK_WAIT: Duration = Duration::from_secs(60);
+
 /// Builds the daemon for `config`.
-pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
+///
+/// Order matters: the pingora server bootstraps first (with `--upgrade` this
+/// receives the listening sockets from the old process, which then stops
+/// accepting changes), and only then is the state file locked and loaded, so
+/// a switch answered by the old process is never missed by the new one.
+pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon> {
     let auth = match &config.control.token_file {
         Some(path) => Auth::Token(read_token(path)?),
         None => {
@@ -75,28 +122,12 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
         }
     };
 
+    if !opts.upgrade {
+        preflight_listeners(&config)?;
+    }
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
-    let store = StateStore::new(&config.state.path);
-    let (state, recoveries) = store.load();
-    for r in &recoveries {
-        error!("state file problem: {r}");
-    }
-    let metrics = Arc::new(Metrics::new());
-    let audit = AuditLog::open(&state_dir)
-        .with_context(|| format!("cannot open the audit log in {}", state_dir.display()))?;
-    let controller =
-        Controller::start(config, store, state, metrics.clone()).with_context(|| {
-            format!(
-                "cannot write the state file {}: make its directory writable by the bgproxy user",
-                config.state.path.display()
-            )
-        })?;
-    let controller = Arc::new(controller);
-    for app in &controller.routing().load().apps {
-        info!(app = %app.name, live = %app.live, "routing app");
-    }
 
     let conf = ServerConf {
         threads: config.proxy.threads,
@@ -118,9 +149,43 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let metrics = Arc::new(Metrics::new());
+    let audit = Arc::new(
+        AuditLog::open(&state_dir)
+            .with_context(|| format!("cannot open the audit log in {}", state_dir.display()))?,
+    );
+    let lock_wait = if opts.upgrade {
+        UPGRADE_LOCK_WAIT
+    } else {
+        Duration::ZERO
+    };
+    let controller = Controller::start(
+        config.clone(),
+        StateStore::new(&config.state.path),
+        metrics.clone(),
+        lock_wait,
+    )
+    .with_context(|| {
+        format!(
+            "cannot take over the state file {}",
+            config.state.path.display()
+        )
+    })?;
+    let controller = Arc::new(controller);
+    for app in &controller.routing().load().apps {
+        info!(app = %app.name, live = %app.live, "routing app");
+    }
+
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let phases = server.watch_execution_phase();
     let mut front = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        DataPlane::new(controller.routing(), metrics.clone(), &config.log),
+        DataPlane::new(
+            controller.routing(),
+            metrics.clone(),
+            &config.log,
+            draining.clone(),
+        ),
         "front door",
     );
     for addr in &config.proxy.listen {
@@ -138,7 +203,7 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
 
     let mut control = Service::new(
         "control api".into(),
-        ControlApi::new(controller.clone(), auth, audit),
+        ControlApi::new(controller.clone(), auth, audit.clone()),
     );
     control.add_tcp(&config.control.listen.to_string());
     control.threads = Some(1);
@@ -156,21 +221,21 @@ pub fn build(config: &Config, opts: &BuildOptions) -> anyhow::Result<Daemon> {
         server.add_service(svc);
     }
 
-    let settings = config
-        .apps
-        .iter()
-        .map(|a| {
-            let host = a
-                .hosts
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "localhost".into());
-            (a.name.as_str().into(), a.health.clone(), host)
-        })
-        .collect();
     server.add_service(background_service(
         "health checks",
-        HealthService::new(controller.routing(), settings),
+        HealthService::new(controller.routing(), controller.subscribe()),
+    ));
+    server.add_service(background_service(
+        "operations",
+        OpsService {
+            controller: controller.clone(),
+            audit,
+            config_path: config.path.clone(),
+            watch: config.control.watch_config,
+            metrics: metrics.clone(),
+            phases: std::sync::Mutex::new(Some(phases)),
+            draining,
+        },
     ));
 
     info!(

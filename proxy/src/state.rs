@@ -13,9 +13,10 @@
 //! The front door comes up either way; the caller logs every [`Recovery`].
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bgproxy_control::api::{Color, HistoryEntry};
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,16 @@ pub enum StateError {
     },
     #[error("state file {path} is not valid: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("state file {path} is in use by another bgproxy (pid {holder}): stop that one first, or start this one with --upgrade to take over from it")]
+    Locked { path: PathBuf, holder: String },
+}
+
+/// The exclusive lock on a state file (`state.json.lock`, holding the pid):
+/// while it is held, this process is the state's only writer. Dropping it
+/// releases the lock.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
 }
 
 /// Something that went wrong while loading, and what was done about it.
@@ -153,6 +164,55 @@ impl StateStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes the exclusive lock of the state file, waiting up to `wait` for
+    /// another process to release it.
+    pub fn lock(&self, wait: Duration) -> Result<StateLock, StateError> {
+        let path = {
+            let mut s = self.path.as_os_str().to_owned();
+            s.push(".lock");
+            PathBuf::from(s)
+        };
+        let err = |source| StateError::Persist {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    file.set_len(0).map_err(err)?;
+                    writeln!(file, "{}", std::process::id()).map_err(err)?;
+                    return Ok(StateLock { _file: file });
+                }
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let holder = fs::read_to_string(&path)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    return Err(StateError::Locked {
+                        path: self.path.clone(),
+                        holder: if holder.is_empty() {
+                            "unknown".into()
+                        } else {
+                            holder
+                        },
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(err(e)),
+            }
+        }
     }
 
     /// Loads the state, recovering from a bad file as described in the module
@@ -341,6 +401,21 @@ mod tests {
         assert_eq!(loaded, State::default());
         assert!(rec[0].to_string().contains("starting from initial_live"));
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(&dir.path().join("state.json"));
+        let held = store.lock(Duration::ZERO).unwrap();
+        let e = store.lock(Duration::from_millis(120)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        drop(held);
+        store.lock(Duration::ZERO).unwrap();
     }
 
     #[test]

@@ -180,6 +180,12 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        if let Some(ms) = target
+            .strip_prefix("/slow/")
+            .and_then(|ms| ms.parse::<u64>().ok())
+        {
+            thread::sleep(Duration::from_millis(ms));
+        }
         let (status, payload) = if target == "/health" {
             if st.health_hangs.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_secs(3600));
@@ -273,6 +279,7 @@ pub struct Daemon {
     pub metrics: SocketAddr,
     pub token: Option<String>,
     args: Vec<String>,
+    opts: Options,
     child: Option<Child>,
     http: reqwest::blocking::Client,
 }
@@ -301,42 +308,10 @@ impl Daemon {
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut toml = format!(
-            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"0s\"\nshutdown_timeout = \"1s\"\n\n\
-             [metrics]\nlisten = \"{metrics}\"\n\n{}\n[control]\nlisten = \"{control}\"\n",
-            opts.toml
-        );
         if let Some(t) = token {
             std::fs::write(dir.path().join("token"), format!("{t}\n")).unwrap();
-            toml.push_str("token_file = \"token\"\n");
-        }
-        toml.push_str("\n[state]\npath = \"state/state.json\"\n");
-        for a in apps {
-            let list = |v: &[SocketAddr]| {
-                v.iter()
-                    .map(|a| format!("\"{a}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            toml.push_str(&format!("\n[[app]]\nname = \"{}\"\n", a.name));
-            if !a.hosts.is_empty() {
-                let hosts = a
-                    .hosts
-                    .iter()
-                    .map(|h| format!("\"{h}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                toml.push_str(&format!("hosts = [{hosts}]\n"));
-            }
-            toml.push_str(&format!(
-                "[app.health]\n{}\n[app.blue]\nupstreams = [{}]\n[app.green]\nupstreams = [{}]\n",
-                a.health,
-                list(&a.blue),
-                list(&a.green)
-            ));
         }
         let config = dir.path().join("bgproxy.toml");
-        std::fs::write(&config, toml).unwrap();
         let mut d = Daemon {
             dir,
             config,
@@ -344,15 +319,54 @@ impl Daemon {
             control,
             metrics,
             token: token.map(String::from),
-            args: opts.args,
+            args: opts.args.clone(),
+            opts,
             child: None,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
         };
+        std::fs::write(&d.config, d.render(apps)).unwrap();
         d.spawn();
         d
+    }
+
+    /// The config file text for `apps` on this daemon's ports and options.
+    pub fn render(&self, apps: &[AppSpec]) -> String {
+        let (proxy, control, metrics) = (self.proxy, self.control, self.metrics);
+        let mut toml = format!(
+            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"5s\"\nshutdown_timeout = \"1s\"\n\n\
+             [metrics]\nlisten = \"{metrics}\"\n\n{}\n[control]\nlisten = \"{control}\"\n",
+            self.opts.toml
+        );
+        if self.opts.token.is_some() {
+            toml.push_str("token_file = \"token\"\n");
+        }
+        toml.push_str("\n[state]\npath = \"state/state.json\"\n");
+        let list = |v: &[String]| v.join(", ");
+        let quoted = |v: &[SocketAddr]| v.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>();
+        for a in apps {
+            toml.push_str(&format!("\n[[app]]\nname = \"{}\"\n", a.name));
+            if !a.hosts.is_empty() {
+                let hosts: Vec<String> = a.hosts.iter().map(|h| format!("\"{h}\"")).collect();
+                toml.push_str(&format!("hosts = [{}]\n", list(&hosts)));
+            }
+            toml.push_str(&format!(
+                "[app.health]\n{}\n[app.blue]\nupstreams = [{}]\n[app.green]\nupstreams = [{}]\n",
+                a.health,
+                list(&quoted(&a.blue)),
+                list(&quoted(&a.green))
+            ));
+        }
+        toml
+    }
+
+    /// Rewrites the config file (atomically, by rename) with `apps`.
+    pub fn rewrite_config(&self, text: &str) {
+        let tmp = self.dir.path().join("bgproxy.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
     }
 
     /// The state directory.
@@ -367,21 +381,7 @@ impl Daemon {
 
     /// Starts the process and waits until the control API answers.
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("bgproxy.log"))
-            .unwrap();
-        let child = Command::new(bin("bgproxy"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        self.child = Some(self.spawn_another(&[]));
         let up = wait_until(Duration::from_secs(20), || {
             self.http
                 .get(self.url("/v1/status"))
@@ -389,6 +389,70 @@ impl Daemon {
                 .is_ok_and(|r| r.status() == 200)
         });
         assert!(up, "bgproxy did not come up; log:\n{}", self.log());
+    }
+
+    /// The process id of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` (e.g. `SIGTERM`, `SIGHUP`) to the daemon with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits up to `timeout` for the daemon to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let mut code = None;
+        wait_until(timeout, || match child.try_wait() {
+            Ok(Some(status)) => {
+                code = Some(status.code().unwrap_or(-1));
+                true
+            }
+            _ => false,
+        });
+        if code.is_some() {
+            self.child = None;
+        }
+        code
+    }
+
+    /// Starts another bgproxy process on this daemon's config with `args`
+    /// (e.g. `--upgrade`), logging to the same file; returns it unsupervised.
+    pub fn spawn_another(&self, args: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("bgproxy.log"))
+            .unwrap();
+        Command::new(bin("bgproxy"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(&self.args)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap()
+    }
+
+    /// Replaces the supervised process (after an upgrade).
+    pub fn adopt(&mut self, child: Child) {
+        self.kill9();
+        self.child = Some(child);
+    }
+
+    /// `kill -9`, then start again on the same config and state.
+    pub fn kill9_and_restart(&mut self) {
+        self.kill9();
+        self.spawn();
     }
 
     /// `kill -9` and reap.

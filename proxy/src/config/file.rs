@@ -51,6 +51,7 @@ pub struct FileTls {
 pub struct FileControl {
     pub listen: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+    pub watch_config: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -93,10 +93,12 @@ pub struct ProxyConfig {
     /// Worker threads of the proxy service.
     pub threads: usize,
     pub tls: Option<TlsConfig>,
-    /// How long a stopping daemon keeps accepting before it begins to close
-    /// (pingora's grace period). Default 1s.
+    /// On SIGTERM (or the old process of an upgrade): the longest the
+    /// requests in flight may take to finish once accepting has stopped. The
+    /// process exits as soon as they are done. Default 30s.
     pub grace_period: Duration,
-    /// How long in-flight requests may take to finish on shutdown. Default 10s.
+    /// After the grace period: how long to wait for worker threads to stop.
+    /// Default 5s.
     pub shutdown_timeout: Duration,
 }
 
@@ -115,6 +117,8 @@ pub struct ControlConfig {
     /// Bearer token for mutating calls; without it they are accepted from
     /// loopback only.
     pub token_file: Option<PathBuf>,
+    /// Reload the config when its file changes. Default true.
+    pub watch_config: bool,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

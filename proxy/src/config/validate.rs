@@ -103,13 +103,13 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
     };
     let grace_period = dur_or(
         &fp.grace_period,
-        Duration::from_secs(1),
+        Duration::from_secs(30),
         "proxy.grace_period",
         p,
     );
     let shutdown_timeout = dur_or(
         &fp.shutdown_timeout,
-        Duration::from_secs(10),
+        Duration::from_secs(5),
         "proxy.shutdown_timeout",
         p,
     );
@@ -118,6 +118,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         None => ControlConfig {
             listen: default_control(),
             token_file: None,
+            watch_config: true,
         },
         Some(c) => ControlConfig {
             listen: c
@@ -129,6 +130,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
                 .token_file
                 .as_ref()
                 .map(|t| existing_file(t, base, "control.token_file", p)),
+            watch_config: c.watch_config.unwrap_or(true),
         },
     };
     let metrics = raw

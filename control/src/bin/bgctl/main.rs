@@ -83,6 +83,9 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Reload the daemon's configuration file (validated first; a bad file
+    /// changes nothing).
+    Reload,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -220,6 +223,16 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
                 ));
             };
             change(&client, &app, previous, true, approval, cli.json, style)
+        }
+        Cmd::Reload => {
+            if cli.json {
+                let text = client.call_raw(reqwest::Method::POST, "/v1/reload", None::<&()>)?;
+                print!("{text}");
+                return Ok(());
+            }
+            let r = client.reload()?;
+            print!("{}", render::reload(&r, style));
+            Ok(())
         }
         Cmd::Completions { .. } => Ok(()),
     }

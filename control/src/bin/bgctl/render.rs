@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use bgproxy_control::api::{
-    AppStatus, Color, ColorStatus, Health, HistoryResponse, SwitchResponse,
+    AppStatus, Color, ColorStatus, Health, HistoryResponse, ReloadResponse, SwitchResponse,
 };
 use time::OffsetDateTime;
 
@@ -252,4 +252,32 @@ pub fn done(d: &SwitchResponse, took: Duration, style: &Style) -> String {
         took.as_millis(),
         d.duration_ms
     )
+}
+
+/// The result of `bgctl reload`.
+pub fn reload(r: &ReloadResponse, style: &Style) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut out = format!(
+        "{} configuration reloaded (generation {})\n  added: {}\n  removed: {}\n  changed: {}\n",
+        style.paint("32", "OK"),
+        r.generation,
+        list(&r.added),
+        list(&r.removed),
+        list(&r.changed)
+    );
+    if !r.restart_required.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {} {}",
+            style.paint("1;33", "needs a restart to take effect:"),
+            r.restart_required.join(", ")
+        );
+    }
+    out
 }

@@ -1,0 +1,170 @@
+//! Operations that arrive from outside the API: `SIGHUP` and changes of the
+//! config file reload the configuration; the start of shutdown (SIGTERM, or
+//! SIGQUIT for a graceful upgrade) closes the controller so the state file
+//! can pass to the next process, then waits for the requests in flight and
+//! exits.
+//!
+//! Why exit here: pingora stops accepting at the signal, then sleeps the
+//! whole grace period before it drops every task, even when nothing is in
+//! flight. So `grace_period` is the longest a drain may take, and this
+//! service ends the process as soon as the last request has finished.
+//!
+//! The config file is watched through its directory (editors and config
+//! management replace files by rename), debounced, and reloaded only when
+//! its bytes changed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::services::background::BackgroundService;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::audit::{AuditLog, AuditRecord};
+use crate::controller::Controller;
+use crate::metrics::Metrics;
+
+/// How long the file must be quiet before a change is reloaded.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// The background service for signals and the config watcher.
+pub struct OpsService {
+    pub controller: Arc<Controller>,
+    pub audit: Arc<AuditLog>,
+    /// The config file to reload.
+    pub config_path: PathBuf,
+    /// Whether to watch it for changes.
+    pub watch: bool,
+    /// For the requests in flight during a drain.
+    pub metrics: Arc<Metrics>,
+    /// Pingora's execution phases (taken once, at start).
+    pub phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+    /// Set when an upgrade or shutdown begins (read by the data plane).
+    pub draining: Arc<AtomicBool>,
+}
+
+impl OpsService {
+    async fn reload(&self, trigger: &str) {
+        let result = self.controller.reload().await;
+        let error = result.as_ref().err().map(|e| e.to_string());
+        self.audit.record(&AuditRecord {
+            time: time::OffsetDateTime::now_utc(),
+            action: "reload",
+            app: "",
+            result: result.as_ref().map_or_else(|e| e.code(), |_| "ok"),
+            status: result.as_ref().map_or_else(|e| e.status(), |_| 200),
+            actor: trigger,
+            client: None,
+            reason: None,
+            emergency: false,
+            to: None,
+            error: error.as_deref(),
+        });
+    }
+
+    /// Watches the config file's directory; sends a unit per relevant event.
+    fn watch(&self) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+        let dir = self.config_path.parent()?.to_path_buf();
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let name = self.config_path.file_name()?.to_owned();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let Ok(e) = event {
+                if e.paths.iter().any(|p| p.file_name() == Some(&name)) {
+                    let _ = tx.send(());
+                }
+            }
+        };
+        match notify::recommended_watcher(handler)
+            .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w))
+        {
+            Ok(w) => Some((w, rx)),
+            Err(e) => {
+                warn!(
+                    "cannot watch {} for changes ({e}); reload with SIGHUP or `bgctl reload`",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+}
+
+impl OpsService {
+    /// Waits until no request is in flight, then exits the process with 0.
+    /// (If the grace period ends first, pingora ends the process itself.)
+    async fn drain_then_exit(&self) -> ! {
+        let started = std::time::Instant::now();
+        loop {
+            let n = self.metrics.in_flight();
+            if n <= 0 {
+                info!("drained in {:?}: exiting", started.elapsed());
+                std::process::exit(0);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for OpsService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        };
+        // Keep the watcher alive for the whole loop.
+        let watcher = if self.watch { self.watch() } else { None };
+        let (_watcher, mut changes) = match watcher {
+            Some((w, rx)) => (Some(w), Some(rx)),
+            None => (None, None),
+        };
+        let mut last = std::fs::read(&self.config_path).ok();
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take();
+        loop {
+            tokio::select! {
+                Ok(phase) = async { match phases.as_mut() { Some(p) => p.recv().await, None => std::future::pending().await } } => {
+                    if matches!(phase, ExecutionPhase::GracefulUpgradeTransferringFds | ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted)
+                        && !self.draining.swap(true, Ordering::Relaxed)
+                    {
+                        info!("{phase:?}: closing client connections after their current response");
+                    }
+                }
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    info!("SIGHUP: reloading the configuration");
+                    last = std::fs::read(&self.config_path).ok();
+                    self.reload("SIGHUP").await;
+                }
+                Some(()) = async { match changes.as_mut() { Some(c) => c.recv().await, None => std::future::pending().await } } => {
+                    // Debounce: wait until the file has been quiet for a while.
+                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, async {
+                        match changes.as_mut() { Some(c) => c.recv().await, None => None }
+                    }).await {}
+                    let now = std::fs::read(&self.config_path).ok();
+                    if now.is_some() && now != last {
+                        info!("{} changed: reloading the configuration", self.config_path.display());
+                        last = now;
+                        self.reload("config file change").await;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.controller.close().await;
+                    self.drain_then_exit().await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Operations end to end: config reload (API, SIGHUP, file change) under
+//! load, a bad reload, SIGTERM with requests in flight, and the state lock
+//! that keeps a second daemon off a live state file.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Keep-alive clients sending GETs with `host` until stopped (bounded in
+/// count and time). Returns the join handle; failures are collected.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(d: &Daemon, host: &str, clients: usize) -> Load {
+        let (stop, sent, failures) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let url = format!("http://{}/load", d.proxy);
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, sent, failures, url, host) = (
+                    stop.clone(),
+                    sent.clone(),
+                    failures.clone(),
+                    url.clone(),
+                    host.to_string(),
+                );
+                thread::spawn(move || {
+                    let c = reqwest::blocking::Client::new();
+                    let started = Instant::now();
+                    for _ in 0..50_000 {
+                        if stop.load(Ordering::Relaxed)
+                            || started.elapsed() > Duration::from_secs(60)
+                        {
+                            break;
+                        }
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match c.get(&url).header("Host", &host).send() {
+                            Ok(r) if r.status() == 200 => {}
+                            Ok(r) => failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("status {}", r.status())),
+                            Err(e) => failures.lock().unwrap().push(format!("{e:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failures,
+            threads,
+        }
+    }
+
+    /// Stops the clients; asserts nothing failed and enough was sent.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap();
+        let sent = self.sent.load(Ordering::Relaxed);
+        assert!(
+            failures.is_empty(),
+            "{} of {sent} requests failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(sent > 50, "too little load to mean anything: {sent}");
+        sent
+    }
+}
+
+/// Under keep-alive load, a reload that adds an upstream and an app: zero
+/// failed requests, the new app served, the new upstream used, live colors
+/// kept.
+#[test]
+fn reload_under_load_adds_upstream_and_app() {
+    let (b, g1, g2) = (
+        Backend::start("blue"),
+        Backend::start("green"),
+        Backend::start("green"),
+    );
+    let (ab, ag) = (Backend::start("api-blue"), Backend::start("api-green"));
+    let web = AppSpec::new("web", &[&b], &[&g1]);
+    let d = Daemon::start(std::slice::from_ref(&web));
+    assert!(d.wait_health("web", "green", "up", T));
+    assert_eq!(d.switch("web", "green").0, 200);
+
+    let load = Load::start(&d, "anything", 3);
+    thread::sleep(Duration::from_millis(300));
+    let web2 = AppSpec::new("web", &[&b], &[&g1, &g2]);
+    let api = AppSpec::new("api", &[&ab], &[&ag]).hosts(&["api.example"]);
+    // Written in place: the file watcher may reload it too, which is fine.
+    d.rewrite_config(&d.render(&[web2, api]));
+    let (code, out, err) = d.bgctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("configuration reloaded"), "{out}");
+    thread::sleep(Duration::from_millis(500));
+    let sent = load.finish();
+
+    assert_eq!(
+        d.color_of("api.example"),
+        "api-blue",
+        "new app served on its initial color"
+    );
+    assert_eq!(d.app("web")["live"], "green", "live color kept");
+    assert_eq!(d.app("web")["switch_count"], 1);
+    assert!(
+        g2.hits() > 0,
+        "the added upstream takes traffic ({sent} requests sent)"
+    );
+    assert!(
+        d.wait_health("api", "green", "up", T),
+        "new upstreams are health-checked"
+    );
+    assert_eq!(
+        d.metric("bgproxy_config_reloads_total{result=\"success\"}")
+            .map(|v| v >= 1.0),
+        Some(true)
+    );
+}
+
+/// A bad config: the reload is refused with the problem named, nothing
+/// changes; SIGHUP reloads a good one. (File watching is off here so that
+/// only the API and the signal reload.)
+#[test]
+fn bad_reload_changes_nothing_then_sighup_reloads() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let (xb, xg) = (Backend::start("x-blue"), Backend::start("x-green"));
+    let web = AppSpec::new("web", &[&b], &[&g]);
+    let mut d = Daemon::start(std::slice::from_ref(&web));
+    let text = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("[control]", "[control]\nwatch_config = false");
+    std::fs::write(&d.config, text).unwrap();
+    d.kill9_and_restart();
+    let before = d.app("web");
+
+    let good = d
+        .render(&[
+            web.clone(),
+            AppSpec::new("x", &[&xb], &[&xg]).hosts(&["x.example"]),
+        ])
+        .replace("[control]", "[control]\nwatch_config = false");
+    d.rewrite_config(&good.replace("[state]", "[state]\nfsync = true"));
+    let (s, v) = d.api("POST", "/v1/reload", None);
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("invalid_config")),
+        "{v}"
+    );
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `fsync`"),
+        "{v}"
+    );
+    let (code, _, err) = d.bgctl(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown field `fsync`"), "{err}");
+    assert_eq!(
+        d.get("x.example", "/").0,
+        200,
+        "still the old routing: x.example goes to the default app"
+    );
+    assert_eq!(d.color_of("x.example"), "blue");
+    let after = d.app("web");
+    assert_eq!(
+        (before["live"].clone(), before["switch_count"].clone()),
+        (after["live"].clone(), after["switch_count"].clone())
+    );
+    assert!(
+        d.metric("bgproxy_config_reloads_total{result=\"failure\"}")
+            .unwrap()
+            >= 2.0
+    );
+    let (_, status) = d.api("GET", "/v1/status", None);
+    assert_eq!(status["apps"].as_array().unwrap().len(), 1);
+
+    // SIGHUP with the good file.
+    std::fs::write(&d.config, &good).unwrap();
+    d.signal("HUP");
+    assert!(
+        wait_until(T, || d.api("GET", "/v1/apps/x", None).0 == 200),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.color_of("x.example"), "x-blue");
+
+    let audit = std::fs::read_to_string(d.state_dir().join("audit.log")).unwrap();
+    let reloads: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["action"] == "reload")
+        .collect();
+    assert!(reloads.iter().any(|r| r["result"] == "invalid_config"));
+    assert!(
+        reloads
+            .iter()
+            .any(|r| r["actor"] == "SIGHUP" && r["result"] == "ok"),
+        "{audit}"
+    );
+    assert!(
+        !reloads.iter().any(|r| r["actor"] == "config file change"),
+        "watching is off: {audit}"
+    );
+}
+
+/// With watching on (the default), a change of the file alone reloads it,
+/// and a file that did not change is not reloaded.
+#[test]
+fn config_file_change_reloads() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let (xb, xg) = (Backend::start("x-blue"), Backend::start("x-green"));
+    let web = AppSpec::new("web", &[&b], &[&g]);
+    let d = Daemon::start(std::slice::from_ref(&web));
+    d.rewrite_config(&d.render(&[
+        web.clone(),
+        AppSpec::new("x", &[&xb], &[&xg]).hosts(&["x.example"]),
+    ]));
+    assert!(
+        wait_until(T, || d.api("GET", "/v1/apps/x", None).0 == 200),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.color_of("x.example"), "x-blue");
+    d.rewrite_config(&d.render(&[web]));
+    assert!(
+        wait_until(T, || d.api("GET", "/v1/apps/x", None).0 == 404),
+        "{}",
+        d.log()
+    );
+    let reloads = d
+        .metric("bgproxy_config_reloads_total{result=\"success\"}")
+        .unwrap();
+    // Same bytes again: no reload.
+    d.rewrite_config(&std::fs::read_to_string(&d.config).unwrap());
+    thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        d.metric("bgproxy_config_reloads_total{result=\"success\"}")
+            .unwrap(),
+        reloads
+    );
+}
+
+/// Settings that need a restart are reported as such, not silently ignored.
+#[test]
+fn reload_reports_restart_required_settings() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
+    let text = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("threads = 2", "threads = 3");
+    d.rewrite_config(&text);
+    let (s, v) = d.api("POST", "/v1/reload", None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["restart_required"], serde_json::json!(["proxy.threads"]));
+    let (code, out, _) = d.bgctl(&["reload"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("needs a restart") && out.contains("proxy.threads"),
+        "{out}"
+    );
+}
+
+/// SIGTERM with requests in flight: they complete, then the daemon exits 0.
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let mut d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
+    // Each takes 900ms; SIGTERM comes 300ms in, well within grace_period (5s).
+    let url = format!("http://{}/slow/900", d.proxy);
+    let inflight: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || reqwest::blocking::get(url).map(|r| r.status().as_u16()))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    d.signal("TERM");
+    for t in inflight {
+        assert_eq!(t.join().unwrap().expect("completed"), 200);
+    }
+    assert_eq!(d.wait_exit(Duration::from_secs(15)), Some(0), "{}", d.log());
+}
+
+/// A second bgproxy on the same config refuses to start (its ports are
+/// taken), and one on other ports but the same state file refuses too (the
+/// state lock), naming the pid that holds it; the first keeps serving.
+#[test]
+fn second_daemon_on_same_state_refuses_to_start() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
+    let exit_of = |mut child: std::process::Child| {
+        let mut status = None;
+        assert!(wait_until(T, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }));
+        status.unwrap()
+    };
+    assert!(!exit_of(d.spawn_another(&[])).success());
+    assert!(d.log().contains("in use"), "{}", d.log());
+
+    let other = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace(
+            &d.proxy.to_string(),
+            &format!("127.0.0.1:{}", bgproxy_e2e::free_port()),
+        )
+        .replace(
+            &d.control.to_string(),
+            &format!("127.0.0.1:{}", bgproxy_e2e::free_port()),
+        )
+        .replace(
+            &d.metrics.to_string(),
+            &format!("127.0.0.1:{}", bgproxy_e2e::free_port()),
+        );
+    let other_path = d.dir.path().join("other.toml");
+    std::fs::write(&other_path, other).unwrap();
+    let out = std::process::Command::new(bgproxy_e2e::bin("bgproxy"))
+        .arg("--config")
+        .arg(&other_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is in use by another bgproxy") && err.contains(&format!("pid {}", d.pid())),
+        "{err}"
+    );
+    assert_eq!(d.color_of("x"), "blue");
+}
+
+/// Zero-downtime binary upgrade under keep-alive load: start the new
+/// process with --upgrade, send SIGQUIT to the old one. Zero failed
+/// requests; the old process exits 0; the new one serves and holds the state
+/// (a switch after the handover is kept).
+#[test]
+fn graceful_upgrade_under_load_loses_nothing() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let mut d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
+    assert!(d.wait_health("web", "green", "up", T));
+    assert_eq!(d.switch("web", "green").0, 200);
+    let old_pid = d.pid();
+
+    let load = Load::start(&d, "x", 3);
+    thread::sleep(Duration::from_millis(300));
+    let new = d.spawn_another(&["--upgrade"]);
+    let new_pid = new.id();
+    // The new process waits (up to 5s) on the upgrade socket for the sockets.
+    thread::sleep(Duration::from_millis(500));
+    d.signal("QUIT");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "old process exits cleanly:\n{}",
+        d.log()
+    );
+    d.adopt(new);
+    // Traffic keeps flowing to the new process alone.
+    thread::sleep(Duration::from_millis(500));
+    load.finish();
+
+    assert_eq!(d.pid(), new_pid);
+    assert_ne!(old_pid, new_pid);
+    let app = d.app("web");
+    assert_eq!(
+        (app["live"].as_str(), app["switch_count"].as_u64()),
+        (Some("green"), Some(1)),
+        "state carried over"
+    );
+    assert_eq!(d.color_of("x"), "green");
+    assert!(d.wait_health("web", "blue", "up", T));
+    assert_eq!(
+        d.switch("web", "blue").0,
+        200,
+        "the new process is the writer"
+    );
+    assert_eq!(d.color_of("x"), "blue");
+    let log = d.log();
+    assert!(
+        log.contains("listener sockets sent") && log.contains("state file released"),
+        "{log}"
+    );
+}
+
+/// A taken port or an unusable state directory stops the start at once,
+/// with a message naming what is wrong; nothing keeps running half-started.
+#[test]
+fn refuses_to_start_on_taken_port_or_bad_state_dir() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |toml: String| {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut child = std::process::Command::new(bgproxy_e2e::bin("bgproxy"))
+            .arg("--config")
+            .arg(&path)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut status = None;
+        let exited = wait_until(T, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        if !exited {
+            let _ = child.kill();
+        }
+        assert!(exited, "bgproxy kept running");
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (status.unwrap().success(), err)
+    };
+    let control = bgproxy_e2e::free_port();
+    let config = |listen: u16, state: &str| {
+        format!(
+            "[proxy]\nlisten = [\"127.0.0.1:{listen}\"]\n[control]\nlisten = \"127.0.0.1:{control}\"\n[state]\npath = \"{state}\"\n\
+             [[app]]\nname = \"web\"\n[app.blue]\nupstreams = [\"127.0.0.1:1\"]\n[app.green]\nupstreams = [\"127.0.0.1:2\"]\n"
+        )
+    };
+    let (ok, err) = run(config(port, "s/state.json"));
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port} (proxy.listen)"))
+            && err.contains("in use"),
+        "{err}"
+    );
+
+    std::fs::write(dir.path().join("plainfile"), "x").unwrap();
+    let (ok, err) = run(config(bgproxy_e2e::free_port(), "plainfile/state.json"));
+    assert!(!ok);
+    assert!(err.contains("cannot create state directory"), "{err}");
+}
