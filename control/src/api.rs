@@ -234,7 +234,7 @@ pub struct AppStatus {
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_switch: Option<OffsetDateTime>,
     /// The deploy in progress, or null.
-    pub deploy: Option<serde_json::Value>,
+    pub deploy: Option<DeployStatus>,
     pub colors: Colors,
 }
 
@@ -252,8 +252,148 @@ pub struct StatusResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HistoryResponse {
     pub app: String,
-    /// Newest last.
+    /// Switches, newest last.
     pub history: Vec<HistoryEntry>,
+    /// Deploys, newest last.
+    #[serde(default)]
+    pub deploys: Vec<DeployRecord>,
+}
+
+/// Body of `POST /v1/apps/{app}/deploy` (may be empty).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// Also run the steps marked `migrate`.
+    #[serde(default)]
+    pub migrate: bool,
+    #[serde(default)]
+    pub actor: Option<String>,
+}
+
+/// How a deploy ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployResult {
+    /// Every step passed and the standby is healthy.
+    Success,
+    /// A step failed or timed out, or the standby did not become healthy.
+    Failed,
+    /// Stopped by an emergency switch to the color under deploy.
+    Aborted,
+}
+
+impl DeployResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployResult::Success => "success",
+            DeployResult::Failed => "failed",
+            DeployResult::Aborted => "aborted",
+        }
+    }
+}
+
+/// One step of a finished deploy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeployStepRecord {
+    pub name: String,
+    /// Exit code; null when killed (timeout, abort) or skipped.
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub ok: bool,
+    /// Not run: a `migrate` step without `--migrate`, or after a failure.
+    #[serde(default)]
+    pub skipped: bool,
+}
+
+/// A finished deploy, as kept in the state file's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// The color deployed (the standby when it started).
+    pub color: Color,
+    pub result: DeployResult,
+    pub migrate: bool,
+    pub steps: Vec<DeployStepRecord>,
+    pub duration_ms: u64,
+    pub actor: String,
+    /// What went wrong, when not a success.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The full output of every step.
+    pub log: String,
+}
+
+/// A deploy in progress (the `deploy` field of an app's status).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeployStatus {
+    pub id: String,
+    pub color: Color,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    pub migrate: bool,
+    pub actor: String,
+    /// The step running now (or `health` while waiting for the standby).
+    pub step: Option<String>,
+    /// 1-based index of that step among the steps that run.
+    pub step_index: usize,
+    pub steps_total: usize,
+}
+
+/// One line of the newline-delimited JSON stream of
+/// `POST /v1/apps/{app}/deploy`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum DeployEvent {
+    Started {
+        id: String,
+        app: String,
+        color: Color,
+        /// The steps that will run, in order.
+        steps: Vec<String>,
+        /// Migrate steps left out (no `--migrate`).
+        skipped: Vec<String>,
+        log: String,
+    },
+    StepStarted {
+        step: String,
+        index: usize,
+        total: usize,
+        command: String,
+    },
+    Output {
+        step: String,
+        /// `stdout` or `stderr`.
+        stream: String,
+        line: String,
+    },
+    StepFinished {
+        step: String,
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        ok: bool,
+        /// Why it failed, when it did (`exit status 3`, `timed out after 1s`).
+        #[serde(default)]
+        error: Option<String>,
+    },
+    HealthWait {
+        color: Color,
+        timeout_ms: u64,
+    },
+    Healthy {
+        color: Color,
+        duration_ms: u64,
+    },
+    Done {
+        result: DeployResult,
+        duration_ms: u64,
+        #[serde(default)]
+        failed_step: Option<String>,
+        #[serde(default)]
+        error: Option<String>,
+        log: String,
+    },
 }
 
 /// Answer of `POST /v1/reload`: what the new configuration changed.

@@ -3,14 +3,15 @@
 //! that says whether the daemon could not be reached, refused the token, or
 //! answered with an error.
 
+use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    ApiError, AppStatus, HistoryResponse, ReloadResponse, RollbackRequest, StatusResponse,
-    SwitchRequest, SwitchResponse,
+    ApiError, AppStatus, DeployEvent, DeployRequest, HistoryResponse, ReloadResponse,
+    RollbackRequest, StatusResponse, SwitchRequest, SwitchResponse,
 };
 
 /// Errors of a control API call.
@@ -129,6 +130,41 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<String, ClientError> {
+        let resp = self.send(method, path, body, None)?;
+        resp.text().map_err(|e| self.unreachable(&e))
+    }
+
+    /// Starts a deploy of the app's standby color and returns its event
+    /// stream. A deploy runs for as long as its steps take: only the
+    /// connection, not the whole answer, is bound by the client's timeout.
+    pub fn deploy(&self, app: &str, req: &DeployRequest) -> Result<DeployStream, ClientError> {
+        let resp = self.send(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/deploy"),
+            Some(req),
+            Some(Duration::from_secs(24 * 3600)),
+        )?;
+        Ok(DeployStream {
+            lines: BufReader::new(resp).lines(),
+            addr: self.base.clone(),
+        })
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            addr: self.base.clone(),
+            reason: root_cause(e),
+        }
+    }
+
+    /// Sends a request; a non-2xx answer becomes the matching error.
+    fn send<B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::blocking::Response, ClientError> {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -136,18 +172,15 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().map_err(|e| ClientError::Unreachable {
-            addr: self.base.clone(),
-            reason: root_cause(&e),
-        })?;
-        let status = resp.status().as_u16();
-        let text = resp.text().map_err(|e| ClientError::Unreachable {
-            addr: self.base.clone(),
-            reason: root_cause(&e),
-        })?;
-        if (200..300).contains(&status) {
-            return Ok(text);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
         }
+        let resp = req.send().map_err(|e| self.unreachable(&e))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
+        let text = resp.text().map_err(|e| self.unreachable(&e))?;
         let error: ApiError = serde_json::from_str(&text).unwrap_or(ApiError {
             error: format!("HTTP {status}: {text:.200}"),
             code: "http_error".into(),
@@ -159,6 +192,37 @@ impl Client {
             });
         }
         Err(ClientError::Api { status, error })
+    }
+}
+
+/// The events of a running deploy, one per line of the answer.
+pub struct DeployStream {
+    lines: std::io::Lines<BufReader<reqwest::blocking::Response>>,
+    addr: String,
+}
+
+impl Iterator for DeployStream {
+    /// The raw JSON line (for `--json`) and the event.
+    type Item = Result<(String, DeployEvent), ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let line = match self.lines.next()? {
+            Ok(l) => l,
+            Err(e) => {
+                return Some(Err(ClientError::Unreachable {
+                    addr: self.addr.clone(),
+                    reason: format!("the deploy stream broke: {e} (the deploy goes on on the daemon; see bgctl status)"),
+                }))
+            }
+        };
+        Some(
+            serde_json::from_str(&line)
+                .map(|e| (line.clone(), e))
+                .map_err(|e| ClientError::Protocol {
+                    addr: self.addr.clone(),
+                    reason: format!("{e} in {line:.200}"),
+                }),
+        )
     }
 }
 

@@ -11,12 +11,15 @@
 //! - `POST /v1/apps/{app}/switch` `{"to","emergency","reason","actor"}`
 //! - `POST /v1/apps/{app}/rollback` `{"emergency","reason","actor"}` (body optional)
 //! - `POST /v1/reload`: reload the config file
+//! - `POST /v1/apps/{app}/deploy` `{"migrate","actor"}`: streams NDJSON events
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bgproxy_control::api::{ApiError, RollbackRequest, SwitchRequest};
+use bgproxy_control::api::{
+    ApiError, DeployEvent, DeployRequest, DeployResult, RollbackRequest, SwitchRequest,
+};
 use bytes::Bytes;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
@@ -236,7 +239,7 @@ impl ControlApi {
             ["v1", "status"]
             | ["v1", "reload"]
             | ["v1", "apps", _]
-            | ["v1", "apps", _, "history" | "switch" | "rollback"] => Reply::error(
+            | ["v1", "apps", _, "history" | "switch" | "rollback" | "deploy"] => Reply::error(
                 405,
                 "method_not_allowed",
                 format!("{method} is not allowed on {path}"),
@@ -379,6 +382,110 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// Writes a whole JSON reply.
+async fn write_reply(s: &mut ServerSession, reply: Reply) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(reply.status, Some(3))?;
+    header.insert_header("Content-Type", "application/json")?;
+    header.insert_header("Content-Length", reply.body.len())?;
+    header.insert_header("Cache-Control", "no-store")?;
+    s.write_response_header(Box::new(header)).await?;
+    s.write_response_body(Bytes::from(reply.body), true).await
+}
+
+/// The app of a `POST /v1/apps/{app}/deploy`, if this is one.
+fn deploy_target(s: &ServerSession) -> Option<String> {
+    let req = s.req_header();
+    let segments: Vec<&str> = req.uri.path().trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "apps", app, "deploy"] if req.method == http::Method::POST => Some(app.to_string()),
+        _ => None,
+    }
+}
+
+impl ControlApi {
+    /// `POST /v1/apps/{app}/deploy`: starts the deploy and streams its events
+    /// as newline-delimited JSON. The deploy runs in its own task: if the
+    /// client goes away it runs to the end all the same (and is audited and
+    /// recorded when it ends).
+    async fn deploy(&self, s: &mut ServerSession, app: &str) {
+        let client = match s.client_addr() {
+            Some(PingoraAddr::Inet(a)) => Some(a.ip()),
+            _ => None,
+        };
+        let mut attempt = Attempt::default();
+        let plan = async {
+            self.authorize(s, client)?;
+            let body = Self::body(s).await?;
+            let req = Self::parse::<DeployRequest>(&body)?;
+            let actor = req
+                .actor
+                .filter(|a| !a.trim().is_empty())
+                .unwrap_or_else(|| "unknown".into());
+            attempt.actor = Some(actor.clone());
+            self.controller
+                .begin_deploy(app, req.migrate, actor)
+                .await
+                .map_err(Reply::from_control)
+        }
+        .await;
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(reply) => {
+                self.audit("deploy", app, &reply, &attempt, client);
+                let _ = write_reply(s, reply).await;
+                return;
+            }
+        };
+        attempt.to = Some(plan.color);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(crate::deploy::run(self.controller.clone(), plan, tx));
+
+        let mut connected = async {
+            let mut header = ResponseHeader::build(200, Some(3))?;
+            header.insert_header("Content-Type", "application/x-ndjson")?;
+            header.insert_header("Transfer-Encoding", "chunked")?;
+            header.insert_header("Cache-Control", "no-store")?;
+            s.write_response_header(Box::new(header)).await
+        }
+        .await
+        .is_ok();
+        let mut outcome = None;
+        while let Some(event) = rx.recv().await {
+            if let DeployEvent::Done { result, error, .. } = &event {
+                outcome = Some((*result, error.clone()));
+            }
+            if connected {
+                let mut line = serde_json::to_vec(&event).unwrap_or_default();
+                line.push(b'\n');
+                connected = s
+                    .write_response_body(Bytes::from(line), false)
+                    .await
+                    .is_ok();
+            }
+        }
+        if connected {
+            let _ = s.finish_body().await;
+        }
+        let (result, error) = outcome.unwrap_or((
+            DeployResult::Failed,
+            Some("the deploy ended without a result".into()),
+        ));
+        let reply = match (result, error) {
+            (DeployResult::Success, _) => Reply::json(200, &()),
+            (r, e) => Reply::error(
+                200,
+                if r == DeployResult::Aborted {
+                    "deploy_aborted"
+                } else {
+                    "deploy_failed"
+                },
+                e.unwrap_or_default(),
+            ),
+        };
+        self.audit("deploy", app, &reply, &attempt, client);
+    }
+}
+
 #[async_trait]
 impl HttpServerApp for ControlApi {
     async fn process_new_http(
@@ -395,28 +502,17 @@ impl HttpServerApp for ControlApi {
             }
         }
         s.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        if let Some(app) = deploy_target(&s) {
+            // Streams its answer; the connection is not reused after it.
+            self.deploy(&mut s, &app).await;
+            return None;
+        }
         let reply = self.handle(&mut s).await;
         // Drain an unread body so the connection can be reused.
         if !s.is_body_done() {
             s.set_keepalive(None);
         }
-        let mut header = ResponseHeader::build(reply.status, Some(3)).ok()?;
-        header
-            .insert_header("Content-Type", "application/json")
-            .ok()?;
-        header
-            .insert_header("Content-Length", reply.body.len())
-            .ok()?;
-        header.insert_header("Cache-Control", "no-store").ok()?;
-        if s.write_response_header(Box::new(header)).await.is_err() {
-            return None;
-        }
-        if s.write_response_body(Bytes::from(reply.body), true)
-            .await
-            .is_err()
-        {
-            return None;
-        }
+        write_reply(&mut s, reply).await.ok()?;
         let settings = HttpPersistentSettings::for_session(&s);
         match s.finish().await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),

@@ -21,17 +21,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use bgproxy_control::api::{
-    AppStatus, Color, ColorStatus, Colors, Health, HistoryEntry, HistoryResponse, ReloadResponse,
-    StatusResponse, SwitchKind, SwitchResponse, UpstreamStatus,
+    AppStatus, Color, ColorStatus, Colors, DeployRecord, DeployStatus, Health, HistoryEntry,
+    HistoryResponse, ReloadResponse, StatusResponse, SwitchKind, SwitchResponse, UpstreamStatus,
 };
 use time::OffsetDateTime;
 use tokio::sync::{watch, Mutex};
 use tracing::{error, info, warn};
 
+use crate::config::DeployStep;
 use crate::config::{AppConfig, Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::routing::{AppRoute, Routing, Snapshot};
+use crate::routing::{AppRoute, Pool, Routing, Snapshot};
 use crate::state::{AppState, State, StateError, StateLock, StateStore};
 
 /// Why a control request was refused or failed. Each maps to an HTTP status
@@ -58,6 +63,12 @@ pub enum ControlError {
     InvalidConfig(String),
     #[error("bgproxy is shutting down or handing over to a new process: no changes accepted here; retry in a moment")]
     ShuttingDown,
+    #[error("a deploy to {color} of app '{app}' is running ({detail}): wait for it to finish, or use emergency to abort it and switch anyway")]
+    DeployRunning {
+        app: String,
+        color: Color,
+        detail: String,
+    },
 }
 
 impl ControlError {
@@ -67,7 +78,8 @@ impl ControlError {
             ControlError::UnknownApp(_) => 404,
             ControlError::AlreadyLive { .. }
             | ControlError::TargetUnhealthy { .. }
-            | ControlError::NothingToRollBack(_) => 409,
+            | ControlError::NothingToRollBack(_)
+            | ControlError::DeployRunning { .. } => 409,
             ControlError::Persist(_) => 500,
             ControlError::BadRequest(_) | ControlError::InvalidConfig(_) => 400,
             ControlError::ShuttingDown => 503,
@@ -85,6 +97,7 @@ impl ControlError {
             ControlError::BadRequest(_) => "bad_request",
             ControlError::InvalidConfig(_) => "invalid_config",
             ControlError::ShuttingDown => "shutting_down",
+            ControlError::DeployRunning { .. } => "deploy_running",
         }
     }
 }
@@ -117,6 +130,37 @@ struct Inner {
     config: Arc<Config>,
     /// The file lock; `None` once closed (no more changes accepted).
     lock: Option<StateLock>,
+    /// Deploys in progress, by app.
+    deploys: HashMap<String, RunningDeploy>,
+}
+
+/// A deploy in progress: what status shows, and how to abort it.
+struct RunningDeploy {
+    status: DeployStatus,
+    abort: watch::Sender<bool>,
+}
+
+/// Everything a deploy run needs, fixed when it starts.
+pub struct DeployPlan {
+    pub id: String,
+    pub app: String,
+    /// The standby color when the deploy started.
+    pub color: Color,
+    /// The steps to run, in order.
+    pub steps: Vec<DeployStep>,
+    /// Migrate steps left out.
+    pub skipped: Vec<String>,
+    /// Every configured step name, in configured order.
+    pub order: Vec<String>,
+    /// The pool of `color`, for the health wait.
+    pub pool: Arc<Pool>,
+    pub upstreams: Vec<SocketAddr>,
+    pub health_timeout: Duration,
+    pub migrate: bool,
+    pub actor: String,
+    pub log_path: PathBuf,
+    /// Becomes true when an emergency switch to `color` aborts the deploy.
+    pub abort: watch::Receiver<bool>,
 }
 
 /// The single writer. Cheap to share behind an `Arc`.
@@ -170,6 +214,7 @@ impl Controller {
                 state,
                 config: config.clone(),
                 lock: Some(lock),
+                deploys: HashMap::new(),
             }),
             boot: config,
             metrics,
@@ -217,7 +262,9 @@ impl Controller {
             return Err(ControlError::ShuttingDown);
         }
         let snapshot = self.routing.load_full();
-        let result = self.decide(&snapshot, &inner.state, &cmd);
+        let result = self
+            .decide(&snapshot, &inner.state, &cmd)
+            .and_then(|ok| deploy_gate(&inner, &cmd, ok.1.to).map(|()| ok));
         let (index, entry) = match result {
             Ok(ok) => ok,
             Err(e) => {
@@ -245,6 +292,16 @@ impl Controller {
             .observe(write_started.elapsed().as_secs_f64());
         inner.state = next;
         self.publish(snapshot.with_live(index, entry.to));
+        // An emergency switch onto a color under deploy aborts that deploy:
+        // its steps must never run against the live color.
+        if let Some(d) = inner
+            .deploys
+            .get(&cmd.app)
+            .filter(|d| d.status.color == entry.to)
+        {
+            warn!(app = %cmd.app, "emergency switch to {}: aborting the deploy {}", entry.to, d.status.id);
+            d.abort.send_replace(true);
+        }
         drop(inner);
         self.metrics.set_live(&cmd.app, entry.to);
         self.metrics.switched(&cmd.app, entry.kind);
@@ -422,6 +479,133 @@ impl Controller {
         Ok(report)
     }
 
+    /// Starts a deploy of `app`'s standby color: one per app at a time.
+    /// Returns the plan the runner executes.
+    pub async fn begin_deploy(
+        &self,
+        app: &str,
+        migrate: bool,
+        actor: String,
+    ) -> Result<DeployPlan, ControlError> {
+        let mut inner = self.inner.lock().await;
+        if inner.lock.is_none() {
+            return Err(ControlError::ShuttingDown);
+        }
+        let snapshot = self.routing.load_full();
+        let route = snapshot
+            .app_index(app)
+            .map(|i| &snapshot.apps[i])
+            .ok_or_else(|| ControlError::UnknownApp(app.to_string()))?;
+        if let Some(d) = inner.deploys.get(app) {
+            return Err(ControlError::DeployRunning {
+                app: app.to_string(),
+                color: d.status.color,
+                detail: progress(&d.status),
+            });
+        }
+        let color = route.live.other();
+        let config = &route.config.deploy;
+        let (steps, skipped): (Vec<_>, Vec<_>) = config
+            .steps
+            .iter()
+            .cloned()
+            .partition(|s| migrate || !s.migrate);
+        if steps.is_empty() {
+            return Err(ControlError::BadRequest(format!(
+                "app '{app}' has no deploy steps to run{}: add [[app.deploy.steps]] to the config",
+                if skipped.is_empty() {
+                    ""
+                } else {
+                    " without --migrate"
+                }
+            )));
+        }
+        let started = OffsetDateTime::now_utc();
+        let stamp = started
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+            ))
+            .unwrap_or_default();
+        let id = format!("{app}-{stamp}-{color}");
+        let log_path = inner
+            .config
+            .state_dir()
+            .join("deploys")
+            .join(format!("{id}.log"));
+        let (abort_tx, abort_rx) = watch::channel(false);
+        let status = DeployStatus {
+            id: id.clone(),
+            color,
+            started,
+            migrate,
+            actor: actor.clone(),
+            step: None,
+            step_index: 0,
+            steps_total: steps.len(),
+        };
+        inner.deploys.insert(
+            app.to_string(),
+            RunningDeploy {
+                status,
+                abort: abort_tx,
+            },
+        );
+        info!(app, %color, id, migrate, actor, "deploy started on the standby color");
+        Ok(DeployPlan {
+            id,
+            app: app.to_string(),
+            color,
+            pool: route.pool(color).clone(),
+            upstreams: route.config.upstreams(color).to_vec(),
+            skipped: skipped.into_iter().map(|s| s.name).collect(),
+            order: config.steps.iter().map(|s| s.name.clone()).collect(),
+            steps,
+            health_timeout: config.health_timeout,
+            migrate,
+            actor,
+            log_path,
+            abort: abort_rx,
+        })
+    }
+
+    /// Updates what `status` shows of a running deploy.
+    pub async fn deploy_progress(&self, app: &str, step: Option<String>, index: usize) {
+        if let Some(d) = self.inner.lock().await.deploys.get_mut(app) {
+            d.status.step = step;
+            d.status.step_index = index;
+        }
+    }
+
+    /// Ends a deploy: records it in the state (persisted), counts it.
+    pub async fn finish_deploy(&self, app: &str, record: DeployRecord) {
+        let mut inner = self.inner.lock().await;
+        inner.deploys.remove(app);
+        self.metrics
+            .deploys
+            .with_label_values(&[app, record.color.as_str(), record.result.as_str()])
+            .inc();
+        info!(app, id = %record.id, result = record.result.as_str(), "deploy finished");
+        if inner.lock.is_none() {
+            warn!(
+                app,
+                "deploy {} finished after shutdown began: not recorded in the state", record.id
+            );
+            return;
+        }
+        let mut next = inner.state.clone();
+        next.apps
+            .entry(app.to_string())
+            .or_insert_with(|| AppState::new(record.color.other()))
+            .record_deploy(record);
+        match self.store.persist(&next) {
+            Ok(()) => inner.state = next,
+            Err(e) => {
+                self.metrics.state_write_failures.inc();
+                error!(app, "cannot record the deploy in the state: {e}");
+            }
+        }
+    }
+
     /// Status of every configured app, read under the writer lock so live
     /// color and switch count are from the same instant.
     pub async fn status(&self) -> StatusResponse {
@@ -433,7 +617,11 @@ impl Controller {
             apps: snapshot
                 .apps
                 .iter()
-                .map(|a| app_status(a, inner.state.apps.get(&*a.name)))
+                .map(|a| {
+                    let mut status = app_status(a, inner.state.apps.get(&*a.name));
+                    status.deploy = inner.deploys.get(&*a.name).map(|d| d.status.clone());
+                    status
+                })
                 .collect(),
         }
     }
@@ -458,6 +646,12 @@ impl Controller {
             return Err(ControlError::UnknownApp(name.to_string()));
         }
         let inner = self.inner.lock().await;
+        let deploys = inner
+            .state
+            .apps
+            .get(name)
+            .map(|a| a.deploys.clone())
+            .unwrap_or_default();
         let all = inner
             .state
             .apps
@@ -468,6 +662,7 @@ impl Controller {
         Ok(HistoryResponse {
             app: name.to_string(),
             history: all[skip..].to_vec(),
+            deploys: deploys[limit.map_or(0, |l| deploys.len().saturating_sub(l))..].to_vec(),
         })
     }
 }
@@ -567,4 +762,28 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     check("state.path", old.state.path != new.state.path);
     check("log", old.log != new.log);
     keys
+}
+
+/// A switch onto a color under deploy is refused, unless emergency (which
+/// then aborts the deploy, see `apply`).
+fn deploy_gate(inner: &Inner, cmd: &Command, to: Color) -> Result<(), ControlError> {
+    match inner.deploys.get(&cmd.app) {
+        Some(d) if d.status.color == to && !cmd.emergency => Err(ControlError::DeployRunning {
+            app: cmd.app.clone(),
+            color: d.status.color,
+            detail: progress(&d.status),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `step 2/4 'build'`, for messages.
+fn progress(d: &DeployStatus) -> String {
+    match &d.step {
+        Some(step) => format!(
+            "step {}/{} '{step}', started by {}",
+            d.step_index, d.steps_total, d.actor
+        ),
+        None => format!("starting, by {}", d.actor),
+    }
 }

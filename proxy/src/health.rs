@@ -38,6 +38,8 @@ pub struct HealthCell {
     state: AtomicU8,
     /// Unix milliseconds of the last change.
     since_ms: AtomicU64,
+    /// Unix milliseconds of the last passing check (0: none yet).
+    last_pass_ms: AtomicU64,
 }
 
 impl Default for HealthCell {
@@ -52,6 +54,7 @@ impl HealthCell {
         HealthCell {
             state: AtomicU8::new(0),
             since_ms: AtomicU64::new(now_ms()),
+            last_pass_ms: AtomicU64::new(0),
         }
     }
 
@@ -76,13 +79,24 @@ impl HealthCell {
         }
     }
 
+    /// Records a passing check.
+    pub fn passed(&self) {
+        self.last_pass_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// When the last check passed, as Unix milliseconds (0: never).
+    pub fn last_pass_ms(&self) -> u64 {
+        self.last_pass_ms.load(Ordering::Relaxed)
+    }
+
     /// When the current state began, as Unix milliseconds.
     pub fn since_ms(&self) -> u64 {
         self.since_ms.load(Ordering::Relaxed)
     }
 }
 
-fn now_ms() -> u64 {
+/// Now, as Unix milliseconds.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -193,6 +207,9 @@ pub async fn check_loop(t: Target, mut shutdown: ShutdownWatch) {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {:?}", t.config.timeout)),
         };
+        if result.is_ok() {
+            t.upstream.health.passed();
+        }
         if let Some(h) = tracker.observe(result.is_ok()) {
             t.upstream.set_health(h);
             match (h, &result) {

@@ -9,6 +9,7 @@
 //! health      per upstream: pingora HTTP probe -> rise/fall Tracker -> HealthCell
 //! control_api /v1 HTTP/JSON -> Controller::apply
 //! controller  validate -> StateStore::persist (fsync) -> ArcSwap::store -> answer
+//! deploy      bgctl deploy: the configured steps against the STANDBY color
 //! state       the JSON state file, atomic writes, recovery from corruption
 //! metrics     Prometheus names and pre-resolved handles; metrics_http serves them
 //! audit       audit.log: one fsync'd JSON line per control action
@@ -24,6 +25,7 @@ pub mod control_api;
 pub mod controller;
 pub mod dataplane;
 pub mod demo;
+pub mod deploy;
 pub mod health;
 pub mod metrics;
 pub mod metrics_http;

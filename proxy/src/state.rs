@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bgproxy_control::api::{Color, HistoryEntry};
+use bgproxy_control::api::{Color, DeployRecord, HistoryEntry};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -28,6 +28,9 @@ pub const STATE_VERSION: u32 = 1;
 
 /// How many history entries are kept per app.
 pub const HISTORY_LIMIT: usize = 200;
+
+/// How many deploy records are kept per app.
+pub const DEPLOY_LIMIT: usize = 50;
 
 /// The state file's content.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +61,9 @@ pub struct AppState {
     /// Oldest first, at most [`HISTORY_LIMIT`].
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// Finished deploys, oldest first, at most [`DEPLOY_LIMIT`].
+    #[serde(default)]
+    pub deploys: Vec<DeployRecord>,
 }
 
 impl AppState {
@@ -67,6 +73,16 @@ impl AppState {
             switch_count: 0,
             last_switch: None,
             history: Vec::new(),
+            deploys: Vec::new(),
+        }
+    }
+
+    /// Records a finished deploy.
+    pub fn record_deploy(&mut self, record: DeployRecord) {
+        self.deploys.push(record);
+        if self.deploys.len() > DEPLOY_LIMIT {
+            let extra = self.deploys.len() - DEPLOY_LIMIT;
+            self.deploys.drain(..extra);
         }
     }
 

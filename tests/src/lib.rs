@@ -235,6 +235,8 @@ pub struct AppSpec {
     pub green: Vec<SocketAddr>,
     /// Lines of `[app.health]`; defaults to a fast check.
     pub health: String,
+    /// More TOML of this app after its pools (e.g. `[[app.deploy.steps]]`).
+    pub extra: String,
 }
 
 impl AppSpec {
@@ -245,7 +247,14 @@ impl AppSpec {
             blue: blue.iter().map(|b| b.addr).collect(),
             green: green.iter().map(|b| b.addr).collect(),
             health: "interval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 2\n".into(),
+            extra: String::new(),
         }
+    }
+
+    /// Appends TOML to this app (after its pools).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self
     }
 
     pub fn hosts(mut self, hosts: &[&str]) -> Self {
@@ -358,6 +367,7 @@ impl Daemon {
                 list(&quoted(&a.blue)),
                 list(&quoted(&a.green))
             ));
+            toml.push_str(&a.extra);
         }
         toml
     }

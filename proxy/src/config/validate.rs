@@ -471,6 +471,16 @@ fn deploy(raw: Option<&FileDeploy>, k: &str, p: &mut Problems<'_>) -> DeployConf
         let st = s.get_ref();
         if st.name.get_ref().trim().is_empty() {
             p.at(st.name.span(), format!("{sk}.name"), "must not be empty");
+        } else if d
+            .steps
+            .iter()
+            .any(|s: &DeployStep| s.name == *st.name.get_ref())
+        {
+            p.at(
+                st.name.span(),
+                format!("{sk}.name"),
+                format!("duplicate step name '{}'", st.name.get_ref()),
+            );
         }
         if st.run.get_ref().trim().is_empty() {
             p.at(st.run.span(), format!("{sk}.run"), "must not be empty");
@@ -702,6 +712,17 @@ upstreams = ["127.0.0.1:3002"]
         let p = one(&text);
         assert_eq!(p.key, "app[0].deploy.steps[0].run");
         assert!(p.message.contains("unknown placeholder '{hostname}'"));
+        let twice = format!("{GOOD}\n[[app.deploy.steps]]\nname = \"a\"\nrun = \"true\"\n[[app.deploy.steps]]\nname = \"a\"\nrun = \"true\"\ntimeout = \"0\"\n");
+        let v = problems(&twice);
+        assert!(
+            v.iter()
+                .any(|p| p.message.contains("duplicate step name 'a'")),
+            "{v:?}"
+        );
+        assert!(
+            v.iter().any(|p| p.key == "app[0].deploy.steps[1].timeout"),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! 0 done, 1 refused or failed, 2 usage, 3 approval needed, 4 cannot reach
 //! or authenticate.
 
+mod deploy;
 mod render;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -14,7 +15,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use bgproxy_control::api::{AppStatus, Color, RollbackRequest, SwitchRequest, SwitchResponse};
+use bgproxy_control::api::{
+    AppStatus, Color, DeployRequest, RollbackRequest, SwitchRequest, SwitchResponse,
+};
 use bgproxy_control::client::{Client, ClientError};
 use bgproxy_control::duration::parse_duration;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -22,7 +25,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use render::Style;
 
 /// Exit codes (design.md).
-const EXIT_REFUSED: u8 = 1;
+pub const EXIT_REFUSED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_APPROVAL: u8 = 3;
 const EXIT_UNREACHABLE: u8 = 4;
@@ -83,6 +86,17 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Run the app's deploy steps against the STANDBY color, then wait until
+    /// it is healthy. Never touches the live color; never asks.
+    Deploy {
+        /// Also run the steps marked `migrate`.
+        #[arg(long)]
+        migrate: bool,
+        /// Show every step's output as it runs (a failing step's output is
+        /// always shown).
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// Reload the daemon's configuration file (validated first; a bad file
     /// changes nothing).
     Reload,
@@ -108,7 +122,7 @@ fn parse_color(s: &str) -> Result<Color, String> {
 }
 
 /// A failure with its exit code; the message goes to stderr.
-struct Failure {
+pub struct Failure {
     code: u8,
     message: String,
 }
@@ -126,7 +140,7 @@ impl From<ClientError> for Failure {
     }
 }
 
-fn fail(code: u8, message: impl Into<String>) -> Failure {
+pub fn fail(code: u8, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
@@ -223,6 +237,15 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
                 ));
             };
             change(&client, &app, previous, true, approval, cli.json, style)
+        }
+        Cmd::Deploy { migrate, verbose } => {
+            let app = resolve_app(&client, cli.app.as_deref())?;
+            let req = DeployRequest {
+                migrate: *migrate,
+                actor: Some(actor()),
+            };
+            let stream = client.deploy(&app.name, &req)?;
+            deploy::follow(&app, stream, *verbose, cli.json, style)
         }
         Cmd::Reload => {
             if cli.json {

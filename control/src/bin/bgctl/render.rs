@@ -6,7 +6,8 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use bgproxy_control::api::{
-    AppStatus, Color, ColorStatus, Health, HistoryResponse, ReloadResponse, SwitchResponse,
+    AppStatus, Color, ColorStatus, DeployResult, Health, HistoryResponse, ReloadResponse,
+    SwitchResponse,
 };
 use time::OffsetDateTime;
 
@@ -24,7 +25,12 @@ impl Style {
         }
     }
 
-    fn paint(&self, code: &str, s: &str) -> String {
+    /// Whether colors (and so a terminal) are in use.
+    pub fn is_terminal(&self) -> bool {
+        self.color
+    }
+
+    pub fn paint(&self, code: &str, s: &str) -> String {
         if self.color {
             format!("\x1b[{code}m{s}\x1b[0m")
         } else {
@@ -131,15 +137,67 @@ pub fn status(apps: &[&AppStatus], style: &Style) -> String {
         }
         let deploy = match &a.deploy {
             None => "none".to_string(),
-            Some(d) => d.to_string(),
+            Some(d) => format!(
+                "to {} by {}, {} ({} ago){}",
+                d.color,
+                d.actor,
+                match &d.step {
+                    Some(step) if step == "health" => "waiting for health".to_string(),
+                    Some(step) => format!("step {}/{} '{step}'", d.step_index, d.steps_total),
+                    None => "starting".to_string(),
+                },
+                ago(d.started),
+                if d.migrate { ", with migrations" } else { "" }
+            ),
         };
         let _ = writeln!(out, "  deploy in progress: {deploy}");
     }
     out
 }
 
-/// The history table of `bgctl history`.
+/// The history tables of `bgctl history`: switches, then deploys.
 pub fn history(h: &HistoryResponse, style: &Style) -> String {
+    let mut out = switches(h, style);
+    if !h.deploys.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            style.bold(&format!(
+                "{:<24} {:<6} {:<8} {:>9} {:<20} STEPS",
+                "DEPLOYED", "COLOR", "RESULT", "TOOK", "ACTOR"
+            ))
+        );
+        for d in &h.deploys {
+            let steps: Vec<String> = d
+                .steps
+                .iter()
+                .map(|s| match (s.skipped, s.ok) {
+                    (true, _) => format!("{} (skipped)", s.name),
+                    (false, true) => format!("{} {:.1}s", s.name, s.duration_ms as f64 / 1000.0),
+                    (false, false) => format!("{} FAILED", s.name),
+                })
+                .collect();
+            let result = match d.result {
+                DeployResult::Success => style.paint("32", "success "),
+                DeployResult::Failed => style.paint("1;31", "failed  "),
+                DeployResult::Aborted => style.paint("1;33", "aborted "),
+            };
+            let _ = writeln!(
+                out,
+                "{:<24} {:<6} {} {:>8.1}s {:<20} {}",
+                when(d.time),
+                d.color.as_str(),
+                result,
+                d.duration_ms as f64 / 1000.0,
+                d.actor,
+                steps.join(", ")
+            );
+        }
+    }
+    out
+}
+
+fn switches(h: &HistoryResponse, style: &Style) -> String {
     if h.history.is_empty() {
         return format!("app '{}' has no switches yet\n", h.app);
     }

@@ -1,0 +1,408 @@
+//! The deploy runner: `bgctl deploy` runs the app's configured steps
+//! against the STANDBY color, never the live one.
+//!
+//! Flow: [`Controller::begin_deploy`] fixes the plan under the writer lock
+//! (the color that is standby now, the steps, one deploy per app) -> [`run`]
+//! executes each step as `sh -c` in its own process group, with `{app}`,
+//! `{color}`, `{host}`, `{port}` filled in and `BG_*` variables set, streaming
+//! every output line as a [`DeployEvent`] and into a log file -> a step that
+//! exits non-zero or passes its timeout (its whole process group is killed)
+//! fails the deploy and later steps do not run -> after the last step the
+//! runner waits until every upstream of the color passed a health check
+//! made *after* the steps ended -> [`Controller::finish_deploy`] records it.
+//!
+//! The run does not depend on the client: if it disconnects, events are
+//! dropped and the deploy goes on to the end.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bgproxy_control::api::{DeployEvent, DeployRecord, DeployResult, DeployStepRecord, Health};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use time::OffsetDateTime;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::config::DeployStep;
+use crate::controller::{Controller, DeployPlan};
+use crate::health::now_ms;
+
+/// How long a killed step's process group gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Where events go: the client (if still there) and the log file.
+struct Sink {
+    client: mpsc::UnboundedSender<DeployEvent>,
+    log: Option<std::fs::File>,
+}
+
+impl Sink {
+    fn emit(&mut self, event: DeployEvent) {
+        if let Some(f) = &mut self.log {
+            let line = match &event {
+                DeployEvent::Output { stream, line, .. } => format!("{stream}| {line}"),
+                other => format!("== {}", serde_json::to_string(other).unwrap_or_default()),
+            };
+            if writeln!(f, "{line}").is_err() {
+                self.log = None;
+            }
+        }
+        // The client may be gone: the deploy goes on regardless.
+        let _ = self.client.send(event);
+    }
+}
+
+/// Fills `{app}`, `{color}`, `{host}`, `{port}` (validated by the config:
+/// no other placeholder can appear).
+pub fn fill(run: &str, plan: &DeployPlan) -> String {
+    let first = plan.upstreams.first();
+    run.replace("{app}", &plan.app)
+        .replace("{color}", plan.color.as_str())
+        .replace(
+            "{host}",
+            &first.map(|a| a.ip().to_string()).unwrap_or_default(),
+        )
+        .replace(
+            "{port}",
+            &first.map(|a| a.port().to_string()).unwrap_or_default(),
+        )
+}
+
+/// How one step ended.
+enum StepEnd {
+    Exited(i32),
+    TimedOut,
+    Aborted,
+    SpawnFailed(String),
+}
+
+/// Runs the plan to its end and records it. Events go to `client` while it
+/// listens.
+pub async fn run(
+    controller: Arc<Controller>,
+    mut plan: DeployPlan,
+    client: mpsc::UnboundedSender<DeployEvent>,
+) {
+    let started = Instant::now();
+    let time = OffsetDateTime::now_utc();
+    let log = plan
+        .log_path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .and_then(|_| std::fs::File::create(&plan.log_path));
+    let log = match log {
+        Ok(f) => Some(f),
+        Err(e) => {
+            warn!(
+                "cannot write the deploy log {}: {e}",
+                plan.log_path.display()
+            );
+            None
+        }
+    };
+    let log_name = plan.log_path.display().to_string();
+    let mut sink = Sink { client, log };
+    sink.emit(DeployEvent::Started {
+        id: plan.id.clone(),
+        app: plan.app.clone(),
+        color: plan.color,
+        steps: plan.steps.iter().map(|s| s.name.clone()).collect(),
+        skipped: plan.skipped.clone(),
+        log: log_name.clone(),
+    });
+
+    let mut records = Vec::new();
+    let mut failure: Option<(DeployResult, Option<String>, String)> = None;
+    let total = plan.steps.len();
+    let steps = std::mem::take(&mut plan.steps);
+    for (i, step) in steps.iter().enumerate() {
+        if failure.is_some() {
+            records.push(DeployStepRecord {
+                name: step.name.clone(),
+                exit_code: None,
+                duration_ms: 0,
+                ok: false,
+                skipped: true,
+            });
+            continue;
+        }
+        controller
+            .deploy_progress(&plan.app, Some(step.name.clone()), i + 1)
+            .await;
+        let command = fill(&step.run, &plan);
+        sink.emit(DeployEvent::StepStarted {
+            step: step.name.clone(),
+            index: i + 1,
+            total,
+            command: command.clone(),
+        });
+        let step_started = Instant::now();
+        let end = run_step(step, &command, &plan, &mut sink).await;
+        let duration_ms = step_started.elapsed().as_millis() as u64;
+        let (exit_code, error) = match &end {
+            StepEnd::Exited(0) => (Some(0), None),
+            StepEnd::Exited(code) => (Some(*code), Some(format!("exit status {code}"))),
+            StepEnd::TimedOut => (
+                None,
+                Some(format!(
+                    "timed out after {:?}; its process group was killed",
+                    step.timeout
+                )),
+            ),
+            StepEnd::Aborted => (
+                None,
+                Some("aborted: an emergency switch made this color live".into()),
+            ),
+            StepEnd::SpawnFailed(e) => (None, Some(format!("could not start: {e}"))),
+        };
+        let ok = error.is_none();
+        sink.emit(DeployEvent::StepFinished {
+            step: step.name.clone(),
+            exit_code,
+            duration_ms,
+            ok,
+            error: error.clone(),
+        });
+        records.push(DeployStepRecord {
+            name: step.name.clone(),
+            exit_code,
+            duration_ms,
+            ok,
+            skipped: false,
+        });
+        if let Some(e) = error {
+            let result = if matches!(end, StepEnd::Aborted) {
+                DeployResult::Aborted
+            } else {
+                DeployResult::Failed
+            };
+            failure = Some((
+                result,
+                Some(step.name.clone()),
+                format!("step '{}' failed: {e}", step.name),
+            ));
+        }
+    }
+
+    if failure.is_none() {
+        controller
+            .deploy_progress(&plan.app, Some("health".into()), total)
+            .await;
+        failure = wait_healthy(&plan, &mut sink)
+            .await
+            .err()
+            .map(|(r, e)| (r, None, e));
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let (result, failed_step, error) = match failure {
+        None => (DeployResult::Success, None, None),
+        Some((r, step, e)) => (r, step, Some(e)),
+    };
+    sink.emit(DeployEvent::Done {
+        result,
+        duration_ms,
+        failed_step,
+        error: error.clone(),
+        log: log_name.clone(),
+    });
+    let mut all = records;
+    all.extend(plan.skipped.iter().map(|name| DeployStepRecord {
+        name: name.clone(),
+        exit_code: None,
+        duration_ms: 0,
+        ok: false,
+        skipped: true,
+    }));
+    all.sort_by_key(|r| plan.order.iter().position(|n| *n == r.name));
+    controller
+        .finish_deploy(
+            &plan.app,
+            DeployRecord {
+                id: plan.id.clone(),
+                time,
+                color: plan.color,
+                result,
+                migrate: plan.migrate,
+                steps: all,
+                duration_ms,
+                actor: plan.actor.clone(),
+                error,
+                log: log_name,
+            },
+        )
+        .await;
+}
+
+/// Runs one step in its own process group; streams its output.
+async fn run_step(step: &DeployStep, command: &str, plan: &DeployPlan, sink: &mut Sink) -> StepEnd {
+    let first = plan.upstreams.first();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .env("BG_APP", &plan.app)
+        .env("BG_COLOR", plan.color.as_str())
+        .env(
+            "BG_HOST",
+            first.map(|a| a.ip().to_string()).unwrap_or_default(),
+        )
+        .env(
+            "BG_PORT",
+            first.map(|a| a.port().to_string()).unwrap_or_default(),
+        )
+        .env(
+            "BG_UPSTREAMS",
+            plan.upstreams
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .envs(step.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return StepEnd::SpawnFailed(e.to_string()),
+    };
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, String)>();
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(pump(
+            BufReader::new(out),
+            "stdout",
+            tx.clone(),
+        )));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(pump(
+            BufReader::new(err),
+            "stderr",
+            tx.clone(),
+        )));
+    }
+    drop(tx);
+    let deadline = tokio::time::sleep(step.timeout);
+    tokio::pin!(deadline);
+    let mut abort = plan.abort.clone();
+    let end = loop {
+        tokio::select! {
+            Some((stream, line)) = rx.recv() => {
+                sink.emit(DeployEvent::Output { step: step.name.clone(), stream: stream.into(), line });
+            }
+            status = child.wait() => {
+                break match status {
+                    Ok(s) => StepEnd::Exited(s.code().unwrap_or(-1)),
+                    Err(e) => StepEnd::SpawnFailed(e.to_string()),
+                };
+            }
+            _ = &mut deadline => break StepEnd::TimedOut,
+            Ok(()) = abort.changed() => if *abort.borrow() { break StepEnd::Aborted },
+        }
+    };
+    if matches!(end, StepEnd::TimedOut | StepEnd::Aborted) {
+        kill_group(pgid, &mut child).await;
+    }
+    // Whatever is left in the pipes; a background child that keeps them
+    // open must not hold the deploy, so this is bounded.
+    let drain = async {
+        while let Some((stream, line)) = rx.recv().await {
+            sink.emit(DeployEvent::Output {
+                step: step.name.clone(),
+                stream: stream.into(),
+                line,
+            });
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+    for r in readers {
+        r.abort();
+    }
+    end
+}
+
+/// SIGTERM to the step's whole process group, then SIGKILL.
+async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
+    let Some(pgid) = pgid else { return };
+    let _ = killpg(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    // Children that ignored SIGTERM or outlived the shell.
+    let _ = killpg(pgid, Signal::SIGKILL);
+}
+
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    reader: BufReader<R>,
+    stream: &'static str,
+    tx: mpsc::UnboundedSender<(&'static str, String)>,
+) {
+    let mut lines = reader.lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if tx.send((stream, line)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until every upstream of the deployed color passed a health check
+/// that began after the steps ended (a restart must be seen, not an `up`
+/// from before it).
+async fn wait_healthy(plan: &DeployPlan, sink: &mut Sink) -> Result<(), (DeployResult, String)> {
+    let since = now_ms();
+    let started = Instant::now();
+    sink.emit(DeployEvent::HealthWait {
+        color: plan.color,
+        timeout_ms: plan.health_timeout.as_millis() as u64,
+    });
+    let mut abort = plan.abort.clone();
+    loop {
+        let fresh = plan
+            .pool
+            .upstreams
+            .iter()
+            .all(|u| u.health.get() == Health::Up && u.health.last_pass_ms() > since);
+        if fresh {
+            sink.emit(DeployEvent::Healthy {
+                color: plan.color,
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+            return Ok(());
+        }
+        if started.elapsed() >= plan.health_timeout {
+            let detail = plan
+                .pool
+                .upstreams
+                .iter()
+                .map(|u| format!("{} is {}", u.name, u.health.get()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err((
+                DeployResult::Failed,
+                format!(
+                    "{} did not become healthy within {:?}: {detail}",
+                    plan.color, plan.health_timeout
+                ),
+            ));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            Ok(()) = abort.changed() => if *abort.borrow() {
+                return Err((DeployResult::Aborted, "aborted: an emergency switch made this color live".into()));
+            },
+        }
+    }
+}
