@@ -24,18 +24,10 @@ pub fn check(path: &Path) -> Result<Config, Vec<String>> {
         }
     }
     if let Some(tls) = &config.proxy.tls {
-        for (what, file, marker) in [
-            ("proxy.tls.cert", &tls.cert, "-----BEGIN CERTIFICATE-----"),
-            ("proxy.tls.key", &tls.key, "PRIVATE KEY-----"),
-        ] {
-            match std::fs::read_to_string(file) {
-                Ok(text) if text.contains(marker) => {}
-                Ok(_) => problems.push(format!(
-                    "{what}: {} is not a PEM file with a {marker} block",
-                    file.display()
-                )),
-                Err(e) => problems.push(format!("{what}: cannot read {}: {e}", file.display())),
-            }
+        let (errors, warnings) = crate::tls::check(tls);
+        problems.extend(errors);
+        for w in warnings {
+            eprintln!("warning: {w}");
         }
     }
     match std::fs::read(&config.state.path) {

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::config::LogConfig;
 use crate::metrics::Metrics;
-use crate::routing::{Routing, Snapshot};
+use crate::routing::{strip_port, Routing, Snapshot};
 
 /// How long to wait for an upstream's TCP handshake before trying another.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -40,6 +40,8 @@ pub struct DataPlane {
     metrics: Arc<Metrics>,
     access: AccessLog,
     draining: Arc<AtomicBool>,
+    /// The port of the HTTPS listener, for `redirect_https`.
+    https_port: Option<u16>,
 }
 
 impl DataPlane {
@@ -57,7 +59,41 @@ impl DataPlane {
             metrics,
             access: AccessLog::new(log),
             draining,
+            https_port: None,
         }
+    }
+
+    /// Where `redirect_https` sends plain-HTTP requests (443 is left out of
+    /// the URL).
+    pub fn with_https_port(mut self, port: Option<u16>) -> Self {
+        self.https_port = port;
+        self
+    }
+
+    /// A 308 to the same host, path and query over HTTPS.
+    async fn redirect(&self, session: &mut Session) -> Result<()> {
+        let req = session.req_header();
+        let host = host_of(req).map(strip_port).unwrap_or_default();
+        // Only a plain host name goes into Location: anything else in Host is
+        // refused rather than echoed into a redirect.
+        let valid = !host.is_empty()
+            && host.iter().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':')
+            });
+        if !valid {
+            session.respond_error(400).await?;
+            return Ok(());
+        }
+        let port = match self.https_port {
+            Some(443) | None => String::new(),
+            Some(p) => format!(":{p}"),
+        };
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("https://{}{port}{target}", String::from_utf8_lossy(host));
+        let mut resp = pingora::http::ResponseHeader::build(308, Some(3))?;
+        resp.insert_header(http::header::LOCATION, location)?;
+        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+        session.write_response_header(Box::new(resp), true).await
     }
 }
 
@@ -113,6 +149,11 @@ impl RequestCtx {
     }
 }
 
+/// Whether the client connection is TLS.
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
 fn host_of(req: &RequestHeader) -> Option<&[u8]> {
     req.headers
         .get(http::header::HOST)
@@ -133,8 +174,13 @@ impl ProxyHttp for DataPlane {
         let snapshot = self.routing.load_full();
         match snapshot.app_for_host(host_of(session.req_header())) {
             Some(app) => {
+                let redirect = snapshot.apps[app].config.redirect_https && !is_tls(session);
                 ctx.app = app;
                 ctx.snapshot = Some(snapshot);
+                if redirect {
+                    self.redirect(session).await?;
+                    return Ok(true);
+                }
                 Ok(false)
             }
             None => {
@@ -230,8 +276,8 @@ impl ProxyHttp for DataPlane {
             };
             upstream_request.insert_header("X-Forwarded-For", xff)?;
         }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream_request.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
+        let proto = if is_tls(session) { "https" } else { "http" };
+        upstream_request.insert_header("X-Forwarded-Proto", proto)?;
         if let Some(host) = host_of(session.req_header()).map(|h| h.to_vec()) {
             upstream_request.insert_header("X-Forwarded-Host", host)?;
         }

@@ -33,3 +33,4 @@ pub mod ops;
 pub mod routing;
 pub mod server;
 pub mod state;
+pub mod tls;

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::controller::Controller;
 use crate::metrics::Metrics;
+use crate::tls::CertStore;
 
 /// How long the file must be quiet before a change is reloaded.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -47,6 +48,8 @@ pub struct OpsService {
     pub phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
     /// Set when an upgrade or shutdown begins (read by the data plane).
     pub draining: Arc<AtomicBool>,
+    /// The TLS certificates, reloaded when their files change.
+    pub certs: Option<Arc<CertStore>>,
 }
 
 impl OpsService {
@@ -68,36 +71,72 @@ impl OpsService {
         });
     }
 
-    /// Watches the config file's directory; sends a unit per relevant event.
-    fn watch(&self) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
-        let dir = self.config_path.parent()?.to_path_buf();
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        let name = self.config_path.file_name()?.to_owned();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handler = move |event: notify::Result<notify::Event>| {
-            if let Ok(e) = event {
-                if e.paths.iter().any(|p| p.file_name() == Some(&name)) {
-                    let _ = tx.send(());
-                }
-            }
-        };
-        match notify::recommended_watcher(handler)
-            .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w))
-        {
-            Ok(w) => Some((w, rx)),
-            Err(e) => {
-                warn!(
-                    "cannot watch {} for changes ({e}); reload with SIGHUP or `bgctl reload`",
-                    dir.display()
-                );
-                None
+    /// The files whose changes are acted on: the config (when watched) and
+    /// the TLS certificates and keys.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if self.watch {
+            files.push(self.config_path.clone());
+        }
+        if let Some(certs) = &self.certs {
+            files.extend(certs.files());
+        }
+        files
+    }
+}
+
+/// Watches `files` through their directories (editors, config management
+/// and ACME clients replace files by rename or re-point symlinks); sends a
+/// unit per event about one of them.
+fn watch(files: &[PathBuf]) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+    if files.is_empty() {
+        return None;
+    }
+    let names: Vec<_> = files
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_owned()))
+        .collect();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event {
+            if e.paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
+            {
+                let _ = tx.send(());
             }
         }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("cannot watch files for changes ({e}); reload with SIGHUP or `bgctl reload`");
+            return None;
+        }
+    };
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .map(|f| match f.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            warn!(
+                "cannot watch {} for changes ({e}); reload with SIGHUP or `bgctl reload`",
+                dir.display()
+            );
+        }
     }
+    Some((watcher, rx))
+}
+
+/// The bytes of `files`, to tell a real change from a touch.
+fn contents(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    files.iter().map(|f| std::fs::read(f).ok()).collect()
 }
 
 impl OpsService {
@@ -127,12 +166,13 @@ impl BackgroundService for OpsService {
             }
         };
         // Keep the watcher alive for the whole loop.
-        let watcher = if self.watch { self.watch() } else { None };
-        let (_watcher, mut changes) = match watcher {
+        let (_watcher, mut changes) = match watch(&self.watched_files()) {
             Some((w, rx)) => (Some(w), Some(rx)),
             None => (None, None),
         };
         let mut last = std::fs::read(&self.config_path).ok();
+        let cert_files = self.certs.as_ref().map(|c| c.files()).unwrap_or_default();
+        let mut last_certs = contents(&cert_files);
         let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take();
         loop {
             tokio::select! {
@@ -153,8 +193,16 @@ impl BackgroundService for OpsService {
                     while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, async {
                         match changes.as_mut() { Some(c) => c.recv().await, None => None }
                     }).await {}
+                    let certs_now = contents(&cert_files);
+                    if certs_now != last_certs {
+                        last_certs = certs_now;
+                        if let Some(store) = &self.certs {
+                            info!("a TLS certificate or key changed: reloading certificates");
+                            let _ = store.reload();
+                        }
+                    }
                     let now = std::fs::read(&self.config_path).ok();
-                    if now.is_some() && now != last {
+                    if self.watch && now.is_some() && now != last {
                         info!("{} changed: reloading the configuration", self.config_path.display());
                         last = now;
                         self.reload("config file change").await;

@@ -294,7 +294,7 @@ impl Snapshot {
 
 /// `example.net:8080` -> `example.net`; `[::1]:80` -> `[::1]`; a trailing
 /// dot is dropped too (`example.net.`).
-fn strip_port(host: &[u8]) -> &[u8] {
+pub fn strip_port(host: &[u8]) -> &[u8] {
     let host = if host.first() == Some(&b'[') {
         match host.iter().position(|&b| b == b']') {
             Some(end) => &host[..=end],
@@ -394,6 +394,7 @@ mod tests {
             name: name.into(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             initial_live: Color::Blue,
+            redirect_https: false,
             health: Default::default(),
             pools: [addrs(blue), addrs(green)],
             deploy: Default::default(),

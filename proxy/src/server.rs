@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::metrics_http::MetricsEndpoint;
 use crate::ops::OpsService;
 use crate::state::StateStore;
+use crate::tls::CertStore;
 
 /// A built daemon: the server to run and the handles around it.
 pub struct Daemon {
@@ -185,20 +186,34 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             metrics.clone(),
             &config.log,
             draining.clone(),
+        )
+        .with_https_port(
+            config
+                .proxy
+                .tls
+                .as_ref()
+                .and_then(|t| t.listen.first())
+                .map(|a| a.port()),
         ),
         "front door",
     );
     for addr in &config.proxy.listen {
         front.add_tcp(&addr.to_string());
     }
-    if let Some(tls) = &config.proxy.tls {
-        let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
-        for addr in &tls.listen {
-            front.add_tls(&addr.to_string(), &cert, &key).map_err(|e| {
-                anyhow::anyhow!("cannot set up TLS on {addr} with {cert} and {key}: {e}")
-            })?;
+    let certs = match &config.proxy.tls {
+        Some(tls) => {
+            let store = CertStore::load(tls)
+                .map_err(|e| anyhow::anyhow!("cannot load TLS certificates: {e}"))?;
+            let store = Arc::new(store);
+            for addr in &tls.listen {
+                let settings = crate::tls::settings(store.clone())
+                    .map_err(|e| anyhow::anyhow!("cannot set up TLS on {addr}: {e}"))?;
+                front.add_tls_with_settings(&addr.to_string(), None, settings);
+            }
+            Some(store)
         }
-    }
+        None => None,
+    };
     server.add_service(front);
 
     let mut control = Service::new(
@@ -235,6 +250,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             metrics: metrics.clone(),
             phases: std::sync::Mutex::new(Some(phases)),
             draining,
+            certs,
         },
     ));
 

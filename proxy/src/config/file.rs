@@ -44,6 +44,16 @@ pub struct FileTls {
     pub listen: Spanned<Vec<Spanned<String>>>,
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+    #[serde(default)]
+    pub certs: Vec<FileCert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCert {
+    pub hosts: Spanned<Vec<Spanned<String>>>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +83,7 @@ pub struct FileApp {
     #[serde(default)]
     pub hosts: Vec<Spanned<String>>,
     pub initial_live: Option<Color>,
+    pub redirect_https: Option<bool>,
     pub health: Option<FileHealth>,
     pub blue: Spanned<FilePool>,
     pub green: Spanned<FilePool>,

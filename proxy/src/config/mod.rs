@@ -102,10 +102,23 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
 }
 
-/// `[proxy.tls]`: the HTTPS listeners and their certificate.
-#[derive(Clone, Debug)]
+/// `[proxy.tls]`: the HTTPS listeners and their certificates.
+#[derive(Clone, Debug, PartialEq)]
 pub struct TlsConfig {
     pub listen: Vec<SocketAddr>,
+    /// The default certificate (chain and key, PEM): for clients without SNI
+    /// or with a name no `certs` entry has.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// More certificates, chosen by SNI.
+    pub certs: Vec<SniCert>,
+}
+
+/// One `[[proxy.tls.certs]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SniCert {
+    /// Lowercase names; `*.example.net` matches one label.
+    pub hosts: Vec<String>,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
@@ -141,6 +154,8 @@ pub struct AppConfig {
     pub hosts: Vec<String>,
     /// The live color on first start (no state yet).
     pub initial_live: Color,
+    /// Answer plain-HTTP requests with a 308 to HTTPS.
+    pub redirect_https: bool,
     pub health: HealthConfig,
     /// Upstreams per color, indexed by [`Color::index`].
     pub pools: [Vec<SocketAddr>; 2],

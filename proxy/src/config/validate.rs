@@ -83,8 +83,66 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         let listen = addrs(&t.listen, "proxy.tls.listen", p);
         let cert = existing_file(&t.cert, base, "proxy.tls.cert", p);
         let key = existing_file(&t.key, base, "proxy.tls.key", p);
-        let _ = span;
-        TlsConfig { listen, cert, key }
+        if listen.is_empty() {
+            p.at(
+                span,
+                "proxy.tls.listen",
+                "is empty: list at least one \"ip:port\"",
+            );
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let certs = t
+            .certs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let k = format!("proxy.tls.certs[{i}]");
+                if c.hosts.get_ref().is_empty() {
+                    p.at(
+                        c.hosts.span(),
+                        format!("{k}.hosts"),
+                        "is empty: list the names this certificate serves",
+                    );
+                }
+                let hosts = c
+                    .hosts
+                    .get_ref()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, h)| {
+                        let host = h.get_ref().trim().to_ascii_lowercase();
+                        let plain = host.strip_prefix("*.").unwrap_or(&host);
+                        if !valid_host(plain) || plain.contains('*') {
+                            p.at(
+                                h.span(),
+                                format!("{k}.hosts[{j}]"),
+                                format!("invalid name '{}': a DNS name, or *.name", h.get_ref()),
+                            );
+                            return None;
+                        }
+                        if let Some(other) = seen.insert(host.clone(), i) {
+                            p.at(
+                                h.span(),
+                                format!("{k}.hosts[{j}]"),
+                                format!("'{host}' is already served by proxy.tls.certs[{other}]"),
+                            );
+                        }
+                        Some(host)
+                    })
+                    .collect();
+                SniCert {
+                    hosts,
+                    cert: existing_file(&c.cert, base, &format!("{k}.cert"), p),
+                    key: existing_file(&c.key, base, &format!("{k}.key"), p),
+                }
+            })
+            .collect();
+        TlsConfig {
+            listen,
+            cert,
+            key,
+            certs,
+        }
     });
     if no_plain && tls.is_none() {
         p.at(
@@ -150,6 +208,20 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
 
     let log = log(raw.log.as_ref(), p);
     let apps = apps(raw.app, base, p);
+    if tls.is_none() {
+        for (i, a) in apps.iter().enumerate() {
+            if a.redirect_https {
+                p.at(
+                    0..0,
+                    format!("app[{i}].redirect_https"),
+                    format!(
+                        "app '{}' redirects to HTTPS, but no [proxy.tls] is configured",
+                        a.name
+                    ),
+                );
+            }
+        }
+    }
     let mut config = Config {
         path: file.to_path_buf(),
         proxy: ProxyConfig {
@@ -314,6 +386,7 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
             name,
             hosts: app_hosts,
             initial_live: a.initial_live.unwrap_or(Color::Blue),
+            redirect_https: a.redirect_https.unwrap_or(false),
             health,
             pools: [blue, green],
             deploy,
