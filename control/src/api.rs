@@ -203,6 +203,10 @@ pub struct ColorStatus {
     /// True when every upstream is observed `up`: a normal switch to this
     /// color is allowed.
     pub healthy: bool,
+    /// Requests (and upgraded connections, e.g. WebSocket) in flight to
+    /// this color: after a switch, what the old color still holds.
+    #[serde(default)]
+    pub connections: u64,
     pub upstreams: Vec<UpstreamStatus>,
 }
 

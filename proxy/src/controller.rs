@@ -672,6 +672,7 @@ fn app_status(route: &AppRoute, record: Option<&AppState>) -> AppStatus {
         let pool = route.pool(c);
         ColorStatus {
             healthy: pool.all_up(),
+            connections: pool.metrics.active.get().max(0) as u64,
             upstreams: pool
                 .upstreams
                 .iter()
@@ -745,6 +746,18 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     check(
         "proxy.shutdown_timeout",
         old.proxy.shutdown_timeout != new.proxy.shutdown_timeout,
+    );
+    check(
+        "proxy.max_header_size",
+        old.proxy.max_header_size != new.proxy.max_header_size,
+    );
+    check(
+        "proxy.max_headers",
+        old.proxy.max_headers != new.proxy.max_headers,
+    );
+    check(
+        "proxy.client_timeout",
+        old.proxy.client_timeout != new.proxy.client_timeout,
     );
     check("control.listen", old.control.listen != new.control.listen);
     check(

@@ -31,9 +31,6 @@ use crate::config::LogConfig;
 use crate::metrics::Metrics;
 use crate::routing::{strip_port, Routing, Snapshot};
 
-/// How long to wait for an upstream's TCP handshake before trying another.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// The front door's proxy logic.
 pub struct DataPlane {
     routing: Routing,
@@ -42,6 +39,15 @@ pub struct DataPlane {
     draining: Arc<AtomicBool>,
     /// The port of the HTTPS listener, for `redirect_https`.
     https_port: Option<u16>,
+    limits: Limits,
+}
+
+/// Front-door limits that apply to every app.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    pub client_timeout: Duration,
 }
 
 impl DataPlane {
@@ -60,7 +66,43 @@ impl DataPlane {
             access: AccessLog::new(log),
             draining,
             https_port: None,
+            limits: Limits {
+                max_header_size: 32 * 1024,
+                max_headers: 100,
+                client_timeout: Duration::from_secs(60),
+            },
         }
+    }
+
+    /// The front door's limits (defaults: 32 KiB of headers, 100 headers,
+    /// 60s client timeout).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// 431 when the request's header block is over the limits.
+    fn headers_too_large(&self, req: &RequestHeader) -> Option<String> {
+        let count = req.headers.len();
+        if count > self.limits.max_headers {
+            return Some(format!(
+                "{count} request headers, the limit is {}",
+                self.limits.max_headers
+            ));
+        }
+        let size: usize = req.uri.to_string().len()
+            + 16
+            + req
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        (size > self.limits.max_header_size).then(|| {
+            format!(
+                "{size} bytes of request headers, the limit is {}",
+                self.limits.max_header_size
+            )
+        })
     }
 
     /// Where `redirect_https` sends plain-HTTP requests (443 is left out of
@@ -141,6 +183,8 @@ pub struct RequestCtx {
     started: Option<Instant>,
     /// Counted in the color's active gauge (to be released in `logging`).
     active: bool,
+    /// Request body bytes seen so far (for `max_body`).
+    body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -174,7 +218,30 @@ impl ProxyHttp for DataPlane {
         let snapshot = self.routing.load_full();
         match snapshot.app_for_host(host_of(session.req_header())) {
             Some(app) => {
-                let redirect = snapshot.apps[app].config.redirect_https && !is_tls(session);
+                if let Some(why) = self.headers_too_large(session.req_header()) {
+                    let body = Bytes::from(format!("431 Request Header Fields Too Large: {why}\n"));
+                    session.respond_error_with_body(431, body).await?;
+                    return Ok(true);
+                }
+                let config = &snapshot.apps[app].config;
+                let declared = session
+                    .req_header()
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|n| n > config.max_body) {
+                    let body = Bytes::from(format!(
+                        "413 Content Too Large: the limit is {} bytes\n",
+                        config.max_body
+                    ));
+                    session.respond_error_with_body(413, body).await?;
+                    return Ok(true);
+                }
+                session
+                    .as_downstream_mut()
+                    .set_read_timeout(Some(self.limits.client_timeout));
+                let redirect = config.redirect_https && !is_tls(session);
                 ctx.app = app;
                 ctx.snapshot = Some(snapshot);
                 if redirect {
@@ -228,11 +295,12 @@ impl ProxyHttp for DataPlane {
                 info!(app = %route.name, color = %color, "an upstream of the live color is up again: panic mode over");
             }
         }
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(route.config.connect_timeout);
+        peer.options.read_timeout = Some(route.config.read_timeout);
         ctx.active = true;
         ctx.color = Some(color);
         ctx.upstream = Some(addr);
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         Ok(Box::new(peer))
     }
 
@@ -280,6 +348,25 @@ impl ProxyHttp for DataPlane {
         upstream_request.insert_header("X-Forwarded-Proto", proto)?;
         if let Some(host) = host_of(session.req_header()).map(|h| h.to_vec()) {
             upstream_request.insert_header("X-Forwarded-Host", host)?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Bodies without Content-Length (chunked) are counted as they come.
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        let limit = ctx.route().map_or(u64::MAX, |r| r.config.max_body);
+        if ctx.body_bytes > limit {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                format!("request body over the limit of {limit} bytes"),
+            );
         }
         Ok(())
     }
@@ -346,6 +433,11 @@ impl ProxyHttp for DataPlane {
     ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // The upstream took too long: to connect, or to answer.
+            ErrorType::ConnectTimedout => 504,
+            ErrorType::ReadTimedout if matches!(e.esource(), ErrorSource::Upstream) => 504,
+            // The client took too long to send its request body.
+            ErrorType::ReadTimedout => 408,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
@@ -367,7 +459,15 @@ impl ProxyHttp for DataPlane {
                 .respond_error_with_body(502, Bytes::from(body))
                 .await;
         } else if code > 0 {
-            let _ = session.respond_error(code).await;
+            let reason = match code {
+                504 => "504 Gateway Timeout: the upstream did not answer in time\n",
+                413 => "413 Content Too Large: the request body is over the limit\n",
+                408 => "408 Request Timeout: the request body did not arrive in time\n",
+                _ => "",
+            };
+            let _ = session
+                .respond_error_with_body(code, Bytes::from_static(reason.as_bytes()))
+                .await;
         }
         FailToProxy {
             error_code: code,

@@ -22,7 +22,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::control_api::{Auth, ControlApi};
 use crate::controller::Controller;
-use crate::dataplane::DataPlane;
+use crate::dataplane::{DataPlane, Limits};
 use crate::health::HealthService;
 use crate::metrics::Metrics;
 use crate::metrics_http::MetricsEndpoint;
@@ -194,7 +194,12 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
                 .as_ref()
                 .and_then(|t| t.listen.first())
                 .map(|a| a.port()),
-        ),
+        )
+        .with_limits(Limits {
+            max_header_size: config.proxy.max_header_size,
+            max_headers: config.proxy.max_headers,
+            client_timeout: config.proxy.client_timeout,
+        }),
         "front door",
     );
     for addr in &config.proxy.listen {

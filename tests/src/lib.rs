@@ -237,6 +237,8 @@ pub struct AppSpec {
     pub health: String,
     /// More TOML of this app after its pools (e.g. `[[app.deploy.steps]]`).
     pub extra: String,
+    /// Keys of the `[[app]]` table itself (e.g. `max_body = "1KiB"`).
+    pub keys: String,
 }
 
 impl AppSpec {
@@ -248,7 +250,15 @@ impl AppSpec {
             green: green.iter().map(|b| b.addr).collect(),
             health: "interval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 2\n".into(),
             extra: String::new(),
+            keys: String::new(),
         }
+    }
+
+    /// Adds keys to the `[[app]]` table.
+    pub fn keys(mut self, toml: &str) -> Self {
+        self.keys.push_str(toml);
+        self.keys.push('\n');
+        self
     }
 
     /// Appends TOML to this app (after its pools).
@@ -277,6 +287,8 @@ pub struct Options {
     pub args: Vec<String>,
     /// Extra top-level TOML tables (e.g. a `[log]` table).
     pub toml: String,
+    /// Extra keys of the `[proxy]` table.
+    pub proxy: String,
 }
 
 /// A running `bgproxy` with its own temp dir, ports and config.
@@ -345,8 +357,9 @@ impl Daemon {
     pub fn render(&self, apps: &[AppSpec]) -> String {
         let (proxy, control, metrics) = (self.proxy, self.control, self.metrics);
         let mut toml = format!(
-            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"5s\"\nshutdown_timeout = \"1s\"\n\n\
+            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"5s\"\nshutdown_timeout = \"1s\"\n{}\n\
              [metrics]\nlisten = \"{metrics}\"\n\n{}\n[control]\nlisten = \"{control}\"\n",
+            self.opts.proxy,
             self.opts.toml
         );
         if self.opts.token.is_some() {
@@ -356,7 +369,7 @@ impl Daemon {
         let list = |v: &[String]| v.join(", ");
         let quoted = |v: &[SocketAddr]| v.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>();
         for a in apps {
-            toml.push_str(&format!("\n[[app]]\nname = \"{}\"\n", a.name));
+            toml.push_str(&format!("\n[[app]]\nname = \"{}\"\n{}", a.name, a.keys));
             if !a.hosts.is_empty() {
                 let hosts: Vec<String> = a.hosts.iter().map(|h| format!("\"{h}\"")).collect();
                 toml.push_str(&format!("hosts = [{}]\n", list(&hosts)));

@@ -36,6 +36,9 @@ pub struct FileProxy {
     pub tls: Option<Spanned<FileTls>>,
     pub grace_period: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    pub max_header_size: Option<Spanned<String>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub client_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +87,9 @@ pub struct FileApp {
     pub hosts: Vec<Spanned<String>>,
     pub initial_live: Option<Color>,
     pub redirect_https: Option<bool>,
+    pub max_body: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub read_timeout: Option<Spanned<String>>,
     pub health: Option<FileHealth>,
     pub blue: Spanned<FilePool>,
     pub green: Spanned<FilePool>,

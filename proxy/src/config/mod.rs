@@ -100,6 +100,14 @@ pub struct ProxyConfig {
     /// After the grace period: how long to wait for worker threads to stop.
     /// Default 5s.
     pub shutdown_timeout: Duration,
+    /// Largest request header block (request line and headers); bigger gets
+    /// 431. Default 32 KiB.
+    pub max_header_size: usize,
+    /// Most request headers; more gets 431. Default 100.
+    pub max_headers: usize,
+    /// How long a client may take to send the rest of a request body
+    /// between reads; slower gets 408. Default 60s.
+    pub client_timeout: Duration,
 }
 
 /// `[proxy.tls]`: the HTTPS listeners and their certificates.
@@ -156,6 +164,13 @@ pub struct AppConfig {
     pub initial_live: Color,
     /// Answer plain-HTTP requests with a 308 to HTTPS.
     pub redirect_https: bool,
+    /// Largest request body; bigger gets 413. Default 100 MiB.
+    pub max_body: u64,
+    /// Upstream TCP connect timeout; 504 when passed. Default 3s.
+    pub connect_timeout: Duration,
+    /// Upstream read timeout (time between reads of the response); 504 when
+    /// passed before the response started. Default 60s.
+    pub read_timeout: Duration,
     pub health: HealthConfig,
     /// Upstreams per color, indexed by [`Color::index`].
     pub pools: [Vec<SocketAddr>; 2],

@@ -222,6 +222,29 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             }
         }
     }
+    let max_header_size =
+        size_or(&fp.max_header_size, 32 * 1024, "proxy.max_header_size", p) as usize;
+    if !(1024..=1024 * 1024).contains(&max_header_size) {
+        p.at(
+            fp.max_header_size.as_ref().map_or(0..0, |s| s.span()),
+            "proxy.max_header_size",
+            "must be between 1KiB and 1MiB",
+        );
+    }
+    let max_headers = match &fp.max_headers {
+        None => 100,
+        Some(n) if (1..=256).contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) => {
+            p.at(n.span(), "proxy.max_headers", "must be between 1 and 256");
+            100
+        }
+    };
+    let client_timeout = dur_or(
+        &fp.client_timeout,
+        Duration::from_secs(60),
+        "proxy.client_timeout",
+        p,
+    );
     let mut config = Config {
         path: file.to_path_buf(),
         proxy: ProxyConfig {
@@ -230,6 +253,9 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             tls,
             grace_period,
             shutdown_timeout,
+            max_header_size,
+            max_headers,
+            client_timeout,
         },
         control,
         metrics,
@@ -387,6 +413,29 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
             hosts: app_hosts,
             initial_live: a.initial_live.unwrap_or(Color::Blue),
             redirect_https: a.redirect_https.unwrap_or(false),
+            max_body: size_or(&a.max_body, 100 * 1024 * 1024, &format!("{k}.max_body"), p),
+            connect_timeout: positive(
+                dur_or(
+                    &a.connect_timeout,
+                    Duration::from_secs(3),
+                    &format!("{k}.connect_timeout"),
+                    p,
+                ),
+                &a.connect_timeout,
+                &format!("{k}.connect_timeout"),
+                p,
+            ),
+            read_timeout: positive(
+                dur_or(
+                    &a.read_timeout,
+                    Duration::from_secs(60),
+                    &format!("{k}.read_timeout"),
+                    p,
+                ),
+                &a.read_timeout,
+                &format!("{k}.read_timeout"),
+                p,
+            ),
             health,
             pools: [blue, green],
             deploy,
@@ -640,6 +689,47 @@ fn dur_or(
     }
 }
 
+/// A duration that must be more than zero.
+fn positive(d: Duration, v: &Option<Spanned<String>>, key: &str, p: &mut Problems<'_>) -> Duration {
+    if d.is_zero() {
+        p.at(
+            v.as_ref().map_or(0..0, |s| s.span()),
+            key,
+            "must be more than 0",
+        );
+    }
+    d
+}
+
+/// Parses a size: bytes, or a whole number with `KiB`, `MiB` or `GiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let bad = || {
+        format!("invalid size '{s}': expected a whole number of bytes, or with KiB, MiB or GiB, like 512KiB or 10MiB")
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let mul: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mul).ok_or_else(bad)
+}
+
+fn size_or(v: &Option<Spanned<String>>, default: u64, key: &str, p: &mut Problems<'_>) -> u64 {
+    match v {
+        None => default,
+        Some(s) => parse_size(s.get_ref()).unwrap_or_else(|m| {
+            p.at(s.span(), key, m);
+            default
+        }),
+    }
+}
+
 fn resolve(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() {
@@ -796,6 +886,18 @@ upstreams = ["127.0.0.1:3002"]
             v.iter().any(|p| p.key == "app[0].deploy.steps[1].timeout"),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("16KiB").unwrap(), 16 * 1024);
+        assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
+        assert!(
+            parse_size("10MB").is_err() && parse_size("lots").is_err() && parse_size("-1").is_err()
+        );
+        let p = one(&GOOD.replace("hosts = [", "max_body = \"big\"\nhosts = ["));
+        assert_eq!(p.key, "app[0].max_body");
     }
 
     #[test]
