@@ -172,6 +172,12 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
             }
         }
+        if headers
+            .get("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        {
+            return websocket_echo(reader, &headers, &st);
+        }
         let len: usize = headers
             .get("content-length")
             .and_then(|v| v.parse().ok())
@@ -222,6 +228,53 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
             .is_some_and(|c| c.eq_ignore_ascii_case("close"))
         {
             return;
+        }
+    }
+}
+
+/// Completes a WebSocket handshake and echoes every text message back as
+/// `"<color>: <text>"` until the peer closes.
+fn websocket_echo(
+    reader: BufReader<TcpStream>,
+    headers: &BTreeMap<String, String>,
+    st: &BackendState,
+) {
+    let key = headers
+        .get("sec-websocket-key")
+        .cloned()
+        .unwrap_or_default();
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut stream = reader.into_inner();
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nX-Color: {}\r\n\r\n",
+        st.color
+    );
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    st.hits.fetch_add(1, Ordering::SeqCst);
+    let mut ws =
+        tungstenite::WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Server, None);
+    while let Ok(msg) = ws.read() {
+        match msg {
+            tungstenite::Message::Text(t) => {
+                if ws
+                    .send(tungstenite::Message::text(format!(
+                        "{}: {}",
+                        st.color,
+                        t.as_str()
+                    )))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            tungstenite::Message::Close(_) => {
+                // tungstenite queued the close reply: send it, then end.
+                let _ = ws.flush();
+                return;
+            }
+            _ => {}
         }
     }
 }

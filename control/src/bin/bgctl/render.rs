@@ -120,10 +120,11 @@ pub fn status(apps: &[&AppStatus], style: &Style) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:<6} {:<8} {}",
+                "  {:<6} {:<8} {}   {} in flight",
                 style.color(c, c.as_str()),
                 role,
-                verdict
+                verdict,
+                cs.connections
             );
             for u in &cs.upstreams {
                 let _ = writeln!(
