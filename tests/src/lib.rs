@@ -256,25 +256,17 @@ fn websocket_echo(
     let mut ws =
         tungstenite::WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Server, None);
     while let Ok(msg) = ws.read() {
-        match msg {
-            tungstenite::Message::Text(t) => {
-                if ws
-                    .send(tungstenite::Message::text(format!(
-                        "{}: {}",
-                        st.color,
-                        t.as_str()
-                    )))
-                    .is_err()
-                {
-                    return;
-                }
-            }
+        let reply = match msg {
+            tungstenite::Message::Text(t) => format!("{}: {}", st.color, t.as_str()),
             tungstenite::Message::Close(_) => {
                 // tungstenite queued the close reply: send it, then end.
                 let _ = ws.flush();
                 return;
             }
-            _ => {}
+            _ => continue,
+        };
+        if ws.send(tungstenite::Message::text(reply)).is_err() {
+            return;
         }
     }
 }
