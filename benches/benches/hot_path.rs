@@ -27,9 +27,10 @@ fn route(c: &mut Criterion) {
         c.bench_function(&format!("route/{apps}_apps/exact_host"), |b| {
             b.iter(|| decide(&routing, black_box(last.as_bytes())))
         });
-        c.bench_function(&format!("route/{apps}_apps/mixed_case_host_with_port"), |b| {
-            b.iter(|| decide(&routing, black_box(mixed.as_bytes())))
-        });
+        c.bench_function(
+            &format!("route/{apps}_apps/mixed_case_host_with_port"),
+            |b| b.iter(|| decide(&routing, black_box(mixed.as_bytes()))),
+        );
     }
 }
 
@@ -51,8 +52,16 @@ fn state(c: &mut Criterion) {
     for i in 0..200 {
         app.record(HistoryEntry {
             time: time::OffsetDateTime::now_utc(),
-            from: if i % 2 == 0 { Color::Blue } else { Color::Green },
-            to: if i % 2 == 0 { Color::Green } else { Color::Blue },
+            from: if i % 2 == 0 {
+                Color::Blue
+            } else {
+                Color::Green
+            },
+            to: if i % 2 == 0 {
+                Color::Green
+            } else {
+                Color::Blue
+            },
             kind: SwitchKind::Switch,
             reason: Some("release".into()),
             actor: "ops@lb1".into(),
@@ -60,7 +69,9 @@ fn state(c: &mut Criterion) {
         });
     }
     state.apps.insert("web".into(), app);
-    c.bench_function("state/persist_200_history_entries", |b| b.iter(|| store.persist(black_box(&state)).unwrap()));
+    c.bench_function("state/persist_200_history_entries", |b| {
+        b.iter(|| store.persist(black_box(&state)).unwrap())
+    });
 }
 
 criterion_group!(benches, route, state);

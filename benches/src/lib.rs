@@ -21,10 +21,18 @@ use bgproxy_control::api::Color;
 pub fn snapshot(apps: usize, hosts: usize) -> Snapshot {
     let configs: Vec<Arc<AppConfig>> = (0..apps)
         .map(|a| {
-            let addrs = |base: u16| (0..4).map(|i| SocketAddr::from(([10, 0, (a / 250) as u8, (a % 250) as u8], base + i))).collect();
+            let addrs = |base: u16| {
+                (0..4)
+                    .map(|i| {
+                        SocketAddr::from(([10, 0, (a / 250) as u8, (a % 250) as u8], base + i))
+                    })
+                    .collect()
+            };
             Arc::new(AppConfig {
                 name: format!("app{a}"),
-                hosts: (0..hosts).map(|h| format!("h{h}.app{a}.example.net")).collect(),
+                hosts: (0..hosts)
+                    .map(|h| format!("h{h}.app{a}.example.net"))
+                    .collect(),
                 initial_live: Color::Blue,
                 redirect_https: false,
                 max_body: 1 << 20,

@@ -101,6 +101,16 @@ fn preflight_listeners(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Per-connection buffers of the front door's listeners: pingora reads with
+/// a 64 KiB buffer per connection by default, which is most of what an idle
+/// keep-alive connection costs (~99 KB each, measured in benches/README.md).
+fn read_buffer(read: usize) -> pingora::protocols::l4::stream::L4BufferSettings {
+    pingora::protocols::l4::stream::L4BufferSettings::new(
+        read,
+        pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+    )
+}
+
 /// How long a process started with `--upgrade` waits for the old one to
 /// release the state file (the old one releases it when its grace period
 /// ends).
@@ -203,7 +213,10 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         "front door",
     );
     for addr in &config.proxy.listen {
-        front.add_tcp(&addr.to_string());
+        front.add_listener(
+            pingora::listeners::ListenerConfig::tcp(addr.to_string())
+                .l4_buffer(read_buffer(config.proxy.read_buffer)),
+        );
     }
     let certs = match &config.proxy.tls {
         Some(tls) => {

@@ -39,6 +39,7 @@ pub struct FileProxy {
     pub max_header_size: Option<Spanned<String>>,
     pub max_headers: Option<Spanned<i64>>,
     pub client_timeout: Option<Spanned<String>>,
+    pub read_buffer: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -105,6 +105,9 @@ pub struct ProxyConfig {
     pub max_header_size: usize,
     /// Most request headers; more gets 431. Default 100.
     pub max_headers: usize,
+    /// The read buffer of each client connection (plain HTTP listeners).
+    /// Default 16 KiB (pingora's own default is 64 KiB).
+    pub read_buffer: usize,
     /// How long a client may take to send the rest of a request body
     /// between reads; slower gets 408. Default 60s.
     pub client_timeout: Duration,

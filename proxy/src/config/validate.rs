@@ -245,6 +245,14 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         "proxy.client_timeout",
         p,
     );
+    let read_buffer = size_or(&fp.read_buffer, 16 * 1024, "proxy.read_buffer", p) as usize;
+    if !(4096..=1024 * 1024).contains(&read_buffer) {
+        p.at(
+            fp.read_buffer.as_ref().map_or(0..0, |s| s.span()),
+            "proxy.read_buffer",
+            "must be between 4KiB and 1MiB",
+        );
+    }
     let mut config = Config {
         path: file.to_path_buf(),
         proxy: ProxyConfig {
@@ -256,6 +264,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             max_header_size,
             max_headers,
             client_timeout,
+            read_buffer,
         },
         control,
         metrics,

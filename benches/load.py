@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""At equal threads on this machine, how do bgproxy's throughput, latency,
+CPU per request and memory compare with HAProxy and nginx?
+
+One backend (nginx, one worker, `return 200`) on 127.0.0.1. In front of it,
+in turn, bgproxy, HAProxy and nginx as proxies, each with ONE worker thread,
+upstream keep-alive and (where the proxy has them) active health checks
+every second. wrk runs against each alternately, A B C A B C..., and the
+script prints per proxy the median [min-max] of: requests/s, p50 and p99
+latency, proxy CPU microseconds per request (utime+stime from /proc/PID/stat
+over the run, divided by the requests wrk counted), peak RSS during load,
+idle RSS, and RSS with IDLE_CONNS idle keep-alive client connections open;
+plus the ratio to HAProxy. Output is Markdown for benches/README.md.
+
+Run (from the repo root, after `cargo build --release`):
+    python3 benches/load.py
+Environment: ROUNDS (5), DURATION seconds per run (10), CONNECTIONS (50),
+IDLE_CONNS (9000: HAProxy uses two descriptors a connection, and this
+machine's hard limit is 20000), BGPROXY_BIN (target/release/bgproxy), PIN (1: wrk on
+CPU 1, proxies and backend on CPU 0, when taskset exists).
+Installs haproxy, nginx and wrk from Debian if missing. Loopback only;
+every process it starts is stopped on exit.
+"""
+
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+DURATION = int(os.environ.get("DURATION", "10"))
+CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))
+IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "9000"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BGPROXY = os.environ.get("BGPROXY_BIN", os.path.join(ROOT, "target/release/bgproxy"))
+PIN = os.environ.get("PIN", "1") == "1" and shutil.which("taskset") and os.cpu_count() >= 2
+TICK = os.sysconf("SC_CLK_TCK")
+PROCS = []
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def ensure_tools():
+    missing = [t for t in ("haproxy", "nginx", "wrk") if not shutil.which(t)]
+    if missing:
+        log(f"installing {missing} from Debian")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        # Only the programs are wanted: keep the packages' services from starting.
+        policy = "/usr/sbin/policy-rc.d"
+        with open(policy, "w") as f:
+            f.write("#!/bin/sh\nexit 101\n")
+        os.chmod(policy, 0o755)
+        try:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
+        finally:
+            os.remove(policy)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start(cmd, logfile, cpu="0"):
+    if PIN:
+        cmd = ["taskset", "-c", cpu, *cmd]
+    p = subprocess.Popen(cmd, stdout=open(logfile, "w"), stderr=subprocess.STDOUT)
+    PROCS.append(p)
+    return p
+
+
+def wait_http(port, deadline=20):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing answers on 127.0.0.1:{port}")
+
+
+def children(pid):
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        return [int(x) for x in out.split()]
+    except Exception:
+        return []
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total
+
+
+def status_kb(pids, key):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1])
+    return total
+
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n if unit == "ms" else n * 1000
+
+
+def wrk(port, duration):
+    cmd = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"]
+    if PIN:
+        cmd = ["taskset", "-c", "1", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, reqs, p50, p99, (errors.group(1) if errors else ""), int(non2xx.group(1)) if non2xx else 0
+
+
+def idle_rss(port, pids, n):
+    """RSS with n idle keep-alive client connections (each made one request)."""
+    socks = []
+    req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(req)
+            socks.append(s)
+        for s in socks:
+            s.settimeout(10)
+            s.recv(4096)
+        time.sleep(1)
+        return status_kb(pids, "VmRSS") / 1024
+    finally:
+        for s in socks:
+            s.close()
+
+
+def main():
+    ensure_tools()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    tmp = tempfile.mkdtemp(prefix="bgbench-")
+    backend = free_port()
+    with open(f"{tmp}/backend.conf", "w") as f:
+        f.write(f"""worker_processes 1; pid {tmp}/backend.pid; error_log {tmp}/backend.err;
+events {{ worker_connections 16000; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{backend} reuseport backlog=4096;
+    location / {{ return 200 "ok\\n"; }} }} }}
+""")
+    start(["nginx", "-c", f"{tmp}/backend.conf", "-g", "daemon off;"], f"{tmp}/backend.log")
+    wait_http(backend)
+
+    proxies = {}
+    standby = free_port()
+    if os.path.exists(BGPROXY):
+        port, control = free_port(), free_port()
+        with open(f"{tmp}/bgproxy.toml", "w") as f:
+            f.write(f"""[proxy]
+listen = ["127.0.0.1:{port}"]
+threads = 1
+grace_period = "1s"
+[control]
+listen = "127.0.0.1:{control}"
+[state]
+path = "{tmp}/bgstate/state.json"
+[log]
+access = false
+[[app]]
+name = "bench"
+[app.health]
+path = "/health"
+interval = "1s"
+[app.blue]
+upstreams = ["127.0.0.1:{backend}"]
+[app.green]
+upstreams = ["127.0.0.1:{standby}"]
+""")
+        p = start([BGPROXY, "--config", f"{tmp}/bgproxy.toml"], f"{tmp}/bgproxy.log")
+        wait_http(port)
+        proxies["bgproxy"] = (port, lambda p=p: [p.pid])
+    else:
+        log(f"skipping bgproxy: {BGPROXY} not found (cargo build --release)")
+
+    port = free_port()
+    with open(f"{tmp}/haproxy.cfg", "w") as f:
+        f.write(f"""global
+  nbthread 1
+  maxconn 9500
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  option httpchk GET /health
+  server b1 127.0.0.1:{backend} check inter 1s
+""")
+    p = start(["haproxy", "-f", f"{tmp}/haproxy.cfg", "-db"], f"{tmp}/haproxy.log")
+    wait_http(port)
+    proxies["haproxy"] = (port, lambda p=p: [p.pid])
+
+    port = free_port()
+    with open(f"{tmp}/nginx.conf", "w") as f:
+        f.write(f"""worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16000; }}
+http {{ access_log off; keepalive_requests 1000000;
+  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port} backlog=4096;
+    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+    p = start(["nginx", "-c", f"{tmp}/nginx.conf", "-g", "daemon off;"], f"{tmp}/nginx.log")
+    wait_http(port)
+    proxies["nginx"] = (port, lambda p=p: [p.pid, *children(p.pid)])
+
+    results = {name: [] for name in proxies}
+    idle = {name: status_kb(pids(), "VmRSS") / 1024 for name, (port, pids) in proxies.items()}
+    for name, (port, _) in proxies.items():
+        wrk(port, 2)  # warm-up
+    for r in range(ROUNDS):
+        for name, (port, pids) in proxies.items():
+            before = cpu_ticks(pids())
+            rps, reqs, p50, p99, errors, non2xx = wrk(port, DURATION)
+            cpu_us = (cpu_ticks(pids()) - before) / TICK * 1e6 / max(reqs, 1)
+            peak = status_kb(pids(), "VmHWM") / 1024
+            results[name].append((rps, p50, p99, cpu_us, peak))
+            log(f"round {r + 1} {name}: {rps:.0f} req/s p50 {p50:.2f}ms p99 {p99:.2f}ms "
+                f"{cpu_us:.1f}us/req peak {peak:.1f}MB {errors} non2xx={non2xx}")
+    held = {}
+    if IDLE_CONNS:
+        for name, (port, pids) in proxies.items():
+            try:
+                held[name] = idle_rss(port, pids(), IDLE_CONNS)
+            except Exception as e:  # a proxy that refuses so many is reported as such
+                held[name] = None
+                log(f"{name}: {IDLE_CONNS} idle connections failed: {e}")
+
+    def med(vals):
+        return statistics.median(vals), min(vals), max(vals)
+
+    def fmt(v, digits):
+        m, lo, hi = v
+        return f"{m:.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
+
+    ref = results.get("haproxy")
+    ref_rps = statistics.median(x[0] for x in ref) if ref else None
+    ref_p99 = statistics.median(x[2] for x in ref) if ref else None
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    print(f"Command: `{' '.join(f'{k}={os.environ[k]}' for k in ('ROUNDS', 'DURATION', 'CONNECTIONS', 'IDLE_CONNS') if k in os.environ)} python3 benches/load.py`")
+    print(f"Machine: {os.cpu_count()} CPUs ({cpu_model}), kernel {os.uname().release}; "
+          f"wrk -t1 -c{CONNECTIONS} -d{DURATION}s x {ROUNDS} rounds, alternating; "
+          f"{'wrk pinned to CPU 1, proxies and backend to CPU 0' if PIN else 'no CPU pinning'}.\n")
+    print("| proxy | req/s | p50 ms | p99 ms | CPU us/req | peak RSS MB | idle RSS MB | RSS MB with "
+          f"{IDLE_CONNS} idle conns | req/s vs HAProxy | p99 vs HAProxy |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, rows in results.items():
+        cols = list(zip(*rows))
+        rps = med(cols[0])
+        line = [name, fmt(rps, 0), fmt(med(cols[1]), 2), fmt(med(cols[2]), 2), fmt(med(cols[3]), 1),
+                fmt(med(cols[4]), 1), f"{idle[name]:.1f}",
+                f"{held[name]:.1f}" if held.get(name) is not None else "-",
+                f"{rps[0] / ref_rps:.2f}x" if ref_rps else "-",
+                f"{statistics.median(cols[2]) / ref_p99:.2f}x" if ref_p99 else "-"]
+        print("| " + " | ".join(line) + " |")
+    print("\nnginx OSS has no active health checks; bgproxy and HAProxy check every 1s.")
+
+
+try:
+    main()
+finally:
+    for p in PROCS:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except Exception:
+            pass
+    time.sleep(0.5)
+    for p in PROCS:
+        try:
+            p.kill()
+        except Exception:
+            pass
