@@ -70,20 +70,7 @@ pub fn read_token(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// missing privilege stops the start with a clear message. (pingora itself
 /// would retry in the background while the rest of the daemon runs.)
 fn preflight_listeners(config: &Config) -> anyhow::Result<()> {
-    let mut all: Vec<(std::net::SocketAddr, &str)> = config
-        .proxy
-        .listen
-        .iter()
-        .map(|a| (*a, "proxy.listen"))
-        .collect();
-    if let Some(tls) = &config.proxy.tls {
-        all.extend(tls.listen.iter().map(|a| (*a, "proxy.tls.listen")));
-    }
-    all.push((config.control.listen, "control.listen"));
-    if let Some(m) = &config.metrics {
-        all.push((m.listen, "metrics.listen"));
-    }
-    for (addr, key) in all {
+    for (addr, key) in config.listeners() {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             let hint = match e.kind() {
                 std::io::ErrorKind::AddrInUse => {

@@ -2,90 +2,13 @@
 //! load, a bad reload, SIGTERM with requests in flight, and the state lock
 //! that keeps a second daemon off a live state file.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon};
+use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon, Load};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
-
-/// Keep-alive clients sending GETs with `host` until stopped (bounded in
-/// count and time). Returns the join handle; failures are collected.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(d: &Daemon, host: &str, clients: usize) -> Load {
-        let (stop, sent, failures) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(Mutex::new(Vec::new())),
-        );
-        let url = format!("http://{}/load", d.proxy);
-        let threads = (0..clients)
-            .map(|_| {
-                let (stop, sent, failures, url, host) = (
-                    stop.clone(),
-                    sent.clone(),
-                    failures.clone(),
-                    url.clone(),
-                    host.to_string(),
-                );
-                thread::spawn(move || {
-                    let c = reqwest::blocking::Client::new();
-                    let started = Instant::now();
-                    for _ in 0..50_000 {
-                        if stop.load(Ordering::Relaxed)
-                            || started.elapsed() > Duration::from_secs(60)
-                        {
-                            break;
-                        }
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        match c.get(&url).header("Host", &host).send() {
-                            Ok(r) if r.status() == 200 => {}
-                            Ok(r) => failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("status {}", r.status())),
-                            Err(e) => failures.lock().unwrap().push(format!("{e:?}")),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            sent,
-            failures,
-            threads,
-        }
-    }
-
-    /// Stops the clients; asserts nothing failed and enough was sent.
-    fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        let failures = self.failures.lock().unwrap();
-        let sent = self.sent.load(Ordering::Relaxed);
-        assert!(
-            failures.is_empty(),
-            "{} of {sent} requests failed: {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
-        );
-        assert!(sent > 50, "too little load to mean anything: {sent}");
-        sent
-    }
-}
 
 /// Under keep-alive load, a reload that adds an upstream and an app: zero
 /// failed requests, the new app served, the new upstream used, live colors
@@ -113,7 +36,7 @@ fn reload_under_load_adds_upstream_and_app() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("configuration reloaded"), "{out}");
     thread::sleep(Duration::from_millis(500));
-    let sent = load.finish();
+    let (sent, _) = load.finish();
 
     assert_eq!(
         d.color_of("api.example"),

@@ -1,12 +1,10 @@
 //! The data plane end to end: cutover under load, multi-app routing by Host,
 //! forwarding, retries and the 502 that never falls back to the standby.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bgproxy_e2e::{AppSpec, Backend, Daemon};
+use bgproxy_e2e::{AppSpec, Backend, Daemon, Load};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
@@ -20,48 +18,8 @@ fn flip_under_load_loses_nothing() {
     let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
     assert!(d.wait_health("web", "green", "up", T) && d.wait_health("web", "blue", "up", T));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sent = Arc::new(AtomicU64::new(0));
-    let seen = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let load = Load::start(&d, "any", 4);
     let url = format!("http://{}/load", d.proxy);
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, failures, sent, seen, url) = (
-                stop.clone(),
-                failures.clone(),
-                sent.clone(),
-                seen.clone(),
-                url.clone(),
-            );
-            thread::spawn(move || {
-                // One client each: its connection is kept alive across switches.
-                let c = reqwest::blocking::Client::new();
-                let started = Instant::now();
-                // Bounded in count and time.
-                for _ in 0..20_000 {
-                    if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(60) {
-                        break;
-                    }
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    match c.get(&url).send() {
-                        Ok(r) if r.status() == 200 => {
-                            if let Some(color) =
-                                r.headers().get("x-color").and_then(|v| v.to_str().ok())
-                            {
-                                seen.lock().unwrap().insert(color.to_string());
-                            }
-                        }
-                        Ok(r) => failures
-                            .lock()
-                            .unwrap()
-                            .push(format!("status {}", r.status())),
-                        Err(e) => failures.lock().unwrap().push(e.to_string()),
-                    }
-                }
-            })
-        })
-        .collect();
 
     let mut to = "green";
     for _ in 0..40 {
@@ -74,23 +32,8 @@ fn flip_under_load_loses_nothing() {
     let (s, v) = d.switch("web", "green");
     assert_eq!(s, 200, "{v}");
     thread::sleep(Duration::from_millis(100));
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        sent.load(Ordering::Relaxed),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(
-        sent.load(Ordering::Relaxed) > 100,
-        "too little load to mean anything"
-    );
-    assert_eq!(seen.lock().unwrap().len(), 2, "both colors served");
+    let (_, colors) = load.finish();
+    assert_eq!(colors.len(), 2, "both colors served");
     // Fresh and kept-alive connections alike now go to green.
     let c = reqwest::blocking::Client::new();
     for _ in 0..20 {

@@ -281,6 +281,24 @@ impl Config {
         from_str(&text, path)
     }
 
+    /// Every address the daemon listens on, with its config key.
+    pub fn listeners(&self) -> Vec<(SocketAddr, &'static str)> {
+        let mut all: Vec<_> = self
+            .proxy
+            .listen
+            .iter()
+            .map(|a| (*a, "proxy.listen"))
+            .collect();
+        if let Some(t) = &self.proxy.tls {
+            all.extend(t.listen.iter().map(|a| (*a, "proxy.tls.listen")));
+        }
+        all.push((self.control.listen, "control.listen"));
+        if let Some(m) = &self.metrics {
+            all.push((m.listen, "metrics.listen"));
+        }
+        all
+    }
+
     /// The app named `name`.
     pub fn app(&self, name: &str) -> Option<&AppConfig> {
         self.apps.iter().find(|a| a.name == name)

@@ -323,20 +323,7 @@ fn default_control() -> SocketAddr {
 /// Two services on one address would fail at bind time with a vaguer error.
 fn listeners_distinct(config: &mut Config, p: &mut Problems<'_>) {
     let mut seen: HashMap<SocketAddr, &str> = HashMap::new();
-    let mut all: Vec<(SocketAddr, &str)> = config
-        .proxy
-        .listen
-        .iter()
-        .map(|a| (*a, "proxy.listen"))
-        .collect();
-    if let Some(t) = &config.proxy.tls {
-        all.extend(t.listen.iter().map(|a| (*a, "proxy.tls.listen")));
-    }
-    all.push((config.control.listen, "control.listen"));
-    if let Some(m) = &config.metrics {
-        all.push((m.listen, "metrics.listen"));
-    }
-    for (addr, key) in all {
+    for (addr, key) in config.listeners() {
         if let Some(other) = seen.insert(addr, key) {
             p.at(0..0, key, format!("address {addr} is also used by {other}"));
         }
