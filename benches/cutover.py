@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""How do switches behave under load: are requests lost, how long does a
+switch take to be answered (including bgproxy's fsync), and how soon after
+the answer does traffic reach the new color? bgproxy's control API against
+HAProxy's runtime API and a HAProxy reload (-sf), on this machine.
+
+Two nginx backends answer "blue" and "green". Under `wrk -t1 -c50` load,
+SWITCHES switches alternate the live color from one persistent client. For
+each switch: the time until the switch is answered, and the time from the
+answer until a fresh request through the proxy gets the new color. At the
+end, wrk's socket errors and non-2xx responses are the failed requests.
+
+Run (repo root, after `cargo build --release`): python3 benches/cutover.py
+Environment: SWITCHES (200), BGPROXY_BIN (target/release/bgproxy).
+Needs haproxy, nginx and wrk (benches/load.py installs them). Loopback only.
+"""
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SWITCHES = int(os.environ.get("SWITCHES", "200"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BGPROXY = os.environ.get("BGPROXY_BIN", os.path.join(ROOT, "target/release/bgproxy"))
+PROCS = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def start(cmd, log):
+    p = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    PROCS.append(p)
+    return p
+
+
+def color_at(conn):
+    conn.request("GET", "/")
+    r = conn.getresponse()
+    return r.read().decode().strip()
+
+
+def wait_color(port, want, deadline=10):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            if color_at(c) == want:
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{want} never served on {port}")
+
+
+def wrk(port, seconds):
+    return subprocess.Popen(["wrk", "-t1", "-c50", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def failed(out):
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    n = sum(int(x) for x in errors.groups()) if errors else 0
+    return n + (int(non2xx.group(1)) if non2xx else 0), int(total.group(1)) if total else 0
+
+
+def run(name, port, switch, first):
+    """`switch(color)` performs one switch and returns when it is answered."""
+    probe = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    load = wrk(port, max(10, SWITCHES // 10 + 5))
+    time.sleep(1)
+    answer_ms, visible_ms, stale = [], [], 0
+    color = first
+    for _ in range(SWITCHES):
+        color = "green" if color == "blue" else "blue"
+        t0 = time.perf_counter()
+        switch(color)
+        t1 = time.perf_counter()
+        while True:
+            try:
+                got = color_at(probe)
+            except Exception:
+                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                continue
+            if got == color:
+                break
+            stale += 1
+        visible_ms.append((time.perf_counter() - t1) * 1000)
+        answer_ms.append((t1 - t0) * 1000)
+        time.sleep(0.02)
+    out = load.communicate()[0]
+    fails, total = failed(out)
+    q = statistics.quantiles(answer_ms, n=100)
+    v = statistics.quantiles(visible_ms, n=100)
+    return (f"| {name} | {fails} of {total} | {statistics.median(answer_ms):.2f} | {q[98]:.2f} | "
+            f"{statistics.median(visible_ms):.2f} | {v[98]:.2f} | {stale} |")
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="bgcutover-")
+    ports = {}
+    for c in ("blue", "green"):
+        ports[c] = free_port()
+        with open(f"{tmp}/{c}.conf", "w") as f:
+            f.write(f"""worker_processes 1; pid {tmp}/{c}.pid; error_log {tmp}/{c}.err;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{ports[c]}; location / {{ return 200 "{c}\\n"; }} }} }}
+""")
+        start(["nginx", "-c", f"{tmp}/{c}.conf", "-g", "daemon off;"], f"{tmp}/{c}.log")
+        wait_color(ports[c], c)
+    rows = []
+
+    # bgproxy: POST /v1/apps/bench/switch from one persistent connection.
+    port, control = free_port(), free_port()
+    with open(f"{tmp}/bgproxy.toml", "w") as f:
+        f.write(f"""[proxy]
+listen = ["127.0.0.1:{port}"]
+threads = 1
+grace_period = "1s"
+[control]
+listen = "127.0.0.1:{control}"
+[state]
+path = "{tmp}/state/state.json"
+[log]
+access = false
+[[app]]
+name = "bench"
+[app.health]
+interval = "200ms"
+rise = 1
+path = "/"
+[app.blue]
+upstreams = ["127.0.0.1:{ports['blue']}"]
+[app.green]
+upstreams = ["127.0.0.1:{ports['green']}"]
+""")
+    bg = start([BGPROXY, "--config", f"{tmp}/bgproxy.toml"], f"{tmp}/bgproxy.log")
+    wait_color(port, "blue")
+    time.sleep(1)
+    api = http.client.HTTPConnection("127.0.0.1", control, timeout=5)
+
+    def bg_switch(color):
+        api.request("POST", "/v1/apps/bench/switch", body=json.dumps({"to": color}),
+                    headers={"Content-Type": "application/json"})
+        r = api.getresponse()
+        body = r.read()
+        if r.status != 200:
+            raise SystemExit(f"switch failed: {r.status} {body!r}")
+    rows.append(run("bgproxy control API (fsync'd)", port, bg_switch, "blue"))
+    bg.send_signal(signal.SIGTERM)
+
+    # HAProxy runtime API: both servers in one backend, one in maintenance.
+    port, sock = free_port(), f"{tmp}/haproxy.sock"
+    with open(f"{tmp}/haproxy.cfg", "w") as f:
+        f.write(f"""global
+  nbthread 1
+  stats socket {sock} level admin
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server blue 127.0.0.1:{ports['blue']} check inter 1s
+  server green 127.0.0.1:{ports['green']} check inter 1s disabled
+""")
+    hp = start(["haproxy", "-f", f"{tmp}/haproxy.cfg", "-db"], f"{tmp}/haproxy.log")
+    wait_color(port, "blue")
+
+    def runtime(cmd):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.sendall(cmd.encode() + b"\n")
+        while s.recv(4096):
+            pass
+        s.close()
+
+    def hp_switch(color):
+        other = "green" if color == "blue" else "blue"
+        runtime(f"enable server be/{color}; disable server be/{other}")
+    rows.append(run("HAProxy runtime API", port, hp_switch, "blue"))
+    hp.send_signal(signal.SIGTERM)
+    hp.wait()
+
+    # HAProxy reload: a config per color, a new process with -sf old.
+    port = free_port()
+    for c in ("blue", "green"):
+        with open(f"{tmp}/reload-{c}.cfg", "w") as f:
+            f.write(f"""global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server only 127.0.0.1:{ports[c]}
+""")
+    current = [start(["haproxy", "-f", f"{tmp}/reload-blue.cfg", "-db"], f"{tmp}/reload.log")]
+    wait_color(port, "blue")
+
+    def reload(color):
+        old = current[0]
+        new = start(["haproxy", "-f", f"{tmp}/reload-{color}.cfg", "-db", "-sf", str(old.pid)],
+                    f"{tmp}/reload-{color}.log")
+        current[0] = new
+        # "Answered" = the new process is running (haproxy -sf has no answer).
+        old.wait()
+    rows.append(run("HAProxy reload (-sf)", port, reload, "blue"))
+
+    print(f"Command: `SWITCHES={SWITCHES} python3 benches/cutover.py`\n")
+    print("| switching by | failed requests | switch answered p50 ms | p99 ms | "
+          "answer to new color p50 ms | p99 ms | stale responses after the answer |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(r)
+
+
+try:
+    main()
+finally:
+    for p in PROCS:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except Exception:
+            pass
+    time.sleep(0.5)
+    for p in PROCS:
+        try:
+            p.kill()
+        except Exception:
+            pass
