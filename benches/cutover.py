@@ -12,7 +12,7 @@ end, wrk's socket errors and non-2xx responses are the failed requests.
 
 Run (repo root, after `cargo build --release`): python3 benches/cutover.py
 Environment: SWITCHES (200), BGPROXY_BIN (target/release/bgproxy).
-Needs haproxy, nginx and wrk (benches/load.py installs them). Loopback only.
+Installs haproxy, nginx and wrk from Debian if missing. Loopback only.
 """
 
 import http.client
@@ -23,28 +23,12 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
+from benchlib import BGPROXY, ensure_tools, free_port, haproxy_cfg, run, start
+
 SWITCHES = int(os.environ.get("SWITCHES", "200"))
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BGPROXY = os.environ.get("BGPROXY_BIN", os.path.join(ROOT, "target/release/bgproxy"))
-PROCS = []
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def start(cmd, log):
-    p = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    PROCS.append(p)
-    return p
 
 
 def color_at(conn):
@@ -79,7 +63,7 @@ def failed(out):
     return n + (int(non2xx.group(1)) if non2xx else 0), int(total.group(1)) if total else 0
 
 
-def run(name, port, switch, first):
+def measure(name, port, switch, first):
     """`switch(color)` performs one switch and returns when it is answered."""
     probe = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     load = wrk(port, max(10, SWITCHES // 10 + 5))
@@ -112,6 +96,7 @@ def run(name, port, switch, first):
 
 
 def main():
+    ensure_tools()
     tmp = tempfile.mkdtemp(prefix="bgcutover-")
     ports = {}
     for c in ("blue", "green"):
@@ -162,29 +147,15 @@ upstreams = ["127.0.0.1:{ports['green']}"]
         body = r.read()
         if r.status != 200:
             raise SystemExit(f"switch failed: {r.status} {body!r}")
-    rows.append(run("bgproxy control API (fsync'd)", port, bg_switch, "blue"))
+    rows.append(measure("bgproxy control API (fsync'd)", port, bg_switch, "blue"))
     bg.send_signal(signal.SIGTERM)
 
     # HAProxy runtime API: both servers in one backend, one in maintenance.
     port, sock = free_port(), f"{tmp}/haproxy.sock"
     with open(f"{tmp}/haproxy.cfg", "w") as f:
-        f.write(f"""global
-  nbthread 1
-  stats socket {sock} level admin
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend be
-backend be
-  server blue 127.0.0.1:{ports['blue']} check inter 1s
-  server green 127.0.0.1:{ports['green']} check inter 1s disabled
-""")
+        f.write(haproxy_cfg(port, [f"server blue 127.0.0.1:{ports['blue']} check inter 1s",
+                                   f"server green 127.0.0.1:{ports['green']} check inter 1s disabled"],
+                            f"  stats socket {sock} level admin\n"))
     hp = start(["haproxy", "-f", f"{tmp}/haproxy.cfg", "-db"], f"{tmp}/haproxy.log")
     wait_color(port, "blue")
 
@@ -199,7 +170,7 @@ backend be
     def hp_switch(color):
         other = "green" if color == "blue" else "blue"
         runtime(f"enable server be/{color}; disable server be/{other}")
-    rows.append(run("HAProxy runtime API", port, hp_switch, "blue"))
+    rows.append(measure("HAProxy runtime API", port, hp_switch, "blue"))
     hp.send_signal(signal.SIGTERM)
     hp.wait()
 
@@ -207,21 +178,7 @@ backend be
     port = free_port()
     for c in ("blue", "green"):
         with open(f"{tmp}/reload-{c}.cfg", "w") as f:
-            f.write(f"""global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend be
-backend be
-  server only 127.0.0.1:{ports[c]}
-""")
+            f.write(haproxy_cfg(port, [f"server only 127.0.0.1:{ports[c]}"]))
     current = [start(["haproxy", "-f", f"{tmp}/reload-blue.cfg", "-db"], f"{tmp}/reload.log")]
     wait_color(port, "blue")
 
@@ -232,7 +189,7 @@ backend be
         current[0] = new
         # "Answered" = the new process is running (haproxy -sf has no answer).
         old.wait()
-    rows.append(run("HAProxy reload (-sf)", port, reload, "blue"))
+    rows.append(measure("HAProxy reload (-sf)", port, reload, "blue"))
 
     print(f"Command: `SWITCHES={SWITCHES} python3 benches/cutover.py`\n")
     print("| switching by | failed requests | switch answered p50 ms | p99 ms | "
@@ -242,17 +199,4 @@ backend be
         print(r)
 
 
-try:
-    main()
-finally:
-    for p in PROCS:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except Exception:
-            pass
-    time.sleep(0.5)
-    for p in PROCS:
-        try:
-            p.kill()
-        except Exception:
-            pass
+run(main)

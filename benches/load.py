@@ -26,7 +26,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,53 +34,19 @@ import tempfile
 import time
 import urllib.request
 
+from benchlib import BGPROXY, ensure_tools, free_port, haproxy_cfg, run, start
+
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "10"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "50"))
 IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "9000"))
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BGPROXY = os.environ.get("BGPROXY_BIN", os.path.join(ROOT, "target/release/bgproxy"))
 PIN = os.environ.get("PIN", "1") == "1" and shutil.which("taskset") and os.cpu_count() >= 2
 TICK = os.sysconf("SC_CLK_TCK")
-PROCS = []
+PROXY_CPU = "0" if PIN else None
 
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def ensure_tools():
-    missing = [t for t in ("haproxy", "nginx", "wrk") if not shutil.which(t)]
-    if missing:
-        log(f"installing {missing} from Debian")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        # Only the programs are wanted: keep the packages' services from starting.
-        policy = "/usr/sbin/policy-rc.d"
-        with open(policy, "w") as f:
-            f.write("#!/bin/sh\nexit 101\n")
-        os.chmod(policy, 0o755)
-        try:
-            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-            subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
-        finally:
-            os.remove(policy)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def start(cmd, logfile, cpu="0"):
-    if PIN:
-        cmd = ["taskset", "-c", cpu, *cmd]
-    p = subprocess.Popen(cmd, stdout=open(logfile, "w"), stderr=subprocess.STDOUT)
-    PROCS.append(p)
-    return p
 
 
 def wait_http(port, deadline=20):
@@ -175,7 +140,7 @@ http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{backend} reuseport backlog=4096;
     location / {{ return 200 "ok\\n"; }} }} }}
 """)
-    start(["nginx", "-c", f"{tmp}/backend.conf", "-g", "daemon off;"], f"{tmp}/backend.log")
+    start(["nginx", "-c", f"{tmp}/backend.conf", "-g", "daemon off;"], f"{tmp}/backend.log", PROXY_CPU)
     wait_http(backend)
 
     proxies = {}
@@ -203,7 +168,7 @@ upstreams = ["127.0.0.1:{backend}"]
 [app.green]
 upstreams = ["127.0.0.1:{standby}"]
 """)
-        p = start([BGPROXY, "--config", f"{tmp}/bgproxy.toml"], f"{tmp}/bgproxy.log")
+        p = start([BGPROXY, "--config", f"{tmp}/bgproxy.toml"], f"{tmp}/bgproxy.log", PROXY_CPU)
         wait_http(port)
         proxies["bgproxy"] = (port, lambda p=p: [p.pid])
     else:
@@ -211,24 +176,9 @@ upstreams = ["127.0.0.1:{standby}"]
 
     port = free_port()
     with open(f"{tmp}/haproxy.cfg", "w") as f:
-        f.write(f"""global
-  nbthread 1
-  maxconn 9500
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend be
-backend be
-  option httpchk GET /health
-  server b1 127.0.0.1:{backend} check inter 1s
-""")
-    p = start(["haproxy", "-f", f"{tmp}/haproxy.cfg", "-db"], f"{tmp}/haproxy.log")
+        f.write(haproxy_cfg(port, ["option httpchk GET /health", f"server b1 127.0.0.1:{backend} check inter 1s"],
+                            "  maxconn 9500\n"))
+    p = start(["haproxy", "-f", f"{tmp}/haproxy.cfg", "-db"], f"{tmp}/haproxy.log", PROXY_CPU)
     wait_http(port)
     proxies["haproxy"] = (port, lambda p=p: [p.pid])
 
@@ -242,7 +192,7 @@ http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{port} backlog=4096;
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
 """)
-    p = start(["nginx", "-c", f"{tmp}/nginx.conf", "-g", "daemon off;"], f"{tmp}/nginx.log")
+    p = start(["nginx", "-c", f"{tmp}/nginx.conf", "-g", "daemon off;"], f"{tmp}/nginx.log", PROXY_CPU)
     wait_http(port)
     proxies["nginx"] = (port, lambda p=p: [p.pid, *children(p.pid)])
 
@@ -298,17 +248,4 @@ http {{ access_log off; keepalive_requests 1000000;
     print("\nnginx OSS has no active health checks; bgproxy and HAProxy check every 1s.")
 
 
-try:
-    main()
-finally:
-    for p in PROCS:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except Exception:
-            pass
-    time.sleep(0.5)
-    for p in PROCS:
-        try:
-            p.kill()
-        except Exception:
-            pass
+run(main)

@@ -1,0 +1,88 @@
+"""Helpers shared by the whole-system benchmarks (load.py, cutover.py):
+ports, processes that are always stopped, Debian tools, HAProxy configs."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BGPROXY = os.environ.get("BGPROXY_BIN", os.path.join(ROOT, "target/release/bgproxy"))
+PROCS = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start(cmd, logfile, cpu=None):
+    """Starts a process (pinned to `cpu` with taskset when given); it is
+    stopped when the benchmark ends, whatever happens."""
+    if cpu is not None:
+        cmd = ["taskset", "-c", cpu, *cmd]
+    p = subprocess.Popen(cmd, stdout=open(logfile, "w"), stderr=subprocess.STDOUT)
+    PROCS.append(p)
+    return p
+
+
+def ensure_tools(tools=("haproxy", "nginx", "wrk")):
+    """Installs missing tools from Debian, keeping their services from starting."""
+    missing = [t for t in tools if not shutil.which(t)]
+    if not missing:
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    policy = "/usr/sbin/policy-rc.d"
+    with open(policy, "w") as f:
+        f.write("#!/bin/sh\nexit 101\n")
+    os.chmod(policy, 0o755)
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    finally:
+        os.remove(policy)
+
+
+def haproxy_cfg(port, servers, extra_global=""):
+    """A one-thread HAProxy config with upstream keep-alive; `servers` are
+    the lines of the backend."""
+    lines = "\n".join(f"  {s}" for s in servers)
+    return f"""global
+  nbthread 1
+{extra_global}defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+{lines}
+"""
+
+
+def run(main):
+    """Runs `main`, then stops every process it started."""
+    try:
+        main()
+    finally:
+        for p in PROCS:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except Exception:
+                pass
+        time.sleep(0.5)
+        for p in PROCS:
+            try:
+                p.kill()
+            except Exception:
+                pass
