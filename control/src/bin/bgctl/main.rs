@@ -80,7 +80,7 @@ enum Cmd {
         #[command(flatten)]
         approval: Approval,
     },
-    /// The switch history of an app.
+    /// The switch and deploy history of an app.
     History {
         /// Show at most this many entries, newest last.
         #[arg(long, default_value_t = 20)]
