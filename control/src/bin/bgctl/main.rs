@@ -34,7 +34,7 @@ const EXIT_UNREACHABLE: u8 = 4;
 #[derive(Parser)]
 #[command(
     version,
-    about,
+    about = "bgctl: run blue/green releases through bgproxy's control API",
     after_help = "Exit codes: 0 done, 1 refused or failed, 2 usage error, 3 approval needed, 4 cannot reach or authenticate to the API."
 )]
 struct Cli {
