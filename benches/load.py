@@ -16,7 +16,8 @@ Run (from the repo root, after `cargo build --release`):
     python3 benches/load.py
 Environment: ROUNDS (5), DURATION seconds per run (10), CONNECTIONS (50),
 IDLE_CONNS (9000: HAProxy uses two descriptors a connection, and this
-machine's hard limit is 20000), BGPROXY_BIN (target/release/bgproxy), PIN (1: wrk on
+machine's hard limit is 20000), BGPROXY_PROXY_KEYS (extra `[proxy]` keys for
+bgproxy, `;`-separated, e.g. "work_stealing = false"), BGPROXY_BIN (target/release/bgproxy), PIN (1: wrk on
 CPU 1, proxies and backend on CPU 0, when taskset exists).
 Installs haproxy, nginx and wrk from Debian if missing. Loopback only;
 every process it starts is stopped on exit.
@@ -43,6 +44,8 @@ IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "9000"))
 PIN = os.environ.get("PIN", "1") == "1" and shutil.which("taskset") and os.cpu_count() >= 2
 TICK = os.sysconf("SC_CLK_TCK")
 PROXY_CPU = "0" if PIN else None
+# Extra [proxy] keys for bgproxy, for A/B runs (e.g. "work_stealing = false").
+PROXY_KEYS = os.environ.get("BGPROXY_PROXY_KEYS", "").replace(";", "\n")
 
 
 def log(*a):
@@ -152,6 +155,7 @@ http {{ access_log off; keepalive_requests 1000000;
 listen = ["127.0.0.1:{port}"]
 threads = 1
 grace_period = "1s"
+{PROXY_KEYS}
 [control]
 listen = "127.0.0.1:{control}"
 [state]
@@ -229,7 +233,8 @@ http {{ access_log off; keepalive_requests 1000000;
     ref_rps = statistics.median(x[0] for x in ref) if ref else None
     ref_p99 = statistics.median(x[2] for x in ref) if ref else None
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"Command: `{' '.join(f'{k}={os.environ[k]}' for k in ('ROUNDS', 'DURATION', 'CONNECTIONS', 'IDLE_CONNS') if k in os.environ)} python3 benches/load.py`")
+    keys = ('ROUNDS', 'DURATION', 'CONNECTIONS', 'IDLE_CONNS', 'BGPROXY_PROXY_KEYS')
+    print(f"Command: `{' '.join(f'{k}={os.environ[k]!r}' for k in keys if k in os.environ)} python3 benches/load.py`")
     print(f"Machine: {os.cpu_count()} CPUs ({cpu_model}), kernel {os.uname().release}; "
           f"wrk -t1 -c{CONNECTIONS} -d{DURATION}s x {ROUNDS} rounds, alternating; "
           f"{'wrk pinned to CPU 1, proxies and backend to CPU 0' if PIN else 'no CPU pinning'}.\n")

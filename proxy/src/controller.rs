@@ -736,6 +736,10 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     check("proxy.listen", old.proxy.listen != new.proxy.listen);
     check("proxy.threads", old.proxy.threads != new.proxy.threads);
     check(
+        "proxy.work_stealing",
+        old.proxy.work_stealing != new.proxy.work_stealing,
+    );
+    check(
         "proxy.tls",
         format!("{:?}", old.proxy.tls) != format!("{:?}", new.proxy.tls),
     );

@@ -129,6 +129,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
 
     let conf = ServerConf {
         threads: config.proxy.threads,
+        work_stealing: config.proxy.work_stealing,
         grace_period_seconds: Some(config.proxy.grace_period.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(
             config.proxy.shutdown_timeout.as_secs_f64().ceil() as u64

@@ -33,6 +33,7 @@ pub struct FileLog {
 pub struct FileProxy {
     pub listen: Spanned<Vec<Spanned<String>>>,
     pub threads: Option<Spanned<i64>>,
+    pub work_stealing: Option<bool>,
     pub tls: Option<Spanned<FileTls>>,
     pub grace_period: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,

@@ -92,6 +92,9 @@ pub struct ProxyConfig {
     pub listen: Vec<SocketAddr>,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// pingora's work-stealing runtime (true) or one single-threaded
+    /// runtime per worker thread (false). Default true.
+    pub work_stealing: bool,
     pub tls: Option<TlsConfig>,
     /// On SIGTERM (or the old process of an upgrade): the longest the
     /// requests in flight may take to finish once accepting has stopped. The
