@@ -38,6 +38,8 @@ pub fn snapshot(apps: usize, hosts: usize) -> Snapshot {
                 max_body: 1 << 20,
                 connect_timeout: std::time::Duration::from_secs(3),
                 read_timeout: std::time::Duration::from_secs(60),
+                h2: false,
+                drain_timeout: None,
                 health: HealthConfig::default(),
                 pools: [addrs(3000), addrs(4000)],
                 deploy: DeployConfig::default(),

@@ -763,6 +763,10 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         "proxy.client_timeout",
         old.proxy.client_timeout != new.proxy.client_timeout,
     );
+    check(
+        "proxy.client_idle_timeout",
+        old.proxy.client_idle_timeout != new.proxy.client_idle_timeout,
+    );
     check("control.listen", old.control.listen != new.control.listen);
     check(
         "control.token_file",

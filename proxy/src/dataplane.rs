@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use crate::config::LogConfig;
 use crate::metrics::Metrics;
 use crate::routing::{strip_port, Routing, Snapshot};
+use crate::upgrades::{Registration, UpgradeConnector, Upgrades, WS_GOING_AWAY};
 
 /// The front door's proxy logic.
 pub struct DataPlane {
@@ -40,6 +41,8 @@ pub struct DataPlane {
     /// The port of the HTTPS listener, for `redirect_https`.
     https_port: Option<u16>,
     limits: Limits,
+    /// Upgraded connections, for the drain after a switch.
+    upgrades: Arc<Upgrades>,
 }
 
 /// Front-door limits that apply to every app.
@@ -48,6 +51,9 @@ pub struct Limits {
     pub max_header_size: usize,
     pub max_headers: usize,
     pub client_timeout: Duration,
+    /// Idle time allowed between two requests of a keep-alive connection
+    /// (pingora counts whole seconds).
+    pub client_idle_timeout: Duration,
 }
 
 impl DataPlane {
@@ -59,6 +65,7 @@ impl DataPlane {
         metrics: Arc<Metrics>,
         log: &LogConfig,
         draining: Arc<AtomicBool>,
+        upgrades: Arc<Upgrades>,
     ) -> Self {
         DataPlane {
             routing,
@@ -70,12 +77,14 @@ impl DataPlane {
                 max_header_size: 32 * 1024,
                 max_headers: 100,
                 client_timeout: Duration::from_secs(60),
+                client_idle_timeout: Duration::from_secs(60),
             },
+            upgrades,
         }
     }
 
     /// The front door's limits (defaults: 32 KiB of headers, 100 headers,
-    /// 60s client timeout).
+    /// 60s client timeout, 60s keep-alive idle timeout).
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -185,6 +194,10 @@ pub struct RequestCtx {
     active: bool,
     /// Request body bytes seen so far (for `max_body`).
     body_bytes: u64,
+    /// The connector of an upgrade request (holds its upstream socket).
+    upgrade: Option<Arc<UpgradeConnector>>,
+    /// The upgraded connection, registered for the drain.
+    upgraded: Option<Registration>,
 }
 
 impl RequestCtx {
@@ -196,6 +209,12 @@ impl RequestCtx {
 /// Whether the client connection is TLS.
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+fn is_websocket(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 fn host_of(req: &RequestHeader) -> Option<&[u8]> {
@@ -215,6 +234,11 @@ impl ProxyHttp for DataPlane {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
+        // pingora keeps a keep-alive connection idle without limit after its
+        // first request: bound it (unless the client asked to close).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.limits.client_idle_timeout.as_secs().max(1)));
+        }
         let snapshot = self.routing.load_full();
         match snapshot.app_for_host(host_of(session.req_header())) {
             Some(app) => {
@@ -298,6 +322,19 @@ impl ProxyHttp for DataPlane {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(route.config.connect_timeout);
         peer.options.read_timeout = Some(route.config.read_timeout);
+        if session.is_upgrade_req() {
+            // Our own connection, so the drain can end it after a switch.
+            let connector = Arc::new(UpgradeConnector::new(route.config.connect_timeout));
+            peer.options.custom_l4 = Some(connector.clone());
+            peer.group_key = self.upgrades.unique_key();
+            peer.options.idle_timeout = Some(Duration::ZERO);
+            ctx.upgrade = Some(connector);
+        } else if route.config.h2 {
+            // Cleartext HTTP/2 with prior knowledge (no TLS to upstreams).
+            peer.options.alpn = pingora::protocols::ALPN::H2;
+            // Multiplex: up to 100 requests at once on one connection.
+            peer.options.max_h2_streams = 100;
+        }
         ctx.active = true;
         ctx.color = Some(color);
         ctx.upstream = Some(addr);
@@ -375,13 +412,44 @@ impl ProxyHttp for DataPlane {
         &self,
         session: &mut Session,
         upstream_response: &mut pingora::http::ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            let socket = ctx.upgrade.as_ref().and_then(|c| c.take());
+            if let (Some(socket), Some(route), Some(color)) = (socket, ctx.route(), ctx.color) {
+                ctx.upgraded = Some(self.upgrades.register(
+                    route.name.clone(),
+                    color,
+                    route.config.drain_timeout,
+                    socket,
+                ));
+            }
+        }
         if self.draining.load(Ordering::Relaxed) && !session.as_downstream().is_http2() {
             session.set_keepalive(None);
             upstream_response.insert_header(http::header::CONNECTION, "close")?;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        // A drained WebSocket ends with a close frame ("going away"), so the
+        // client knows to reconnect rather than seeing a broken stream.
+        if end_of_stream
+            && ctx.upgraded.as_ref().is_some_and(Registration::drained)
+            && is_websocket(session.req_header())
+        {
+            let mut out = body.take().map(Vec::from).unwrap_or_default();
+            out.extend_from_slice(WS_GOING_AWAY);
+            *body = Some(Bytes::from(out));
+        }
+        Ok(None)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -148,8 +148,9 @@ impl Tracker {
     }
 }
 
-/// Builds pingora's HTTP probe for one app's health settings.
-fn probe(cfg: &HealthConfig, host: &str) -> HttpHealthCheck {
+/// Builds pingora's HTTP probe for one app's health settings, over HTTP/2
+/// (cleartext) when the app talks HTTP/2 to its upstreams.
+fn probe(cfg: &HealthConfig, host: &str, h2: bool) -> HttpHealthCheck {
     let mut hc = HttpHealthCheck::new(host, false);
     // The path is validated by the config (starts with '/', no spaces), so
     // building the request header cannot fail; fall back to "/" regardless.
@@ -161,6 +162,9 @@ fn probe(cfg: &HealthConfig, host: &str) -> HttpHealthCheck {
     hc.peer_template.options.connection_timeout = Some(cfg.timeout);
     hc.peer_template.options.read_timeout = Some(cfg.timeout);
     hc.peer_template.options.write_timeout = Some(cfg.timeout);
+    if h2 {
+        hc.peer_template.options.alpn = pingora::protocols::ALPN::H2;
+    }
     let expect = cfg.expect_status;
     hc.validator = Some(Box::new(move |resp| {
         if resp.status.as_u16() == expect {
@@ -183,11 +187,13 @@ pub struct Target {
     pub config: HealthConfig,
     /// Host header of the probe: the app's first host, else the upstream.
     pub host: String,
+    /// Probe over HTTP/2 (the app's `h2`).
+    pub h2: bool,
 }
 
 /// Runs one upstream's checks until shutdown.
 pub async fn check_loop(t: Target, mut shutdown: ShutdownWatch) {
-    let hc = probe(&t.config, &t.host);
+    let hc = probe(&t.config, &t.host, t.h2);
     let backend = Backend {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet(t.upstream.addr),
         weight: 1,
@@ -247,8 +253,15 @@ impl HealthService {
 struct Running {
     task: tokio::task::JoinHandle<()>,
     upstream: Arc<Upstream>,
+    probe: Probe,
+}
+
+/// What a check is started with, besides its upstream.
+#[derive(Clone, PartialEq)]
+struct Probe {
     config: HealthConfig,
     host: String,
+    h2: bool,
 }
 
 #[async_trait]
@@ -270,20 +283,25 @@ impl BackgroundService for HealthService {
                 for pool in &app.pools {
                     for u in pool.upstreams.iter() {
                         let key = (app.name.clone(), pool.color, u.addr);
-                        wanted.insert(key, (u.clone(), app.config.health.clone(), host.clone()));
+                        let probe = Probe {
+                            config: app.config.health.clone(),
+                            host: host.clone(),
+                            h2: app.config.h2,
+                        };
+                        wanted.insert(key, (u.clone(), probe));
                     }
                 }
             }
             running.retain(|key, r| {
-                let keep = wanted.get(key).is_some_and(|(u, cfg, host)| {
-                    Arc::ptr_eq(u, &r.upstream) && *cfg == r.config && *host == r.host
-                });
+                let keep = wanted
+                    .get(key)
+                    .is_some_and(|(u, probe)| Arc::ptr_eq(u, &r.upstream) && *probe == r.probe);
                 if !keep {
                     r.task.abort();
                 }
                 keep
             });
-            for (key, (upstream, config, host)) in wanted {
+            for (key, (upstream, probe)) in wanted {
                 if running.contains_key(&key) {
                     continue;
                 }
@@ -291,8 +309,9 @@ impl BackgroundService for HealthService {
                     app: key.0.clone(),
                     color: key.1,
                     upstream: upstream.clone(),
-                    config: config.clone(),
-                    host: host.clone(),
+                    config: probe.config.clone(),
+                    host: probe.host.clone(),
+                    h2: probe.h2,
                 };
                 let task = tokio::spawn(check_loop(target, shutdown.clone()));
                 running.insert(
@@ -300,8 +319,7 @@ impl BackgroundService for HealthService {
                     Running {
                         task,
                         upstream,
-                        config,
-                        host,
+                        probe,
                     },
                 );
             }

@@ -13,6 +13,7 @@
 //! state       the JSON state file, atomic writes, recovery from corruption
 //! metrics     Prometheus names and pre-resolved handles; metrics_http serves them
 //! audit       audit.log: one fsync'd JSON line per control action
+//! upgrades    WebSocket connections: tracked per color, closed after drain_timeout
 //! ops         SIGHUP and config-file reloads; closing the state on shutdown
 //! check       bgproxy --check
 //! demo        bgproxy demo: two sample backends and the proxy on loopback
@@ -34,3 +35,4 @@ pub mod routing;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod upgrades;

@@ -31,6 +31,7 @@ pub mod names {
     pub const PANIC_ROUTED_TOTAL: &str = "bgproxy_panic_routed_requests_total";
     pub const UPSTREAM_RETRIES_TOTAL: &str = "bgproxy_upstream_retries_total";
     pub const UNROUTED_TOTAL: &str = "bgproxy_unrouted_requests_total";
+    pub const DRAINED_CONNECTIONS_TOTAL: &str = "bgproxy_drained_connections_total";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -47,6 +48,7 @@ pub mod names {
         PANIC_ROUTED_TOTAL,
         UPSTREAM_RETRIES_TOTAL,
         UNROUTED_TOTAL,
+        DRAINED_CONNECTIONS_TOTAL,
     ];
 }
 
@@ -79,6 +81,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     /// Requests for a Host no app serves (no labels on purpose).
     pub unrouted: IntCounter,
+    drained: IntCounterVec,
 }
 
 fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -133,6 +136,7 @@ impl Metrics {
             panic_routed: counter(names::PANIC_ROUTED_TOTAL, "Requests sent to a live color whose upstreams were all down (panic routing).", &["app", "color"]),
             retries: counter(names::UPSTREAM_RETRIES_TOTAL, "Requests retried on another upstream of the same color after a refused connection.", &["app", "color"]),
             unrouted: register(&r, IntCounter::new(names::UNROUTED_TOTAL, "Requests for a Host that no app serves (answered 404).").expect("valid metric")),
+            drained: counter(names::DRAINED_CONNECTIONS_TOTAL, "Upgraded (WebSocket) connections closed because their color stayed standby for the app's drain_timeout.", &["app", "color"]),
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -184,7 +188,17 @@ impl Metrics {
         ] {
             self.switches.with_label_values(&[app, &kind.to_string()]);
         }
+        for color in Color::ALL {
+            self.drained.with_label_values(&[app, color.as_str()]);
+        }
         self.set_live(app, live);
+    }
+
+    /// Counts `n` upgraded connections of `app`'s `color` ended by the drain.
+    pub fn drained(&self, app: &str, color: Color, n: u64) {
+        self.drained
+            .with_label_values(&[app, color.as_str()])
+            .inc_by(n);
     }
 
     /// Requests in flight to any color of any app, including apps a reload

@@ -265,6 +265,11 @@ impl Snapshot {
         self.apps.iter().position(|a| &*a.name == name)
     }
 
+    /// The app named `name`.
+    pub fn app(&self, name: &str) -> Option<&AppRoute> {
+        self.apps.iter().find(|a| &*a.name == name)
+    }
+
     /// The app serving `host` (a Host header or `:authority`, with or without
     /// port, any case); the default app when no host matches.
     ///
@@ -398,6 +403,8 @@ mod tests {
             max_body: 1 << 20,
             connect_timeout: std::time::Duration::from_secs(1),
             read_timeout: std::time::Duration::from_secs(1),
+            h2: false,
+            drain_timeout: None,
             health: Default::default(),
             pools: [addrs(blue), addrs(green)],
             deploy: Default::default(),

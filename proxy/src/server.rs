@@ -29,6 +29,7 @@ use crate::metrics_http::MetricsEndpoint;
 use crate::ops::OpsService;
 use crate::state::StateStore;
 use crate::tls::CertStore;
+use crate::upgrades::{DrainService, Upgrades};
 
 /// A built daemon: the server to run and the handles around it.
 pub struct Daemon {
@@ -176,6 +177,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     }
 
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upgrades = Arc::new(Upgrades::default());
     let phases = server.watch_execution_phase();
     let mut front = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -184,6 +186,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             metrics.clone(),
             &config.log,
             draining.clone(),
+            upgrades.clone(),
         )
         .with_https_port(
             config
@@ -197,6 +200,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             max_header_size: config.proxy.max_header_size,
             max_headers: config.proxy.max_headers,
             client_timeout: config.proxy.client_timeout,
+            client_idle_timeout: config.proxy.client_idle_timeout,
         }),
         "front door",
     );
@@ -245,6 +249,14 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     server.add_service(background_service(
         "health checks",
         HealthService::new(controller.routing(), controller.subscribe()),
+    ));
+    server.add_service(background_service(
+        "websocket drain",
+        DrainService {
+            routing: controller.routing(),
+            upgrades,
+            metrics: metrics.clone(),
+        },
     ));
     server.add_service(background_service(
         "operations",

@@ -728,3 +728,75 @@ impl Load {
         (sent, colors)
     }
 }
+
+/// A backend that speaks only cleartext HTTP/2 (h2c, prior knowledge), for
+/// apps with `h2 = true`. Answers `/health` with 200 and anything else with
+/// a JSON echo that includes the HTTP version it was asked with.
+pub struct H2Backend {
+    pub addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl H2Backend {
+    pub fn start(color: &str) -> H2Backend {
+        use http_body_util::{BodyExt, Full};
+        use hyper::service::service_fn;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let color: Arc<str> = color.into();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let color = color.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let color = color.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let payload = if parts.uri.path() == "/health" {
+                                b"health\n".to_vec()
+                            } else {
+                                serde_json::to_vec(&json!({
+                                    "color": &*color,
+                                    "version": format!("{:?}", parts.version),
+                                    "method": parts.method.as_str(),
+                                    "target": parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                                    "body": String::from_utf8_lossy(&body),
+                                }))
+                                .unwrap()
+                            };
+                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(payload),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        H2Backend {
+            addr,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for H2Backend {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -10,7 +10,7 @@ use bgproxy_e2e::{AppSpec, Backend, Daemon, Options};
 fn daemon(b: &Backend, g: &Backend) -> Daemon {
     let app = AppSpec::new("web", &[b], &[g]).keys("max_body = \"1KiB\"\nread_timeout = \"700ms\"");
     let opts = Options {
-        proxy: "max_headers = 20\nmax_header_size = \"4KiB\"\nclient_timeout = \"200ms\"".into(),
+        proxy: "max_headers = 20\nmax_header_size = \"4KiB\"\nclient_timeout = \"200ms\"\nclient_idle_timeout = \"1s\"".into(),
         ..Options::default()
     };
     Daemon::start_opts(&[app], opts)
@@ -111,5 +111,40 @@ fn slow_upstream_504() {
     assert_eq!(s, 504, "{body}");
     assert!(body.contains("did not answer in time"));
     assert_eq!(d.get("x", "/slow/10").0, 200);
+    still_serving(&d);
+}
+
+#[test]
+fn idle_keepalive_connection_is_closed() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = daemon(&b, &g);
+    let mut s = TcpStream::connect(d.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n";
+    // A request well inside the idle timeout keeps the connection...
+    for _ in 0..2 {
+        s.write_all(request).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // ...then, idle past client_idle_timeout (1s), the proxy closes it.
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        s.read(&mut buf).unwrap(),
+        0,
+        "expected the proxy to close the idle connection"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "closed only after {waited:?}"
+    );
     still_serving(&d);
 }

@@ -4,7 +4,7 @@
 use std::thread;
 use std::time::Duration;
 
-use bgproxy_e2e::{AppSpec, Backend, Daemon, Load};
+use bgproxy_e2e::{AppSpec, Backend, Daemon, H2Backend, Load};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
@@ -143,4 +143,41 @@ fn refused_upstream_is_retried_then_502_never_standby() {
     assert_eq!(s, 502);
     assert!(body.contains("no upstream of web (blue)"), "{body}");
     assert_eq!(g.hits(), 0, "the standby never took traffic");
+}
+
+#[test]
+fn h2_apps_talk_http2_to_their_upstreams() {
+    let h2 = H2Backend::start("blue");
+    let g = Backend::start("green");
+    let mut app = AppSpec::new("api", &[], &[&g]).keys("h2 = true");
+    app.blue = vec![h2.addr];
+    let d = Daemon::start(&[app]);
+    // Health checks speak HTTP/2 too: the h2c-only backend is up.
+    assert!(d.wait_health("api", "blue", "up", T), "{}", d.app("api"));
+    let c = reqwest::blocking::Client::new();
+    let r = c
+        .post(format!("http://{}/v1/items?x=1", d.proxy))
+        .body("payload")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: serde_json::Value = r.json().unwrap();
+    assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["target"], "/v1/items?x=1");
+    assert_eq!(echo["body"], "payload");
+    // Many requests from several clients at once share the upstream.
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let url = format!("http://{}/many", d.proxy);
+            std::thread::spawn(move || {
+                let c = reqwest::blocking::Client::new();
+                (0..25)
+                    .filter(|_| c.get(&url).send().is_ok_and(|r| r.status() == 200))
+                    .count()
+            })
+        })
+        .collect();
+    let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(ok, 100);
 }

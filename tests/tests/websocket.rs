@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon};
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 const T: Duration = Duration::from_secs(10);
@@ -55,4 +56,111 @@ fn websocket_survives_a_switch_and_is_counted() {
         "{}",
         d.app("web")
     );
+}
+
+fn set_read_timeout(
+    ws: &tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    t: Duration,
+) {
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(t)).unwrap();
+    }
+}
+
+#[test]
+fn upgraded_connections_are_closed_after_drain_timeout() {
+    let (b1, g1) = (Backend::start("blue"), Backend::start("green"));
+    let (b2, g2) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start(&[
+        AppSpec::new("chat", &[&b1], &[&g1])
+            .hosts(&["chat.test"])
+            .keys("drain_timeout = \"1s\""),
+        AppSpec::new("feed", &[&b2], &[&g2])
+            .hosts(&["feed.test"])
+            .keys("drain_timeout = \"0\""),
+    ]);
+    for app in ["chat", "feed"] {
+        assert!(d.wait_health(app, "green", "up", T));
+    }
+    let open = |host: &str| {
+        let req = tungstenite::http::Request::builder()
+            .uri(format!("ws://{}/socket", d.proxy))
+            .header("Host", host)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header(
+                "Sec-WebSocket-Key",
+                tungstenite::handshake::client::generate_key(),
+            )
+            .body(())
+            .unwrap();
+        tungstenite::connect(req).unwrap().0
+    };
+    let mut chat = open("chat.test");
+    let mut feed = open("feed.test");
+    assert_eq!(echo(&mut chat, "a"), "blue: a");
+    assert_eq!(echo(&mut feed, "a"), "blue: a");
+
+    let switched = std::time::Instant::now();
+    assert_eq!(d.switch("chat", "green").0, 200);
+    assert_eq!(d.switch("feed", "green").0, 200);
+    // Inside drain_timeout the old color still serves its connection.
+    assert_eq!(echo(&mut chat, "b"), "blue: b");
+
+    // After it, the proxy closes the connection with "going away" (1001).
+    set_read_timeout(&chat, Duration::from_secs(10));
+    let close = loop {
+        match chat.read() {
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    };
+    let after = switched.elapsed();
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after only {after:?}"
+    );
+    assert!(
+        after < Duration::from_secs(5),
+        "closed only after {after:?}"
+    );
+    assert!(
+        wait_until(T, || d.app("chat")["colors"]["blue"]["connections"] == 0),
+        "{}",
+        d.app("chat")
+    );
+    assert_eq!(
+        d.metric(r#"bgproxy_drained_connections_total{app="chat",color="blue"}"#),
+        Some(1.0)
+    );
+    // The client reconnects, to the live color.
+    let mut again = open("chat.test");
+    assert_eq!(echo(&mut again, "c"), "green: c");
+
+    // drain_timeout = 0: never closed.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(echo(&mut feed, "still"), "blue: still");
+    assert_eq!(d.app("feed")["colors"]["blue"]["connections"], 1);
+    assert_eq!(
+        d.metric(r#"bgproxy_drained_connections_total{app="feed",color="blue"}"#),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn switching_back_inside_drain_timeout_keeps_the_connection() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g]).keys("drain_timeout = \"1s\"")]);
+    assert!(d.wait_health("web", "green", "up", T));
+    let (mut ws, _) = tungstenite::connect(format!("ws://{}/chat", d.proxy)).unwrap();
+    assert_eq!(echo(&mut ws, "a"), "blue: a");
+    assert_eq!(d.switch("web", "green").0, 200);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(d.switch("web", "blue").0, 200);
+    // Blue is live again: well past the timeout, the connection is kept.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(echo(&mut ws, "b"), "blue: b");
 }

@@ -40,6 +40,7 @@ pub struct FileProxy {
     pub max_header_size: Option<Spanned<String>>,
     pub max_headers: Option<Spanned<i64>>,
     pub client_timeout: Option<Spanned<String>>,
+    pub client_idle_timeout: Option<Spanned<String>>,
     pub read_buffer: Option<Spanned<String>>,
 }
 
@@ -92,6 +93,8 @@ pub struct FileApp {
     pub max_body: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub read_timeout: Option<Spanned<String>>,
+    pub h2: Option<bool>,
+    pub drain_timeout: Option<Spanned<String>>,
     pub health: Option<FileHealth>,
     pub blue: Spanned<FilePool>,
     pub green: Spanned<FilePool>,

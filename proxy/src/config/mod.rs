@@ -114,6 +114,9 @@ pub struct ProxyConfig {
     /// How long a client may take to send the rest of a request body
     /// between reads; slower gets 408. Default 60s.
     pub client_timeout: Duration,
+    /// How long a keep-alive client connection may sit idle between two
+    /// requests before it is closed (whole seconds, rounded up). Default 60s.
+    pub client_idle_timeout: Duration,
 }
 
 /// `[proxy.tls]`: the HTTPS listeners and their certificates.
@@ -177,6 +180,13 @@ pub struct AppConfig {
     /// Upstream read timeout (time between reads of the response); 504 when
     /// passed before the response started. Default 60s.
     pub read_timeout: Duration,
+    /// Speak HTTP/2 (cleartext, prior knowledge) to the upstreams, and to
+    /// their health checks. WebSocket upgrades still use HTTP/1.1.
+    pub h2: bool,
+    /// How long upgraded (WebSocket) connections to a color may stay after
+    /// it stopped being live; then they are closed. `None`: never. Default
+    /// 30s.
+    pub drain_timeout: Option<Duration>,
     pub health: HealthConfig,
     /// Upstreams per color, indexed by [`Color::index`].
     pub pools: [Vec<SocketAddr>; 2],

@@ -245,6 +245,19 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         "proxy.client_timeout",
         p,
     );
+    let client_idle_timeout = dur_or(
+        &fp.client_idle_timeout,
+        Duration::from_secs(60),
+        "proxy.client_idle_timeout",
+        p,
+    );
+    if client_idle_timeout < Duration::from_secs(1) {
+        p.at(
+            fp.client_idle_timeout.as_ref().map_or(0..0, |s| s.span()),
+            "proxy.client_idle_timeout",
+            "must be at least 1s",
+        );
+    }
     let read_buffer = size_or(&fp.read_buffer, 16 * 1024, "proxy.read_buffer", p) as usize;
     if !(4096..=1024 * 1024).contains(&read_buffer) {
         p.at(
@@ -265,6 +278,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             max_header_size,
             max_headers,
             client_timeout,
+            client_idle_timeout,
             read_buffer,
         },
         control,
@@ -433,6 +447,14 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
                 &format!("{k}.read_timeout"),
                 p,
             ),
+            h2: a.h2.unwrap_or(false),
+            drain_timeout: Some(dur_or(
+                &a.drain_timeout,
+                Duration::from_secs(30),
+                &format!("{k}.drain_timeout"),
+                p,
+            ))
+            .filter(|d| !d.is_zero()),
             health,
             pools: [blue, green],
             deploy,
@@ -895,6 +917,28 @@ upstreams = ["127.0.0.1:3002"]
         );
         let p = one(&GOOD.replace("hosts = [", "max_body = \"big\"\nhosts = ["));
         assert_eq!(p.key, "app[0].max_body");
+    }
+
+    #[test]
+    fn front_door_timeouts() {
+        let cfg = from_str(
+            &GOOD.replace("hosts = [", "h2 = true\ndrain_timeout = \"0\"\nhosts = ["),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(cfg.apps[0].h2);
+        assert_eq!(cfg.apps[0].drain_timeout, None, "0 means never");
+        let cfg = from_str(GOOD, Path::new("t.toml")).unwrap();
+        assert_eq!(cfg.apps[0].drain_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(cfg.proxy.client_idle_timeout, Duration::from_secs(60));
+        let p = one(&GOOD.replace("hosts = [", "drain_timeout = \"soon\"\nhosts = ["));
+        assert_eq!(p.key, "app[0].drain_timeout");
+        let p = one(&GOOD.replace(
+            "listen = [\"127.0.0.1:8080\"]",
+            "listen = [\"127.0.0.1:8080\"]\nclient_idle_timeout = \"500ms\"",
+        ));
+        assert_eq!(p.key, "proxy.client_idle_timeout");
+        assert!(p.message.contains("at least 1s"), "{p}");
     }
 
     #[test]
