@@ -11,7 +11,8 @@ answer until a fresh request through the proxy gets the new color. At the
 end, wrk's socket errors and non-2xx responses are the failed requests.
 
 Run (repo root, after `cargo build --release`): python3 benches/cutover.py
-Environment: SWITCHES (200), BGPROXY_BIN (target/release/bgproxy).
+Environment: SWITCHES (200), BGPROXY_BIN (target/release/bgproxy), ONLY
+(e.g. "bgproxy": skip the HAProxy runs, for quick A/B of bgproxy changes).
 Installs haproxy, nginx and wrk from Debian if missing. Loopback only.
 """
 
@@ -29,6 +30,7 @@ import time
 from benchlib import BGPROXY, ensure_tools, free_port, haproxy_cfg, run, start
 
 SWITCHES = int(os.environ.get("SWITCHES", "200"))
+ONLY = os.environ.get("ONLY", "")
 
 
 def color_at(conn):
@@ -147,8 +149,16 @@ upstreams = ["127.0.0.1:{ports['green']}"]
         body = r.read()
         if r.status != 200:
             raise SystemExit(f"switch failed: {r.status} {body!r}")
+        inside.append(json.loads(body)["duration_ms"])
+    inside = []
     rows.append(measure("bgproxy control API (fsync'd)", port, bg_switch, "blue"))
     bg.send_signal(signal.SIGTERM)
+    q = statistics.quantiles(inside, n=100)
+    notes = [f"bgproxy's own time per switch (duration_ms in the answer: lock, gates, "
+             f"durable state write, publish): p50 {statistics.median(inside):.2f} ms, "
+             f"p99 {q[98]:.2f} ms."]
+    if ONLY == "bgproxy":
+        return report(rows, notes)
 
     # HAProxy runtime API: both servers in one backend, one in maintenance.
     port, sock = free_port(), f"{tmp}/haproxy.sock"
@@ -190,13 +200,19 @@ upstreams = ["127.0.0.1:{ports['green']}"]
         # "Answered" = the new process is running (haproxy -sf has no answer).
         old.wait()
     rows.append(measure("HAProxy reload (-sf)", port, reload, "blue"))
+    report(rows, notes)
 
+
+def report(rows, notes):
     print(f"Command: `SWITCHES={SWITCHES} python3 benches/cutover.py`\n")
     print("| switching by | failed requests | switch answered p50 ms | p99 ms | "
           "answer to new color p50 ms | p99 ms | stale responses after the answer |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(r)
+    print()
+    for n in notes:
+        print(n)
 
 
 run(main)

@@ -185,7 +185,9 @@ impl ControlApi {
             .map_err(|e| Reply::error(400, "bad_request", format!("invalid JSON body: {e}")))
     }
 
-    async fn handle(&self, s: &mut ServerSession) -> Reply {
+    /// Answers one request. A mutating request leaves its audit record in
+    /// `audit`, to be written once the answer is sent.
+    async fn handle(&self, s: &mut ServerSession, audit: &mut Option<Pending>) -> Reply {
         let client = match s.client_addr() {
             Some(PingoraAddr::Inet(a)) => Some(a.ip()),
             _ => None,
@@ -223,17 +225,30 @@ impl ControlApi {
                         Err(e) => Reply::from_control(e),
                     },
                 };
-                let attempt = Attempt {
-                    actor: Some("api".into()),
-                    ..Attempt::default()
-                };
-                self.audit("reload", "", &reply, &attempt, client);
+                *audit = Some(Pending {
+                    action: "reload",
+                    app: String::new(),
+                    attempt: Attempt {
+                        actor: Some("api".into()),
+                        ..Attempt::default()
+                    },
+                    client,
+                });
                 reply
             }
             ["v1", "apps", app, action @ ("switch" | "rollback")] if post => {
                 let mut attempt = Attempt::default();
                 let reply = self.mutate(s, client, app, action, &mut attempt).await;
-                self.audit(action, app, &reply, &attempt, client);
+                *audit = Some(Pending {
+                    action: if *action == "switch" {
+                        "switch"
+                    } else {
+                        "rollback"
+                    },
+                    app: app.to_string(),
+                    attempt,
+                    client,
+                });
                 reply
             }
             ["v1", "status"]
@@ -251,6 +266,14 @@ impl ControlApi {
             ),
         }
     }
+}
+
+/// The audit record of a mutating request, written after its answer.
+struct Pending {
+    action: &'static str,
+    app: String,
+    attempt: Attempt,
+    client: Option<IpAddr>,
 }
 
 /// What a mutating request asked for, as far as it was understood (for
@@ -383,13 +406,14 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Writes a whole JSON reply.
-async fn write_reply(s: &mut ServerSession, reply: Reply) -> pingora::Result<()> {
+async fn write_reply(s: &mut ServerSession, reply: &Reply) -> pingora::Result<()> {
     let mut header = ResponseHeader::build(reply.status, Some(3))?;
     header.insert_header("Content-Type", "application/json")?;
     header.insert_header("Content-Length", reply.body.len())?;
     header.insert_header("Cache-Control", "no-store")?;
     s.write_response_header(Box::new(header)).await?;
-    s.write_response_body(Bytes::from(reply.body), true).await
+    s.write_response_body(Bytes::copy_from_slice(&reply.body), true)
+        .await
 }
 
 /// The app of a `POST /v1/apps/{app}/deploy`, if this is one.
@@ -431,8 +455,8 @@ impl ControlApi {
         let plan = match plan {
             Ok(plan) => plan,
             Err(reply) => {
+                let _ = write_reply(s, &reply).await;
                 self.audit("deploy", app, &reply, &attempt, client);
-                let _ = write_reply(s, reply).await;
                 return;
             }
         };
@@ -507,12 +531,20 @@ impl HttpServerApp for ControlApi {
             self.deploy(&mut s, &app).await;
             return None;
         }
-        let reply = self.handle(&mut s).await;
+        let mut audit = None;
+        let reply = self.handle(&mut s, &mut audit).await;
         // Drain an unread body so the connection can be reused.
         if !s.is_body_done() {
             s.set_keepalive(None);
         }
-        write_reply(&mut s, reply).await.ok()?;
+        let written = write_reply(&mut s, &reply).await;
+        // The audit line is fsync'd after the answer: the change itself is
+        // already durable in the state file (with actor, time and reason),
+        // so the operator does not wait for a second sync.
+        if let Some(p) = audit {
+            self.audit(p.action, &p.app, &reply, &p.attempt, p.client);
+        }
+        written.ok()?;
         let settings = HttpPersistentSettings::for_session(&s);
         match s.finish().await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),

@@ -146,7 +146,11 @@ fn audit_log_has_every_action_including_refused() {
         200
     );
 
-    let text = std::fs::read_to_string(d.state_dir().join("audit.log")).unwrap();
+    // The audit line is written just after the answer.
+    let path = d.state_dir().join("audit.log");
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(wait_until(T, || read().lines().count() >= 6), "{}", read());
+    let text = read();
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -93,7 +93,7 @@ pub struct ProxyConfig {
     /// Worker threads of the proxy service.
     pub threads: usize,
     /// pingora's work-stealing runtime (true) or one single-threaded
-    /// runtime per worker thread (false). Default true.
+    /// runtime per worker thread (false). Default false (measured faster, benches/README.md).
     pub work_stealing: bool,
     pub tls: Option<TlsConfig>,
     /// On SIGTERM (or the old process of an upgrade): the longest the

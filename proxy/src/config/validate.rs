@@ -271,7 +271,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         proxy: ProxyConfig {
             listen,
             threads,
-            work_stealing: fp.work_stealing.unwrap_or(true),
+            work_stealing: fp.work_stealing.unwrap_or(false),
             tls,
             grace_period,
             shutdown_timeout,
