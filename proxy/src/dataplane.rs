@@ -99,7 +99,11 @@ impl DataPlane {
                 self.limits.max_headers
             ));
         }
-        let size: usize = req.uri.to_string().len()
+        let uri = &req.uri;
+        let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+            + uri.authority().map_or(0, |a| a.as_str().len())
+            + uri.path_and_query().map_or(1, |p| p.as_str().len());
+        let size: usize = uri_len
             + 16
             + req
                 .headers
@@ -370,20 +374,37 @@ impl ProxyHttp for DataPlane {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(PingoraAddr::Inet(client)) = session.client_addr() {
-            let ip = client.ip().to_string();
-            let xff = match upstream_request
+            // One allocation: the prior chain (if any) and this client.
+            use std::fmt::Write;
+            let mut xff = String::with_capacity(48);
+            if let Some(prior) = upstream_request
                 .headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
             {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip,
-            };
+                xff.push_str(prior);
+                xff.push_str(", ");
+            }
+            let _ = write!(xff, "{}", client.ip());
             upstream_request.insert_header("X-Forwarded-For", xff)?;
         }
         let proto = if is_tls(session) { "https" } else { "http" };
-        upstream_request.insert_header("X-Forwarded-Proto", proto)?;
-        if let Some(host) = host_of(session.req_header()).map(|h| h.to_vec()) {
+        upstream_request
+            .insert_header("X-Forwarded-Proto", http::HeaderValue::from_static(proto))?;
+        // The client's Host value itself (a shared buffer, not a copy).
+        let host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned();
+        let host = host.or_else(|| {
+            session
+                .req_header()
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let Some(host) = host {
             upstream_request.insert_header("X-Forwarded-Host", host)?;
         }
         Ok(())

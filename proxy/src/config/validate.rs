@@ -259,11 +259,11 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         );
     }
     let read_buffer = size_or(&fp.read_buffer, 16 * 1024, "proxy.read_buffer", p) as usize;
-    if !(4096..=1024 * 1024).contains(&read_buffer) {
+    if read_buffer != 0 && !(4096..=1024 * 1024).contains(&read_buffer) {
         p.at(
             fp.read_buffer.as_ref().map_or(0..0, |s| s.span()),
             "proxy.read_buffer",
-            "must be between 4KiB and 1MiB",
+            "must be 0 (unbuffered) or between 4KiB and 1MiB",
         );
     }
     let mut config = Config {
