@@ -12,7 +12,9 @@ over the run, divided by the requests wrk counted), peak RSS during load,
 idle RSS, and RSS with IDLE_CONNS idle keep-alive client connections open;
 plus the ratio to HAProxy. Output is Markdown for benches/README.md.
 
-Run (from the repo root, after `cargo build --release`):
+Run (from the repo root, after `cargo build --release --workspace`, which
+also builds bare_pingora: pingora with bgproxy's runtime settings and no
+features, measured beside the others when present):
     python3 benches/load.py
 Environment: ROUNDS (5), DURATION seconds per run (10), CONNECTIONS (50),
 IDLE_CONNS (9000: HAProxy uses two descriptors a connection, and this
@@ -178,6 +180,17 @@ upstreams = ["127.0.0.1:{standby}"]
     else:
         log(f"skipping bgproxy: {BGPROXY} not found (cargo build --release)")
 
+    # The floor under bgproxy: pingora with the same runtime settings and no
+    # features (benches/src/bin/bare_pingora.rs).
+    bare = os.path.join(os.path.dirname(BGPROXY), "bare_pingora")
+    if os.path.exists(bare):
+        port = free_port()
+        p = start([bare, f"127.0.0.1:{port}", f"127.0.0.1:{backend}"], f"{tmp}/bare.log", PROXY_CPU)
+        wait_http(port)
+        proxies["pingora (bare)"] = (port, lambda p=p: [p.pid])
+    else:
+        log(f"skipping bare pingora: {bare} not found (cargo build --release --workspace)")
+
     port = free_port()
     with open(f"{tmp}/haproxy.cfg", "w") as f:
         f.write(haproxy_cfg(port, ["option httpchk GET /health", f"server b1 127.0.0.1:{backend} check inter 1s"],
@@ -250,7 +263,10 @@ http {{ access_log off; keepalive_requests 1000000;
                 f"{rps[0] / ref_rps:.2f}x" if ref_rps else "-",
                 f"{statistics.median(cols[2]) / ref_p99:.2f}x" if ref_p99 else "-"]
         print("| " + " | ".join(line) + " |")
-    print("\nnginx OSS has no active health checks; bgproxy and HAProxy check every 1s.")
+    print("\nnginx OSS has no active health checks; bgproxy and HAProxy check every 1s. "
+          "\"pingora (bare)\" is pingora 0.9 with bgproxy's runtime settings and no features "
+          "(no routing, health checks, headers, metrics): bgproxy minus it is what bgproxy's own "
+          "work costs.")
 
 
 run(main)

@@ -236,6 +236,10 @@ impl ProxyHttp for DataPlane {
         RequestCtx::default()
     }
 
+    /// No downstream modules: pingora's default adds a (disabled) response
+    /// compression module, which still runs its filters on every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
         // pingora keeps a keep-alive connection idle without limit after its
