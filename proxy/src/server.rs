@@ -204,6 +204,12 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         }),
         "front door",
     );
+    if let Some(proxy) = front.app_logic_mut() {
+        // HTTP/2 client connections get the same idle limit as HTTP/1 ones.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(config.proxy.client_idle_timeout);
+        proxy.server_options = Some(options);
+    }
     for addr in &config.proxy.listen {
         front.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr.to_string())

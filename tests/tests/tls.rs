@@ -267,3 +267,54 @@ fn check_validates_certificates() {
         "{err}"
     );
 }
+
+/// An HTTP/2 connection (over TLS) idle past `client_idle_timeout` is
+/// closed, like an HTTP/1 keep-alive one.
+#[test]
+fn idle_http2_connection_is_closed() {
+    use std::io::{Read, Write};
+    let (bl, gr) = (Backend::start("blue"), Backend::start("green"));
+    let t = setup();
+    let _d = Daemon::start_opts(
+        &[AppSpec::new("web", &[&bl], &[&gr])],
+        Options {
+            proxy: "client_idle_timeout = \"1s\"".into(),
+            toml: tls_toml(&t),
+            ..Options::default()
+        },
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(t.a.2.clone()))
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("a.example").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", t.port)).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    // The client preface and an empty SETTINGS frame, then nothing.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    tls.flush().unwrap();
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => break, // closed (with or without close_notify)
+            Ok(_) => continue,       // SETTINGS, SETTINGS ack, GOAWAY
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+}

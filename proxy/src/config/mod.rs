@@ -115,8 +115,9 @@ pub struct ProxyConfig {
     /// How long a client may take to send the rest of a request body
     /// between reads; slower gets 408. Default 60s.
     pub client_timeout: Duration,
-    /// How long a keep-alive client connection may sit idle between two
-    /// requests before it is closed (whole seconds, rounded up). Default 60s.
+    /// How long a keep-alive client connection (HTTP/1.1 or HTTP/2) may sit
+    /// idle between two requests before it is closed (HTTP/1.1: whole
+    /// seconds). Default 60s.
     pub client_idle_timeout: Duration,
 }
 
