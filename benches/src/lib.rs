@@ -40,6 +40,7 @@ pub fn snapshot(apps: usize, hosts: usize) -> Snapshot {
                 read_timeout: std::time::Duration::from_secs(60),
                 h2: false,
                 drain_timeout: None,
+                tunnel_timeout: None,
                 health: HealthConfig::default(),
                 pools: [addrs(3000), addrs(4000)],
                 deploy: DeployConfig::default(),

@@ -270,9 +270,14 @@ impl ProxyHttp for DataPlane {
                     session.respond_error_with_body(413, body).await?;
                     return Ok(true);
                 }
-                session
-                    .as_downstream_mut()
-                    .set_read_timeout(Some(self.limits.client_timeout));
+                // An upgraded connection may idle for long (WebSocket): it
+                // gets the app's tunnel_timeout instead of client_timeout.
+                let read_timeout = if session.is_upgrade_req() {
+                    config.tunnel_timeout
+                } else {
+                    Some(self.limits.client_timeout)
+                };
+                session.as_downstream_mut().set_read_timeout(read_timeout);
                 let redirect = config.redirect_https && !is_tls(session);
                 ctx.app = app;
                 ctx.snapshot = Some(snapshot);
@@ -336,6 +341,7 @@ impl ProxyHttp for DataPlane {
             peer.options.custom_l4 = Some(connector.clone());
             peer.group_key = self.upgrades.unique_key();
             peer.options.idle_timeout = Some(Duration::ZERO);
+            peer.options.read_timeout = route.config.tunnel_timeout;
             ctx.upgrade = Some(connector);
         } else if route.config.h2 {
             // Cleartext HTTP/2 with prior knowledge (no TLS to upstreams).

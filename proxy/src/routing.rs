@@ -405,6 +405,7 @@ mod tests {
             read_timeout: std::time::Duration::from_secs(1),
             h2: false,
             drain_timeout: None,
+            tunnel_timeout: None,
             health: Default::default(),
             pools: [addrs(blue), addrs(green)],
             deploy: Default::default(),

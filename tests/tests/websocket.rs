@@ -164,3 +164,37 @@ fn switching_back_inside_drain_timeout_keeps_the_connection() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(echo(&mut ws, "b"), "blue: b");
 }
+
+/// Upgraded connections get `tunnel_timeout` as their idle limit, not the
+/// (short) request timeouts: idle past `read_timeout` and `client_timeout`
+/// they live on; idle past `tunnel_timeout` they are closed.
+#[test]
+fn idle_websocket_lives_by_tunnel_timeout() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = bgproxy_e2e::Daemon::start_opts(
+        &[AppSpec::new("web", &[&b], &[&g])
+            .keys("read_timeout = \"700ms\"\ntunnel_timeout = \"2s\"")],
+        bgproxy_e2e::Options {
+            proxy: "client_timeout = \"700ms\"".into(),
+            ..Default::default()
+        },
+    );
+    let (mut ws, _) = tungstenite::connect(format!("ws://{}/chat", d.proxy)).unwrap();
+    assert_eq!(echo(&mut ws, "a"), "blue: a");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(echo(&mut ws, "b"), "blue: b");
+    std::thread::sleep(Duration::from_millis(3500));
+    set_read_timeout(&ws, Duration::from_secs(10));
+    let _ = ws.send(Message::text("c"));
+    let closed = loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => panic!("still open after tunnel_timeout: {t}"),
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        !matches!(&closed, tungstenite::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "not closed: {closed}"
+    );
+}

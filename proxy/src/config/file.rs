@@ -95,6 +95,7 @@ pub struct FileApp {
     pub read_timeout: Option<Spanned<String>>,
     pub h2: Option<bool>,
     pub drain_timeout: Option<Spanned<String>>,
+    pub tunnel_timeout: Option<Spanned<String>>,
     pub health: Option<FileHealth>,
     pub blue: Spanned<FilePool>,
     pub green: Spanned<FilePool>,

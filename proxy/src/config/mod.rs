@@ -189,6 +189,10 @@ pub struct AppConfig {
     /// it stopped being live; then they are closed. `None`: never. Default
     /// 30s.
     pub drain_timeout: Option<Duration>,
+    /// How long an upgraded (WebSocket) connection may be idle in either
+    /// direction; it replaces `read_timeout` and `client_timeout` once a
+    /// request asks to upgrade. `None`: no limit. Default 1h.
+    pub tunnel_timeout: Option<Duration>,
     pub health: HealthConfig,
     /// Upstreams per color, indexed by [`Color::index`].
     pub pools: [Vec<SocketAddr>; 2],

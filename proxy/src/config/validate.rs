@@ -455,6 +455,13 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
                 p,
             ))
             .filter(|d| !d.is_zero()),
+            tunnel_timeout: Some(dur_or(
+                &a.tunnel_timeout,
+                Duration::from_secs(3600),
+                &format!("{k}.tunnel_timeout"),
+                p,
+            ))
+            .filter(|d| !d.is_zero()),
             health,
             pools: [blue, green],
             deploy,
@@ -930,6 +937,7 @@ upstreams = ["127.0.0.1:3002"]
         assert_eq!(cfg.apps[0].drain_timeout, None, "0 means never");
         let cfg = from_str(GOOD, Path::new("t.toml")).unwrap();
         assert_eq!(cfg.apps[0].drain_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(cfg.apps[0].tunnel_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(cfg.proxy.client_idle_timeout, Duration::from_secs(60));
         let p = one(&GOOD.replace("hosts = [", "drain_timeout = \"soon\"\nhosts = ["));
         assert_eq!(p.key, "app[0].drain_timeout");
