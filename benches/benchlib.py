@@ -49,6 +49,32 @@ def ensure_tools(tools=("haproxy", "nginx", "wrk")):
         os.remove(policy)
 
 
+def bgproxy_toml(path, port, control, state, blue, green, health, proxy_keys=""):
+    """Writes a one-thread bgproxy config with one app "bench" (blue and
+    green upstream ports, the `[app.health]` lines given) to `path`."""
+    with open(path, "w") as f:
+        f.write(f"""[proxy]
+listen = ["127.0.0.1:{port}"]
+threads = 1
+grace_period = "1s"
+{proxy_keys}
+[control]
+listen = "127.0.0.1:{control}"
+[state]
+path = "{state}"
+[log]
+access = false
+[[app]]
+name = "bench"
+[app.health]
+{health}
+[app.blue]
+upstreams = ["127.0.0.1:{blue}"]
+[app.green]
+upstreams = ["127.0.0.1:{green}"]
+""")
+
+
 def haproxy_cfg(port, servers, extra_global=""):
     """A one-thread HAProxy config with upstream keep-alive; `servers` are
     the lines of the backend."""

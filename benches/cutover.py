@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import BGPROXY, ensure_tools, free_port, haproxy_cfg, run, start
+from benchlib import BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, run, start
 
 SWITCHES = int(os.environ.get("SWITCHES", "200"))
 ONLY = os.environ.get("ONLY", "")
@@ -138,28 +138,8 @@ http {{ access_log off; keepalive_requests 1000000;
 
     # bgproxy: POST /v1/apps/bench/switch from one persistent connection.
     port, control = free_port(), free_port()
-    with open(f"{tmp}/bgproxy.toml", "w") as f:
-        f.write(f"""[proxy]
-listen = ["127.0.0.1:{port}"]
-threads = 1
-grace_period = "1s"
-[control]
-listen = "127.0.0.1:{control}"
-[state]
-path = "{tmp}/state/state.json"
-[log]
-access = false
-[[app]]
-name = "bench"
-[app.health]
-interval = "200ms"
-rise = 1
-path = "/"
-[app.blue]
-upstreams = ["127.0.0.1:{ports['blue']}"]
-[app.green]
-upstreams = ["127.0.0.1:{ports['green']}"]
-""")
+    bgproxy_toml(f"{tmp}/bgproxy.toml", port, control, f"{tmp}/state/state.json", ports["blue"],
+                 ports["green"], 'interval = "200ms"\nrise = 1\npath = "/"')
     bg = start([BGPROXY, "--config", f"{tmp}/bgproxy.toml"], f"{tmp}/bgproxy.log")
     wait_color(port, "blue")
     time.sleep(1)

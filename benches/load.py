@@ -37,7 +37,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import BGPROXY, ensure_tools, free_port, haproxy_cfg, run, start
+from benchlib import BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, run, start
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "10"))
@@ -152,28 +152,8 @@ http {{ access_log off; keepalive_requests 1000000;
     standby = free_port()
     if os.path.exists(BGPROXY):
         port, control = free_port(), free_port()
-        with open(f"{tmp}/bgproxy.toml", "w") as f:
-            f.write(f"""[proxy]
-listen = ["127.0.0.1:{port}"]
-threads = 1
-grace_period = "1s"
-{PROXY_KEYS}
-[control]
-listen = "127.0.0.1:{control}"
-[state]
-path = "{tmp}/bgstate/state.json"
-[log]
-access = false
-[[app]]
-name = "bench"
-[app.health]
-path = "/health"
-interval = "1s"
-[app.blue]
-upstreams = ["127.0.0.1:{backend}"]
-[app.green]
-upstreams = ["127.0.0.1:{standby}"]
-""")
+        bgproxy_toml(f"{tmp}/bgproxy.toml", port, control, f"{tmp}/bgstate/state.json", backend,
+                     standby, 'path = "/health"\ninterval = "1s"', PROXY_KEYS)
         p = start([BGPROXY, "--config", f"{tmp}/bgproxy.toml"], f"{tmp}/bgproxy.log", PROXY_CPU)
         wait_http(port)
         proxies["bgproxy"] = (port, lambda p=p: [p.pid])

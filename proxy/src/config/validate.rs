@@ -448,20 +448,18 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
                 p,
             ),
             h2: a.h2.unwrap_or(false),
-            drain_timeout: Some(dur_or(
+            drain_timeout: limit_or(
                 &a.drain_timeout,
                 Duration::from_secs(30),
                 &format!("{k}.drain_timeout"),
                 p,
-            ))
-            .filter(|d| !d.is_zero()),
-            tunnel_timeout: Some(dur_or(
+            ),
+            tunnel_timeout: limit_or(
                 &a.tunnel_timeout,
                 Duration::from_secs(3600),
                 &format!("{k}.tunnel_timeout"),
                 p,
-            ))
-            .filter(|d| !d.is_zero()),
+            ),
             health,
             pools: [blue, green],
             deploy,
@@ -698,6 +696,16 @@ fn addr(s: &Spanned<String>, key: &str, p: &mut Problems<'_>) -> Option<SocketAd
             None
         }
     }
+}
+
+/// A time limit where `"0"` means no limit (`None`).
+fn limit_or(
+    v: &Option<Spanned<String>>,
+    default: Duration,
+    key: &str,
+    p: &mut Problems<'_>,
+) -> Option<Duration> {
+    Some(dur_or(v, default, key, p)).filter(|d| !d.is_zero())
 }
 
 fn dur_or(
