@@ -90,9 +90,31 @@ def haproxy_cfg(port, servers, extra_global=""):
   http-reuse always
 frontend fe
   bind 127.0.0.1:{port}
+  # What bgproxy adds to every request, so the work compared is the same.
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
   default_backend be
 backend be
 {lines}
+"""
+
+
+def nginx_proxy_cfg(tmp, port, backend, head=""):
+    """A one-worker nginx reverse proxy to `backend` with upstream
+    keep-alive, forwarding the client's Host and adding the X-Forwarded-*
+    headers bgproxy adds; `head` goes first (e.g. "master_process off;")."""
+    return f"""{head}worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16000; }}
+http {{ access_log off; keepalive_requests 1000000;
+  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port} backlog=4096;
+    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host; }} }} }}
 """
 
 

@@ -37,7 +37,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, run, start
+from benchlib import BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, nginx_proxy_cfg, run, start
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "10"))
@@ -181,14 +181,7 @@ http {{ access_log off; keepalive_requests 1000000;
 
     port = free_port()
     with open(f"{tmp}/nginx.conf", "w") as f:
-        f.write(f"""worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
-worker_rlimit_nofile 20000;
-events {{ worker_connections 16000; }}
-http {{ access_log off; keepalive_requests 1000000;
-  upstream be {{ server 127.0.0.1:{backend}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{port} backlog=4096;
-    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
-""")
+        f.write(nginx_proxy_cfg(tmp, port, backend))
     p = start(["nginx", "-c", f"{tmp}/nginx.conf", "-g", "daemon off;"], f"{tmp}/nginx.log", PROXY_CPU)
     wait_http(port)
     proxies["nginx"] = (port, lambda p=p: [p.pid, *children(p.pid)])

@@ -228,6 +228,47 @@ fn host_of(req: &RequestHeader) -> Option<&[u8]> {
         .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
 }
 
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
+/// The `X-Forwarded-For` value for the upstream: every value the client
+/// sent (all of its `X-Forwarded-For` lines, in order), then the client's
+/// own address. One allocation, no formatting machinery: this runs on every
+/// request.
+fn forwarded_for<'a>(
+    prior: impl Iterator<Item = &'a http::HeaderValue>,
+    client: std::net::IpAddr,
+) -> http::HeaderValue {
+    let mut out = Vec::with_capacity(48);
+    for value in prior {
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    match client {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+    // Every byte is from a valid header value, ", " or an address: always a
+    // valid value, so the fallback is never used.
+    http::HeaderValue::from_maybe_shared(Bytes::from(out))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
+}
+
 #[async_trait]
 impl ProxyHttp for DataPlane {
     type CTX = RequestCtx;
@@ -384,18 +425,8 @@ impl ProxyHttp for DataPlane {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(PingoraAddr::Inet(client)) = session.client_addr() {
-            // One allocation: the prior chain (if any) and this client.
-            use std::fmt::Write;
-            let mut xff = String::with_capacity(48);
-            if let Some(prior) = upstream_request
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                xff.push_str(prior);
-                xff.push_str(", ");
-            }
-            let _ = write!(xff, "{}", client.ip());
+            let prior = upstream_request.headers.get_all(&X_FORWARDED_FOR);
+            let xff = forwarded_for(prior.iter(), client.ip());
             upstream_request.insert_header("X-Forwarded-For", xff)?;
         }
         let proto = if is_tls(session) { "https" } else { "http" };
@@ -571,6 +602,43 @@ impl ProxyHttp for DataPlane {
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(prior: &[&'static str], client: &str) -> String {
+        let prior: Vec<_> = prior
+            .iter()
+            .map(|v| http::HeaderValue::from_static(v))
+            .collect();
+        let value = forwarded_for(prior.iter(), client.parse().unwrap());
+        value.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client_to_every_prior_value() {
+        assert_eq!(xff(&[], "127.0.0.1"), "127.0.0.1");
+        assert_eq!(xff(&[], "0.0.0.0"), "0.0.0.0");
+        assert_eq!(xff(&[], "10.200.9.255"), "10.200.9.255");
+        assert_eq!(xff(&[], "192.168.100.10"), "192.168.100.10");
+        assert_eq!(xff(&["203.0.113.9"], "10.0.0.1"), "203.0.113.9, 10.0.0.1");
+        assert_eq!(
+            xff(&["203.0.113.9, 198.51.100.2", "192.0.2.1"], "10.0.0.1"),
+            "203.0.113.9, 198.51.100.2, 192.0.2.1, 10.0.0.1"
+        );
+        assert_eq!(xff(&[], "2001:db8::1"), "2001:db8::1");
+        assert_eq!(xff(&["192.0.2.1"], "::1"), "192.0.2.1, ::1");
+    }
+
+    #[test]
+    fn forwarded_for_formats_every_ipv4_octet_like_the_standard_library() {
+        for octet in 0..=255u8 {
+            let ip = std::net::Ipv4Addr::new(octet, 0, 10, octet);
+            assert_eq!(xff(&[], &ip.to_string()), ip.to_string());
         }
     }
 }

@@ -76,7 +76,8 @@ fn apps_are_routed_by_host_and_switch_independently() {
 }
 
 /// Method, path, query, headers and body reach the upstream unchanged, with
-/// X-Forwarded-For/Proto/Host added.
+/// X-Forwarded-For/Proto/Host added (every X-Forwarded-For line the client
+/// sent is kept, in order, before the client's own address).
 #[test]
 fn forwards_unchanged_with_x_forwarded_headers() {
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
@@ -86,6 +87,7 @@ fn forwards_unchanged_with_x_forwarded_headers() {
         .header("Host", "shop.example.net")
         .header("X-Custom", "kept")
         .header("X-Forwarded-For", "203.0.113.9")
+        .header("X-Forwarded-For", "198.51.100.7")
         .body("the body")
         .send()
         .unwrap();
@@ -97,7 +99,7 @@ fn forwards_unchanged_with_x_forwarded_headers() {
     let h = &echo["headers"];
     assert_eq!(h["host"], "shop.example.net");
     assert_eq!(h["x-custom"], "kept");
-    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.7, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "shop.example.net");
 }

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""How many user-space instructions does each proxy execute per request?
+
+Wall-clock figures on this shared 2-core VM move by 20% between hours; an
+instruction count does not. This runs one proxy at a time under valgrind's
+callgrind (which counts every instruction the process executes in user
+space, none of the kernel's), sends it keep-alive load through wrk, and
+divides the instructions counted during the load by the requests wrk
+completed. Start-up and warm-up are not counted (the counters are zeroed
+after a warm-up run). Syscalls and context switches are kernel time and
+are NOT in these figures: load.py measures the whole CPU cost.
+
+Run (from the repo root, after `cargo build --release --workspace`):
+    python3 benches/callgrind.py            # bgproxy, bare pingora, HAProxy, nginx
+    ONLY=bgproxy python3 benches/callgrind.py
+Environment: DURATION seconds of load (10), CONNECTIONS (10), ONLY (comma-
+separated names), TOP (how many functions to list per proxy, 0 = none),
+BGPROXY_BIN (target/release/bgproxy). The callgrind files are kept in a
+temporary directory named at the end (for callgrind_annotate / kcachegrind).
+Loopback only; every process it starts is stopped on exit.
+"""
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from benchlib import BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, nginx_proxy_cfg, run, start
+
+DURATION = int(os.environ.get("DURATION", "10"))
+CONNECTIONS = int(os.environ.get("CONNECTIONS", "10"))
+ONLY = [n for n in os.environ.get("ONLY", "").split(",") if n]
+TOP = int(os.environ.get("TOP", "25"))
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def wait_http(port, deadline=60):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.3)
+    raise SystemExit(f"nothing answers on 127.0.0.1:{port}")
+
+
+def wrk(port, duration):
+    out = subprocess.run(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, check=True).stdout
+    m = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if errors:
+        raise SystemExit(f"wrk saw errors through 127.0.0.1:{port}:\n{out}")
+    return int(m.group(1))
+
+
+def callgrind(name, cmd, port, tmp):
+    """Runs `cmd` under callgrind, loads it, returns instructions per request."""
+    out = f"{tmp}/callgrind.{name.replace(' ', '_')}.%p"
+    p = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
+               *cmd], f"{tmp}/{name.replace(' ', '_')}.log")
+    wait_http(port)
+    wrk(port, 2)  # warm-up: connections made, pools filled, code paged in
+    subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
+    requests = wrk(port, DURATION)
+    subprocess.run(["callgrind_control", "-d", "measured", str(p.pid)], check=True, capture_output=True)
+    p.terminate()
+    p.wait(timeout=60)
+    total = 0
+    dump = None
+    for f in glob.glob(f"{tmp}/callgrind.{name.replace(' ', '_')}.{p.pid}*"):
+        with open(f, errors="replace") as fh:
+            text = fh.read()
+        # The dump asked for above, not the one written at exit.
+        if not re.search(r"^desc: Trigger: .*measured", text, re.M):
+            continue
+        m = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+        if m:
+            total += int(m.group(1))
+            dump = f
+    if not total:
+        raise SystemExit(f"no measured callgrind dump for {name} in {tmp}")
+    return total / requests, requests, dump
+
+
+def main():
+    ensure_tools(("haproxy", "nginx", "wrk", "valgrind"))
+    tmp = tempfile.mkdtemp(prefix="bgcallgrind-")
+    backend = free_port()
+    with open(f"{tmp}/backend.conf", "w") as f:
+        f.write(f"""worker_processes 1; pid {tmp}/backend.pid; error_log {tmp}/backend.err;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{backend};
+    location / {{ return 200 "ok\\n"; }} }} }}
+""")
+    start(["nginx", "-c", f"{tmp}/backend.conf", "-g", "daemon off;"], f"{tmp}/backend.log")
+    wait_http(backend)
+
+    candidates = []
+    port, control = free_port(), free_port()
+    bgproxy_toml(f"{tmp}/bgproxy.toml", port, control, f"{tmp}/bgstate/state.json", backend,
+                 free_port(), 'path = "/health"\ninterval = "1s"')
+    candidates.append(("bgproxy", [BGPROXY, "--config", f"{tmp}/bgproxy.toml"], port))
+    bare = os.path.join(os.path.dirname(BGPROXY), "bare_pingora")
+    port = free_port()
+    candidates.append(("pingora (bare)", [bare, f"127.0.0.1:{port}", f"127.0.0.1:{backend}"], port))
+    port = free_port()
+    with open(f"{tmp}/haproxy.cfg", "w") as f:
+        f.write(haproxy_cfg(port, ["option httpchk GET /health", f"server b1 127.0.0.1:{backend} check inter 1s"]))
+    candidates.append(("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg", "-db"], port))
+    port = free_port()
+    with open(f"{tmp}/nginx.conf", "w") as f:
+        f.write(nginx_proxy_cfg(tmp, port, backend, "master_process off; daemon off; "))
+    candidates.append(("nginx", ["nginx", "-c", f"{tmp}/nginx.conf"], port))
+
+    rows = []
+    for name, cmd, port in candidates:
+        if ONLY and name.split()[0] not in ONLY:
+            continue
+        if not os.path.exists(cmd[0]) and not shutil.which(cmd[0]):
+            log(f"skipping {name}: {cmd[0]} not found (cargo build --release --workspace)")
+            continue
+        log(f"measuring {name} ...")
+        per_request, requests, dump = callgrind(name, cmd, port, tmp)
+        rows.append((name, per_request, requests, dump))
+
+    haproxy = next((r[1] for r in rows if r[0] == "haproxy"), None)
+    print("| proxy | instructions per request | requests measured | vs HAProxy |")
+    print("|---|---|---|---|")
+    for name, per_request, requests, _ in rows:
+        ratio = f"{per_request / haproxy:.2f}x" if haproxy else "-"
+        print(f"| {name} | {per_request:,.0f} | {requests} | {ratio} |")
+    if TOP:
+        for name, per_request, requests, dump in rows:
+            print(f"\n{name}: top {TOP} functions by inclusive instructions per request")
+            out = subprocess.run(["callgrind_annotate", "--inclusive=yes", f"--threshold=100", dump],
+                                 capture_output=True, text=True).stdout
+            lines = [line for line in out.splitlines() if re.match(r"^\s*[\d,]+ \(", line)]
+            for line in lines[:TOP]:
+                m = re.match(r"^\s*([\d,]+) \(\s*([\d.]+)%\)\s+(.*)$", line)
+                if m:
+                    count = int(m.group(1).replace(",", "")) / requests
+                    print(f"  {count:>10,.0f}  {m.group(2):>5}%  {m.group(3)[:150]}")
+    log(f"callgrind files in {tmp}")
+
+
+if __name__ == "__main__":
+    run(main)
