@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BGPROXY = os.environ.get("BGPROXY_BIN", os.path.join(ROOT, "target/release/bgproxy"))
@@ -29,6 +30,35 @@ def start(cmd, logfile, cpu=None):
     p = subprocess.Popen(cmd, stdout=open(logfile, "w"), stderr=subprocess.STDOUT)
     PROCS.append(p)
     return p
+
+
+def wait_http(port, deadline=20):
+    """Waits until GET / on 127.0.0.1:port answers 200 (or exits)."""
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing answers on 127.0.0.1:{port}")
+
+
+def start_backend(tmp, cpu=None):
+    """Starts the one backend every benchmark proxies to: nginx, one worker,
+    `return 200 "ok"`, keep-alive without a request limit. Returns its port."""
+    port = free_port()
+    with open(f"{tmp}/backend.conf", "w") as f:
+        f.write(f"""worker_processes 1; pid {tmp}/backend.pid; error_log {tmp}/backend.err;
+events {{ worker_connections 16000; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port} reuseport backlog=4096;
+    location / {{ return 200 "ok\\n"; }} }} }}
+""")
+    start(["nginx", "-c", f"{tmp}/backend.conf", "-g", "daemon off;"], f"{tmp}/backend.log", cpu)
+    wait_http(port)
+    return port
 
 
 def ensure_tools(tools=("haproxy", "nginx", "wrk")):

@@ -27,10 +27,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
-from benchlib import BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, nginx_proxy_cfg, run, start
+from benchlib import (BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, nginx_proxy_cfg, run, start,
+                      start_backend, wait_http)
 
 DURATION = int(os.environ.get("DURATION", "10"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "10"))
@@ -40,18 +39,6 @@ TOP = int(os.environ.get("TOP", "25"))
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def wait_http(port, deadline=60):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            time.sleep(0.3)
-    raise SystemExit(f"nothing answers on 127.0.0.1:{port}")
 
 
 def wrk(port, duration):
@@ -69,7 +56,7 @@ def callgrind(name, cmd, port, tmp):
     out = f"{tmp}/callgrind.{name.replace(' ', '_')}.%p"
     p = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
                *cmd], f"{tmp}/{name.replace(' ', '_')}.log")
-    wait_http(port)
+    wait_http(port, 60)
     wrk(port, 2)  # warm-up: connections made, pools filled, code paged in
     subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
     requests = wrk(port, DURATION)
@@ -96,16 +83,7 @@ def callgrind(name, cmd, port, tmp):
 def main():
     ensure_tools(("haproxy", "nginx", "wrk", "valgrind"))
     tmp = tempfile.mkdtemp(prefix="bgcallgrind-")
-    backend = free_port()
-    with open(f"{tmp}/backend.conf", "w") as f:
-        f.write(f"""worker_processes 1; pid {tmp}/backend.pid; error_log {tmp}/backend.err;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{backend};
-    location / {{ return 200 "ok\\n"; }} }} }}
-""")
-    start(["nginx", "-c", f"{tmp}/backend.conf", "-g", "daemon off;"], f"{tmp}/backend.log")
-    wait_http(backend)
+    backend = start_backend(tmp)
 
     candidates = []
     port, control = free_port(), free_port()
@@ -144,7 +122,7 @@ http {{ access_log off; keepalive_requests 1000000;
     if TOP:
         for name, per_request, requests, dump in rows:
             print(f"\n{name}: top {TOP} functions by inclusive instructions per request")
-            out = subprocess.run(["callgrind_annotate", "--inclusive=yes", f"--threshold=100", dump],
+            out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", dump],
                                  capture_output=True, text=True).stdout
             lines = [line for line in out.splitlines() if re.match(r"^\s*[\d,]+ \(", line)]
             for line in lines[:TOP]:

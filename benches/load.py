@@ -35,9 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-from benchlib import BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, nginx_proxy_cfg, run, start
+from benchlib import (BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, nginx_proxy_cfg, run, start,
+                      start_backend, wait_http)
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "10"))
@@ -52,18 +52,6 @@ PROXY_KEYS = os.environ.get("BGPROXY_PROXY_KEYS", "").replace(";", "\n")
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def wait_http(port, deadline=20):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing answers on 127.0.0.1:{port}")
 
 
 def children(pid):
@@ -137,16 +125,7 @@ def main():
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = tempfile.mkdtemp(prefix="bgbench-")
-    backend = free_port()
-    with open(f"{tmp}/backend.conf", "w") as f:
-        f.write(f"""worker_processes 1; pid {tmp}/backend.pid; error_log {tmp}/backend.err;
-events {{ worker_connections 16000; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{backend} reuseport backlog=4096;
-    location / {{ return 200 "ok\\n"; }} }} }}
-""")
-    start(["nginx", "-c", f"{tmp}/backend.conf", "-g", "daemon off;"], f"{tmp}/backend.log", PROXY_CPU)
-    wait_http(backend)
+    backend = start_backend(tmp, PROXY_CPU)
 
     proxies = {}
     standby = free_port()
@@ -242,4 +221,5 @@ http {{ access_log off; keepalive_requests 1000000;
           "work costs.")
 
 
-run(main)
+if __name__ == "__main__":
+    run(main)

@@ -1,5 +1,5 @@
 //! The floor under bgproxy: a minimal pingora 0.9 proxy with bgproxy's
-//! runtime settings (mimalloc, one thread, `work_stealing = false`, 16 KiB
+//! runtime settings (mimalloc, one thread, `work_stealing = false`, no L4
 //! read buffer, upstream keep-alive) and nothing else: one upstream, no
 //! routing, no health checks, no headers added, no metrics, no logs.
 //! `benches/load.py` runs it beside bgproxy, so the difference between the
@@ -56,7 +56,7 @@ fn main() {
     svc.add_listener(
         pingora::listeners::ListenerConfig::tcp(listen.clone()).l4_buffer(
             pingora::protocols::l4::stream::L4BufferSettings::new(
-                16 * 1024,
+                0,
                 pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
             ),
         ),

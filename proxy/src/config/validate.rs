@@ -258,7 +258,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             "must be at least 1s",
         );
     }
-    let read_buffer = size_or(&fp.read_buffer, 16 * 1024, "proxy.read_buffer", p) as usize;
+    let read_buffer = size_or(&fp.read_buffer, 0, "proxy.read_buffer", p) as usize;
     if read_buffer != 0 && !(4096..=1024 * 1024).contains(&read_buffer) {
         p.at(
             fp.read_buffer.as_ref().map_or(0..0, |s| s.span()),

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Does a bgproxy setting change its throughput, latency, CPU per request or
+memory per idle connection?
+
+Two bgproxy processes from the same binary, A and B, differ only in the
+`[proxy]` keys given; both proxy to one nginx backend (`return 200`). wrk
+runs against them alternately, A B A B..., so both see the same hour of this
+shared machine, and the script prints the median [min-max] of each figure
+and B's ratio to A. Pinning as in load.py: wrk on CPU 1, proxies and
+backend on CPU 0.
+
+Run (from the repo root, after `cargo build --release`):
+    A='read_buffer = "16KiB"' B='read_buffer = "0"' python3 benches/ab.py
+Environment: A and B (`[proxy]` keys, `;`-separated), ROUNDS (6), DURATION
+seconds per run (8), CONNECTIONS (50), IDLE_CONNS (5000: idle keep-alive
+connections opened at the end to read RSS per connection, 0 = skip),
+BGPROXY_BIN (target/release/bgproxy). Loopback only; every process it
+starts is stopped on exit.
+"""
+
+import os
+import resource
+import statistics
+import tempfile
+
+import load
+from benchlib import BGPROXY, bgproxy_toml, ensure_tools, free_port, run, start, start_backend, wait_http
+
+ROUNDS = int(os.environ.get("ROUNDS", "6"))
+DURATION = int(os.environ.get("DURATION", "8"))
+IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "5000"))
+SIDES = {"A": os.environ.get("A", ""), "B": os.environ.get("B", "")}
+
+
+def main():
+    ensure_tools(("nginx", "wrk"))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    tmp = tempfile.mkdtemp(prefix="bgab-")
+    backend = start_backend(tmp, load.PROXY_CPU)
+    procs = {}
+    for side, keys in SIDES.items():
+        port, control = free_port(), free_port()
+        bgproxy_toml(f"{tmp}/{side}.toml", port, control, f"{tmp}/{side}-state/state.json", backend,
+                     free_port(), 'path = "/health"\ninterval = "1s"', keys.replace(";", "\n"))
+        p = start([BGPROXY, "--config", f"{tmp}/{side}.toml"], f"{tmp}/{side}.log", load.PROXY_CPU)
+        wait_http(port)
+        procs[side] = (port, p.pid)
+        load.wrk(port, 2)  # warm-up
+
+    results = {side: [] for side in SIDES}
+    for r in range(ROUNDS):
+        for side, (port, pid) in procs.items():
+            before = load.cpu_ticks([pid])
+            rps, reqs, p50, p99, errors, non2xx = load.wrk(port, DURATION)
+            ticks = load.cpu_ticks([pid]) - before
+            if errors or non2xx:
+                raise SystemExit(f"{side}: wrk saw errors ({errors}) or {non2xx} non-2xx responses")
+            cpu_us = ticks / load.TICK * 1e6 / reqs
+            results[side].append((rps, p50, p99, cpu_us))
+            load.log(f"round {r + 1} {side}: {rps:.0f} req/s p50 {p50:.2f}ms p99 {p99:.2f}ms {cpu_us:.1f}us/req")
+
+    idle = {}
+    for side, (port, pid) in procs.items():
+        if IDLE_CONNS:
+            base = load.status_kb([pid], "VmRSS")
+            loaded = load.idle_rss(port, [pid], IDLE_CONNS) * 1024
+            idle[side] = (loaded - base) / IDLE_CONNS
+
+    def med(side, i):
+        vals = [row[i] for row in results[side]]
+        return statistics.median(vals), min(vals), max(vals)
+
+    print(f"A: `{SIDES['A'] or '(defaults)'}`  B: `{SIDES['B'] or '(defaults)'}`; "
+          f"{ROUNDS} alternating rounds of wrk -t1 -c{load.CONNECTIONS} -d{DURATION}s\n")
+    print("| figure | A | B | B / A |")
+    print("|---|---|---|---|")
+    for name, i, digits in (("req/s", 0, 0), ("p50 ms", 1, 2), ("p99 ms", 2, 2), ("CPU us/req", 3, 1)):
+        (ma, lo_a, hi_a), (mb, lo_b, hi_b) = med("A", i), med("B", i)
+        print(f"| {name} | {ma:.{digits}f} [{lo_a:.{digits}f}-{hi_a:.{digits}f}] "
+              f"| {mb:.{digits}f} [{lo_b:.{digits}f}-{hi_b:.{digits}f}] | {mb / ma:.2f} |")
+    if idle:
+        print(f"| KB per idle keep-alive connection ({IDLE_CONNS}) | {idle['A']:.1f} | {idle['B']:.1f} "
+              f"| {idle['B'] / idle['A']:.2f} |")
+
+
+if __name__ == "__main__":
+    run(main)
