@@ -11,7 +11,8 @@ backend on CPU 0.
 
 Run (from the repo root, after `cargo build --release`):
     A='read_buffer = "16KiB"' B='read_buffer = "0"' python3 benches/ab.py
-Environment: A and B (`[proxy]` keys, `;`-separated), ROUNDS (6), DURATION
+Environment: A and B (`[proxy]` keys, `;`-separated), A_ENV and B_ENV
+(`NAME=value` pairs, space-separated, for one side's process), ROUNDS (6), DURATION
 seconds per run (8), CONNECTIONS (50), IDLE_CONNS (5000: idle keep-alive
 connections opened at the end to read RSS per connection, 0 = skip),
 BGPROXY_BIN (target/release/bgproxy). Loopback only; every process it
@@ -30,6 +31,8 @@ ROUNDS = int(os.environ.get("ROUNDS", "6"))
 DURATION = int(os.environ.get("DURATION", "8"))
 IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "5000"))
 SIDES = {"A": os.environ.get("A", ""), "B": os.environ.get("B", "")}
+ENVS = {side: dict(kv.split("=", 1) for kv in os.environ.get(f"{side}_ENV", "").split())
+        for side in SIDES}
 
 
 def main():
@@ -43,7 +46,8 @@ def main():
         port, control = free_port(), free_port()
         bgproxy_toml(f"{tmp}/{side}.toml", port, control, f"{tmp}/{side}-state/state.json", backend,
                      free_port(), 'path = "/health"\ninterval = "1s"', keys.replace(";", "\n"))
-        p = start([BGPROXY, "--config", f"{tmp}/{side}.toml"], f"{tmp}/{side}.log", load.PROXY_CPU)
+        p = start([BGPROXY, "--config", f"{tmp}/{side}.toml"], f"{tmp}/{side}.log", load.PROXY_CPU,
+                  ENVS[side])
         wait_http(port)
         procs[side] = (port, p.pid)
         load.wrk(port, 2)  # warm-up
@@ -71,7 +75,10 @@ def main():
         vals = [row[i] for row in results[side]]
         return statistics.median(vals), min(vals), max(vals)
 
-    print(f"A: `{SIDES['A'] or '(defaults)'}`  B: `{SIDES['B'] or '(defaults)'}`; "
+    def label(side):
+        return " ".join(filter(None, [SIDES[side], os.environ.get(f"{side}_ENV", "")])) or "(defaults)"
+
+    print(f"A: `{label('A')}`  B: `{label('B')}`; "
           f"{ROUNDS} alternating rounds of wrk -t1 -c{load.CONNECTIONS} -d{DURATION}s\n")
     print("| figure | A | B | B / A |")
     print("|---|---|---|---|")

@@ -22,12 +22,14 @@ def free_port():
     return port
 
 
-def start(cmd, logfile, cpu=None):
-    """Starts a process (pinned to `cpu` with taskset when given); it is
-    stopped when the benchmark ends, whatever happens."""
+def start(cmd, logfile, cpu=None, env=None):
+    """Starts a process (pinned to `cpu` with taskset when given, with `env`
+    added to the environment); it is stopped when the benchmark ends,
+    whatever happens."""
     if cpu is not None:
         cmd = ["taskset", "-c", cpu, *cmd]
-    p = subprocess.Popen(cmd, stdout=open(logfile, "w"), stderr=subprocess.STDOUT)
+    p = subprocess.Popen(cmd, stdout=open(logfile, "w"), stderr=subprocess.STDOUT,
+                         env=dict(os.environ, **(env or {})))
     PROCS.append(p)
     return p
 
