@@ -53,9 +53,9 @@ def wrk(port, duration):
 
 def callgrind(name, cmd, port, tmp):
     """Runs `cmd` under callgrind, loads it, returns instructions per request."""
-    out = f"{tmp}/callgrind.{name.replace(' ', '_')}.%p"
-    p = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
-               *cmd], f"{tmp}/{name.replace(' ', '_')}.log")
+    slug = name.replace(" ", "_")
+    p = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.{slug}.%p",
+               "--trace-children=no", *cmd], f"{tmp}/{slug}.log")
     wait_http(port, 60)
     wrk(port, 2)  # warm-up: connections made, pools filled, code paged in
     subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
@@ -65,7 +65,7 @@ def callgrind(name, cmd, port, tmp):
     p.wait(timeout=60)
     total = 0
     dump = None
-    for f in glob.glob(f"{tmp}/callgrind.{name.replace(' ', '_')}.{p.pid}*"):
+    for f in glob.glob(f"{tmp}/callgrind.{slug}.{p.pid}*"):
         with open(f, errors="replace") as fh:
             text = fh.read()
         # The dump asked for above, not the one written at exit.
