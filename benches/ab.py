@@ -3,7 +3,7 @@
 memory per idle connection?
 
 Two bgproxy processes from the same binary, A and B, differ only in the
-`[proxy]` keys given; both proxy to one nginx backend (`return 200`). wrk
+`[proxy]` keys given (or, with A_BIN/B_BIN, the binaries); both proxy to one nginx backend (`return 200`). wrk
 runs against them alternately, A B A B..., so both see the same hour of this
 shared machine, and the script prints the median [min-max] of each figure
 and B's ratio to A. Pinning as in load.py: wrk on CPU 1, proxies and
@@ -12,7 +12,9 @@ backend on CPU 0.
 Run (from the repo root, after `cargo build --release`):
     A='read_buffer = "16KiB"' B='read_buffer = "0"' python3 benches/ab.py
 Environment: A and B (`[proxy]` keys, `;`-separated), A_ENV and B_ENV
-(`NAME=value` pairs, space-separated, for one side's process), ROUNDS (6), DURATION
+(`NAME=value` pairs, space-separated, for one side's process), A_BIN and
+B_BIN (a binary per side, e.g. a copy of the previous build: default
+BGPROXY_BIN), ROUNDS (6), DURATION
 seconds per run (8), CONNECTIONS (50), IDLE_CONNS (5000: idle keep-alive
 connections opened at the end to read RSS per connection, 0 = skip),
 BGPROXY_BIN (target/release/bgproxy). Loopback only; every process it
@@ -31,6 +33,7 @@ ROUNDS = int(os.environ.get("ROUNDS", "6"))
 DURATION = int(os.environ.get("DURATION", "8"))
 IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "5000"))
 SIDES = {"A": os.environ.get("A", ""), "B": os.environ.get("B", "")}
+BINS = {side: os.environ.get(f"{side}_BIN", BGPROXY) for side in SIDES}
 ENVS = {side: dict(kv.split("=", 1) for kv in os.environ.get(f"{side}_ENV", "").split())
         for side in SIDES}
 
@@ -46,7 +49,7 @@ def main():
         port, control = free_port(), free_port()
         bgproxy_toml(f"{tmp}/{side}.toml", port, control, f"{tmp}/{side}-state/state.json", backend,
                      free_port(), 'path = "/health"\ninterval = "1s"', keys.replace(";", "\n"))
-        p = start([BGPROXY, "--config", f"{tmp}/{side}.toml"], f"{tmp}/{side}.log", load.PROXY_CPU,
+        p = start([BINS[side], "--config", f"{tmp}/{side}.toml"], f"{tmp}/{side}.log", load.PROXY_CPU,
                   ENVS[side])
         wait_http(port)
         procs[side] = (port, p.pid)
@@ -76,7 +79,8 @@ def main():
         return statistics.median(vals), min(vals), max(vals)
 
     def label(side):
-        return " ".join(filter(None, [SIDES[side], os.environ.get(f"{side}_ENV", "")])) or "(defaults)"
+        return " ".join(filter(None, [os.environ.get(f"{side}_BIN", ""), SIDES[side],
+                                      os.environ.get(f"{side}_ENV", "")])) or "(defaults)"
 
     print(f"A: `{label('A')}`  B: `{label('B')}`; "
           f"{ROUNDS} alternating rounds of wrk -t1 -c{load.CONNECTIONS} -d{DURATION}s\n")
