@@ -92,6 +92,7 @@ grace_period = "1s"
 {proxy_keys}
 [control]
 listen = "127.0.0.1:{control}"
+nice = -10
 [state]
 path = "{state}"
 [log]

@@ -50,6 +50,8 @@ pub struct ControlApi {
     controller: Arc<Controller>,
     auth: Auth,
     audit: Arc<AuditLog>,
+    /// `control.nice`: asked for the serving thread at its first connection.
+    nice: Option<i32>,
 }
 
 impl ControlApi {
@@ -58,7 +60,13 @@ impl ControlApi {
             controller,
             auth,
             audit,
+            nice: None,
         }
+    }
+
+    pub fn with_nice(mut self, nice: Option<i32>) -> Self {
+        self.nice = nice;
+        self
     }
 }
 
@@ -517,6 +525,9 @@ impl HttpServerApp for ControlApi {
         mut s: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        if let Some(nice) = self.nice {
+            crate::priority::set_this_thread(nice);
+        }
         match s.read_request().await {
             Ok(true) => {}
             Ok(false) => return None,

@@ -776,6 +776,7 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         "control.watch_config",
         old.control.watch_config != new.control.watch_config,
     );
+    check("control.nice", old.control.nice != new.control.nice);
     check(
         "metrics.listen",
         format!("{:?}", old.metrics) != format!("{:?}", new.metrics),

@@ -8,6 +8,7 @@
 //! dataplane   per request: load Snapshot (routing) -> app by Host -> color -> Pool::pick
 //! health      per upstream: pingora HTTP probe -> rise/fall Tracker -> HealthCell
 //! control_api /v1 HTTP/JSON -> Controller::apply
+//! priority    control.nice: the control API thread may outrank the data plane
 //! controller  validate -> StateStore::persist (fsync) -> ArcSwap::store -> answer
 //! deploy      bgctl deploy: the configured steps against the STANDBY color
 //! state       the JSON state file, atomic writes, recovery from corruption
@@ -31,6 +32,7 @@ pub mod health;
 pub mod metrics;
 pub mod metrics_http;
 pub mod ops;
+pub mod priority;
 pub mod routing;
 pub mod server;
 pub mod state;

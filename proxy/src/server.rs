@@ -235,7 +235,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
 
     let mut control = Service::new(
         "control api".into(),
-        ControlApi::new(controller.clone(), auth, audit.clone()),
+        ControlApi::new(controller.clone(), auth, audit.clone()).with_nice(config.control.nice),
     );
     control.add_tcp(&config.control.listen.to_string());
     control.threads = Some(1);

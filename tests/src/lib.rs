@@ -334,6 +334,8 @@ pub struct Options {
     pub toml: String,
     /// Extra keys of the `[proxy]` table.
     pub proxy: String,
+    /// Extra keys of the `[control]` table.
+    pub control: String,
 }
 
 /// A running `bgproxy` with its own temp dir, ports and config.
@@ -410,6 +412,7 @@ impl Daemon {
         if self.opts.token.is_some() {
             toml.push_str("token_file = \"token\"\n");
         }
+        toml.push_str(&self.opts.control);
         toml.push_str("\n[state]\npath = \"state/state.json\"\n");
         let list = |v: &[String]| v.join(", ");
         let quoted = |v: &[SocketAddr]| v.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>();

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bgproxy_e2e::{bin, AppSpec, Backend, Daemon};
+use bgproxy_e2e::{bin, AppSpec, Backend, Daemon, Options};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(10);
@@ -250,4 +250,113 @@ fn check_rejects_bad_configs_with_key_and_line() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `fsync`"));
+}
+
+/// Whether this process may lower a thread's nice value to -10 (what the
+/// daemon started from it inherits): `CAP_SYS_NICE`, or an `RLIMIT_NICE`
+/// soft limit of at least 20 - (-10) = 30.
+fn may_lower_nice_to_minus_10() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    const CAP_SYS_NICE: u32 = 23;
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let rlimit_nice = limits
+        .lines()
+        .find(|l| l.starts_with("Max nice priority"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse::<u64>().ok())
+        .unwrap_or(0);
+    cap_eff & (1 << CAP_SYS_NICE) != 0 || rlimit_nice >= 30
+}
+
+/// The nice value of each of the daemon's threads, by thread name.
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the parenthesised name: state is field 3, nice field 19.
+        let after = stat.rsplit_once(')').unwrap().1;
+        let nice = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        out.push((comm.trim().to_string(), nice));
+    }
+    out
+}
+
+/// `control.nice = -10`: the control API's thread outranks the data plane
+/// for the CPU where the process may lower a nice value, so a switch does
+/// not queue behind the traffic it redirects; where it may not, the daemon
+/// warns and serves as before. The data plane keeps the default priority,
+/// and without the key nothing is changed. A value out of range is refused
+/// by `--check` with its line.
+#[test]
+fn control_nice_lets_the_control_api_thread_outrank_the_data_plane() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let apps = [AppSpec::new("web", &[&b], &[&g])];
+    let d = Daemon::start_opts(
+        &apps,
+        Options {
+            control: "nice = -10\n".into(),
+            ..Options::default()
+        },
+    );
+    let plain = Daemon::start(&apps);
+    for daemon in [&d, &plain] {
+        assert_eq!(daemon.api("GET", "/v1/status", None).0, 200);
+    }
+    let nice_of = |daemon: &Daemon, name: &str| {
+        let nices = thread_nices(daemon.pid());
+        let found: Vec<i32> = nices
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(!found.is_empty(), "no thread named {name:?}: {nices:?}");
+        found
+    };
+    let allowed = may_lower_nice_to_minus_10();
+    assert_eq!(
+        nice_of(&d, "control api"),
+        vec![if allowed { -10 } else { 0 }]
+    );
+    assert!(nice_of(&d, "front door").iter().all(|&n| n == 0));
+    assert_eq!(
+        nice_of(&plain, "control api"),
+        vec![0],
+        "untouched by default"
+    );
+    let log = d.log();
+    let said = if allowed {
+        "control API thread runs at control.nice"
+    } else {
+        "control API thread keeps the default priority"
+    };
+    assert!(log.contains(said), "{log}");
+    assert_eq!(
+        d.get("web.example.net", "/").0,
+        200,
+        "the data plane serves"
+    );
+
+    let bad = d.render(&apps).replace("nice = -10", "nice = -21");
+    let path = d.dir.path().join("bad.toml");
+    std::fs::write(&path, &bad).unwrap();
+    let out = Command::new(bin("bgproxy"))
+        .args(["--check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("control.nice"), "{stderr}");
+    assert!(stderr.contains("between -20 and 19"), "{stderr}");
 }

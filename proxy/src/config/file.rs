@@ -68,6 +68,7 @@ pub struct FileControl {
     pub listen: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
     pub watch_config: Option<bool>,
+    pub nice: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -152,6 +152,10 @@ pub struct ControlConfig {
     pub token_file: Option<PathBuf>,
     /// Reload the config when its file changes. Default true.
     pub watch_config: bool,
+    /// The nice value of the control API's thread (-20..=19), so a switch
+    /// does not queue behind a saturated data plane; `None` (the default)
+    /// leaves the priority alone. See [`crate::priority`].
+    pub nice: Option<i32>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

@@ -177,6 +177,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             listen: default_control(),
             token_file: None,
             watch_config: true,
+            nice: None,
         },
         Some(c) => ControlConfig {
             listen: c
@@ -189,6 +190,20 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
                 .as_ref()
                 .map(|t| existing_file(t, base, "control.token_file", p)),
             watch_config: c.watch_config.unwrap_or(true),
+            nice: c
+                .nice
+                .as_ref()
+                .and_then(|n| match i32::try_from(*n.get_ref()) {
+                    Ok(v) if (-20..=19).contains(&v) => Some(v),
+                    _ => {
+                        p.at(
+                            n.span(),
+                            "control.nice",
+                            "must be between -20 and 19 (a nice value)",
+                        );
+                        None
+                    }
+                }),
         },
     };
     let metrics = raw
