@@ -12,6 +12,9 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BGPROXY = os.environ.get("BGPROXY_BIN", os.path.join(ROOT, "target/release/bgproxy"))
 PROCS = []
+# Reference proxies built from benches/src/bin (name, binary beside BGPROXY):
+# pingora-proxy with no features, and pingora's HTTP/1 pieces without it.
+REFERENCES = (("pingora (bare)", "bare_pingora"), ("lean HTTP/1 loop", "lean_h1"))
 
 
 def free_port():

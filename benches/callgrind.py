@@ -11,7 +11,7 @@ after a warm-up run). Syscalls and context switches are kernel time and
 are NOT in these figures: load.py measures the whole CPU cost.
 
 Run (from the repo root, after `cargo build --release --workspace`):
-    python3 benches/callgrind.py            # bgproxy, bare pingora, HAProxy, nginx
+    python3 benches/callgrind.py            # bgproxy, bare pingora, lean HTTP/1 loop, HAProxy, nginx
     ONLY=bgproxy python3 benches/callgrind.py
 Environment: DURATION seconds of load (10), CONNECTIONS (10), ONLY (comma-
 separated names), TOP (how many functions to list per proxy, 0 = none),
@@ -28,8 +28,8 @@ import subprocess
 import sys
 import tempfile
 
-from benchlib import (BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, nginx_proxy_cfg, run, start,
-                      start_backend, wait_http)
+from benchlib import (BGPROXY, REFERENCES, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, nginx_proxy_cfg,
+                      run, start, start_backend, wait_http)
 
 DURATION = int(os.environ.get("DURATION", "10"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "10"))
@@ -53,7 +53,7 @@ def wrk(port, duration):
 
 def callgrind(name, cmd, port, tmp):
     """Runs `cmd` under callgrind, loads it, returns instructions per request."""
-    slug = name.replace(" ", "_")
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", name)
     p = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.{slug}.%p",
                "--trace-children=no", *cmd], f"{tmp}/{slug}.log")
     wait_http(port, 60)
@@ -90,9 +90,10 @@ def main():
     bgproxy_toml(f"{tmp}/bgproxy.toml", port, control, f"{tmp}/bgstate/state.json", backend,
                  free_port(), 'path = "/health"\ninterval = "1s"')
     candidates.append(("bgproxy", [BGPROXY, "--config", f"{tmp}/bgproxy.toml"], port))
-    bare = os.path.join(os.path.dirname(BGPROXY), "bare_pingora")
-    port = free_port()
-    candidates.append(("pingora (bare)", [bare, f"127.0.0.1:{port}", f"127.0.0.1:{backend}"], port))
+    for name, binary in REFERENCES:
+        port = free_port()
+        path = os.path.join(os.path.dirname(BGPROXY), binary)
+        candidates.append((name, [path, f"127.0.0.1:{port}", f"127.0.0.1:{backend}"], port))
     port = free_port()
     with open(f"{tmp}/haproxy.cfg", "w") as f:
         f.write(haproxy_cfg(port, ["option httpchk GET /health", f"server b1 127.0.0.1:{backend} check inter 1s"]))

@@ -14,7 +14,8 @@ plus the ratio to HAProxy. Output is Markdown for benches/README.md.
 
 Run (from the repo root, after `cargo build --release --workspace`, which
 also builds bare_pingora: pingora with bgproxy's runtime settings and no
-features, measured beside the others when present):
+features, and lean_h1: pingora's HTTP/1 pieces without pingora-proxy;
+both are measured beside the others when present):
     python3 benches/load.py
 Environment: ROUNDS (5), DURATION seconds per run (10), CONNECTIONS (50),
 IDLE_CONNS (9000: HAProxy uses two descriptors a connection, and this
@@ -36,8 +37,8 @@ import sys
 import tempfile
 import time
 
-from benchlib import (BGPROXY, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, nginx_proxy_cfg, run, start,
-                      start_backend, wait_http)
+from benchlib import (BGPROXY, REFERENCES, bgproxy_toml, ensure_tools, free_port, haproxy_cfg, nginx_proxy_cfg,
+                      run, start, start_backend, wait_http)
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "10"))
@@ -139,16 +140,19 @@ def main():
     else:
         log(f"skipping bgproxy: {BGPROXY} not found (cargo build --release)")
 
-    # The floor under bgproxy: pingora with the same runtime settings and no
-    # features (benches/src/bin/bare_pingora.rs).
-    bare = os.path.join(os.path.dirname(BGPROXY), "bare_pingora")
-    if os.path.exists(bare):
+    # Two references built from benches/src/bin with bgproxy's runtime
+    # settings: pingora-proxy with no features (the floor under bgproxy as
+    # built), and a straight-line HTTP/1 loop on pingora's sessions and pool
+    # without pingora-proxy (what a leaner loop could reach).
+    for name, binary in REFERENCES:
+        path = os.path.join(os.path.dirname(BGPROXY), binary)
+        if not os.path.exists(path):
+            log(f"skipping {name}: {path} not found (cargo build --release --workspace)")
+            continue
         port = free_port()
-        p = start([bare, f"127.0.0.1:{port}", f"127.0.0.1:{backend}"], f"{tmp}/bare.log", PROXY_CPU)
+        p = start([path, f"127.0.0.1:{port}", f"127.0.0.1:{backend}"], f"{tmp}/{binary}.log", PROXY_CPU)
         wait_http(port)
-        proxies["pingora (bare)"] = (port, lambda p=p: [p.pid])
-    else:
-        log(f"skipping bare pingora: {bare} not found (cargo build --release --workspace)")
+        proxies[name] = (port, lambda p=p: [p.pid])
 
     port = free_port()
     with open(f"{tmp}/haproxy.cfg", "w") as f:
@@ -218,7 +222,9 @@ def main():
     print("\nnginx OSS has no active health checks; bgproxy and HAProxy check every 1s. "
           "\"pingora (bare)\" is pingora 0.9 with bgproxy's runtime settings and no features "
           "(no routing, health checks, headers, metrics): bgproxy minus it is what bgproxy's own "
-          "work costs.")
+          "work costs. \"lean HTTP/1 loop\" (benches/src/bin/lean_h1.rs) is not a proxy to run: "
+          "pingora's HTTP/1 sessions, pool and timeouts without pingora-proxy, GET only, adding "
+          "bgproxy's forwarded headers: what a leaner request loop could reach.")
 
 
 if __name__ == "__main__":
