@@ -32,7 +32,9 @@ use crate::metrics::Metrics;
 use crate::routing::{strip_port, Routing, Snapshot};
 use crate::upgrades::{Registration, UpgradeConnector, Upgrades, WS_GOING_AWAY};
 
-/// The front door's proxy logic.
+/// The front door's proxy logic (pingora-proxy and the lean loop each
+/// hold a clone: the state behind it is shared).
+#[derive(Clone)]
 pub struct DataPlane {
     routing: Routing,
     metrics: Arc<Metrics>,
@@ -157,14 +159,23 @@ impl DataPlane {
 /// `floor((n+1)*rate) > floor(n*rate)`).
 struct AccessLog {
     rate: f64,
-    seen: AtomicU64,
+    seen: Arc<AtomicU64>,
+}
+
+impl Clone for AccessLog {
+    fn clone(&self) -> Self {
+        AccessLog {
+            rate: self.rate,
+            seen: self.seen.clone(),
+        }
+    }
 }
 
 impl AccessLog {
     fn new(log: &LogConfig) -> Self {
         AccessLog {
             rate: if log.access { log.access_sample } else { 0.0 },
-            seen: AtomicU64::new(0),
+            seen: Arc::new(AtomicU64::new(0)),
         }
     }
 

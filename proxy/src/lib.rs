@@ -5,6 +5,7 @@
 //! ```text
 //! config      bgproxy.toml -> FileConfig -> validate() -> Config
 //! server      build(Config): state -> Controller -> pingora services
+//! lean        HTTP/1: plain requests on a straight loop, the rest to pingora-proxy
 //! dataplane   per request: load Snapshot (routing) -> app by Host -> color -> Pool::pick
 //! health      per upstream: pingora HTTP probe -> rise/fall Tracker -> HealthCell
 //! control_api /v1 HTTP/JSON -> Controller::apply
@@ -29,6 +30,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod deploy;
 pub mod health;
+pub mod lean;
 pub mod metrics;
 pub mod metrics_http;
 pub mod ops;

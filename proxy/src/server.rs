@@ -24,6 +24,7 @@ use crate::control_api::{Auth, ControlApi};
 use crate::controller::Controller;
 use crate::dataplane::{DataPlane, Limits};
 use crate::health::HealthService;
+use crate::lean::FrontDoor;
 use crate::metrics::Metrics;
 use crate::metrics_http::MetricsEndpoint;
 use crate::ops::OpsService;
@@ -180,37 +181,46 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let upgrades = Arc::new(Upgrades::default());
     let phases = server.watch_execution_phase();
-    let mut front = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        DataPlane::new(
+    let data = DataPlane::new(
+        controller.routing(),
+        metrics.clone(),
+        &config.log,
+        draining.clone(),
+        upgrades.clone(),
+    )
+    .with_https_port(
+        config
+            .proxy
+            .tls
+            .as_ref()
+            .and_then(|t| t.listen.first())
+            .map(|a| a.port()),
+    )
+    .with_limits(Limits {
+        max_header_size: config.proxy.max_header_size,
+        max_headers: config.proxy.max_headers,
+        client_timeout: config.proxy.client_timeout,
+        client_idle_timeout: config.proxy.client_idle_timeout,
+    });
+    // pingora-proxy serves what the lean loop leaves (lean.rs).
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, data.clone());
+    // HTTP/2 client connections get the same idle limit as HTTP/1 ones.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(config.proxy.client_idle_timeout);
+    proxy.server_options = Some(options);
+    let connector = pingora::connectors::http::Connector::new(Some(
+        pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
+    ));
+    let mut front = Service::new(
+        "front door".into(),
+        FrontDoor::new(
+            proxy,
+            data,
             controller.routing(),
-            metrics.clone(),
-            &config.log,
-            draining.clone(),
-            upgrades.clone(),
-        )
-        .with_https_port(
-            config
-                .proxy
-                .tls
-                .as_ref()
-                .and_then(|t| t.listen.first())
-                .map(|a| a.port()),
-        )
-        .with_limits(Limits {
-            max_header_size: config.proxy.max_header_size,
-            max_headers: config.proxy.max_headers,
-            client_timeout: config.proxy.client_timeout,
-            client_idle_timeout: config.proxy.client_idle_timeout,
-        }),
-        "front door",
+            connector,
+            config.proxy.client_timeout,
+        ),
     );
-    if let Some(proxy) = front.app_logic_mut() {
-        // HTTP/2 client connections get the same idle limit as HTTP/1 ones.
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2_idle_timeout = Some(config.proxy.client_idle_timeout);
-        proxy.server_options = Some(options);
-    }
     for addr in &config.proxy.listen {
         front.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr.to_string())

@@ -453,11 +453,14 @@ impl Daemon {
     /// Starts the process and waits until the control API answers.
     pub fn spawn(&mut self) {
         self.child = Some(self.spawn_another(&[]));
+        // The control API and the front door are separate services that
+        // start independently: wait for both.
         let up = wait_until(Duration::from_secs(20), || {
             self.http
                 .get(self.url("/v1/status"))
                 .send()
                 .is_ok_and(|r| r.status() == 200)
+                && std::net::TcpStream::connect(self.proxy).is_ok()
         });
         assert!(up, "bgproxy did not come up; log:\n{}", self.log());
     }
