@@ -49,3 +49,45 @@ pub fn snapshot(apps: usize, hosts: usize) -> Snapshot {
         .collect();
     Snapshot::build(1, &configs, |_| Color::Blue, None, &Metrics::new())
 }
+
+/// Runs one of the reference proxies in `src/bin` (`NAME LISTEN UPSTREAM`,
+/// both `ip:port`) with bgproxy's runtime settings: one thread, no work
+/// stealing, short grace periods, a plain listener without an L4 read
+/// buffer. `app` builds the service's application from the server's
+/// configuration and the upstream address.
+pub fn run_reference<A, F>(name: &str, app: F)
+where
+    A: pingora::apps::ServerApp + Send + Sync + 'static,
+    F: FnOnce(&Arc<pingora::server::configuration::ServerConf>, SocketAddr) -> A,
+{
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: {name} LISTEN UPSTREAM");
+        std::process::exit(2);
+    };
+    let upstream: SocketAddr = upstream.parse().unwrap_or_else(|e| {
+        eprintln!("bad UPSTREAM {upstream}: {e}");
+        std::process::exit(2);
+    });
+    let conf = pingora::server::configuration::ServerConf {
+        threads: 1,
+        work_stealing: false,
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let app = app(&server.configuration, upstream);
+    let mut svc = pingora::services::listening::Service::new(name.to_string(), app);
+    svc.add_listener(
+        pingora::listeners::ListenerConfig::tcp(listen.clone()).l4_buffer(
+            pingora::protocols::l4::stream::L4BufferSettings::new(
+                0,
+                pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+            ),
+        ),
+    );
+    server.add_service(svc);
+    server.run_forever();
+}

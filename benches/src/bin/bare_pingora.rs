@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use pingora::prelude::*;
-use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 
 #[global_allocator]
@@ -34,33 +33,7 @@ impl ProxyHttp for Bare {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: bare_pingora LISTEN UPSTREAM");
-        std::process::exit(2);
-    };
-    let upstream: SocketAddr = upstream.parse().unwrap_or_else(|e| {
-        eprintln!("bad UPSTREAM {upstream}: {e}");
-        std::process::exit(2);
+    bgproxy_benches::run_reference("bare_pingora", |conf, upstream| {
+        pingora::proxy::http_proxy(conf, Bare { upstream })
     });
-    let conf = ServerConf {
-        threads: 1,
-        work_stealing: false,
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let mut svc = http_proxy_service(&server.configuration, Bare { upstream });
-    svc.add_listener(
-        pingora::listeners::ListenerConfig::tcp(listen.clone()).l4_buffer(
-            pingora::protocols::l4::stream::L4BufferSettings::new(
-                0,
-                pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
-            ),
-        ),
-    );
-    server.add_service(svc);
-    server.run_forever();
 }

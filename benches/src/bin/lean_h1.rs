@@ -26,9 +26,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
-use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
-use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
 
 #[global_allocator]
@@ -155,42 +153,8 @@ impl Lean {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: lean_h1 LISTEN UPSTREAM");
-        std::process::exit(2);
-    };
-    let upstream: SocketAddr = upstream.parse().unwrap_or_else(|e| {
-        eprintln!("bad UPSTREAM {upstream}: {e}");
-        std::process::exit(2);
+    bgproxy_benches::run_reference("lean_h1", |conf, upstream| Lean {
+        upstream,
+        connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
     });
-    let conf = ServerConf {
-        threads: 1,
-        work_stealing: false,
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
-        &server.configuration,
-    )));
-    let mut svc = Service::new(
-        "lean".into(),
-        Lean {
-            upstream,
-            connector,
-        },
-    );
-    svc.add_listener(
-        pingora::listeners::ListenerConfig::tcp(listen.clone()).l4_buffer(
-            pingora::protocols::l4::stream::L4BufferSettings::new(
-                0,
-                pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
-            ),
-        ),
-    );
-    server.add_service(svc);
-    server.run_forever();
 }
