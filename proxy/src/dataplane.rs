@@ -92,6 +92,16 @@ impl DataPlane {
         self
     }
 
+    /// The routing table this data plane reads.
+    pub fn routing(&self) -> &Routing {
+        &self.routing
+    }
+
+    /// The front-door limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// 431 when the request's header block is over the limits.
     fn headers_too_large(&self, req: &RequestHeader) -> Option<String> {
         let count = req.headers.len();

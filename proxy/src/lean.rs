@@ -60,27 +60,18 @@ const MAX_LEAN_HEADERS: usize = 64;
 pub struct FrontDoor {
     proxy: Arc<HttpProxy<DataPlane>>,
     data: DataPlane,
-    routing: Routing,
     connector: Connector,
-    client_timeout: Duration,
     shutting_down: AtomicBool,
     shutdown: Notify,
 }
 
 impl FrontDoor {
-    pub fn new(
-        proxy: HttpProxy<DataPlane>,
-        data: DataPlane,
-        routing: Routing,
-        connector: Connector,
-        client_timeout: Duration,
-    ) -> Self {
+    /// `data` is the same data plane `proxy` runs (a clone of it).
+    pub fn new(proxy: HttpProxy<DataPlane>, data: DataPlane, connector: Connector) -> Self {
         FrontDoor {
             proxy: Arc::new(proxy),
             data,
-            routing,
             connector,
-            client_timeout,
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
         }
@@ -235,7 +226,7 @@ impl FrontDoor {
         let wait = match keepalive {
             Some(0) => None,
             Some(s) => Some(Duration::from_secs(s)),
-            None => Some(self.client_timeout),
+            None => Some(self.data.limits().client_timeout),
         };
         let mut buf = BytesMut::with_capacity(4096);
         loop {
@@ -264,7 +255,7 @@ impl FrontDoor {
                 Ok(0) | Err(_) => return Some((buf, Shape::Other)),
                 Ok(_) => {}
             }
-            match shape(&buf, |host| lean_app(&self.routing, host, tls)) {
+            match shape(&buf, |host| lean_app(self.data.routing(), host, tls)) {
                 Shape::Partial if buf.len() < MAX_LEAN_HEADER => continue,
                 Shape::Partial => return Some((buf, Shape::Other)),
                 done => return Some((buf, done)),

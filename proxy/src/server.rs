@@ -211,16 +211,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     let connector = pingora::connectors::http::Connector::new(Some(
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
     ));
-    let mut front = Service::new(
-        "front door".into(),
-        FrontDoor::new(
-            proxy,
-            data,
-            controller.routing(),
-            connector,
-            config.proxy.client_timeout,
-        ),
-    );
+    let mut front = Service::new("front door".into(), FrontDoor::new(proxy, data, connector));
     for addr in &config.proxy.listen {
         front.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr.to_string())
