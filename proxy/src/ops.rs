@@ -99,9 +99,13 @@ fn watch(files: &[PathBuf]) -> Option<(notify::RecommendedWatcher, mpsc::Unbound
     let (tx, rx) = mpsc::unbounded_channel();
     let handler = move |event: notify::Result<notify::Event>| {
         if let Ok(e) = event {
-            if e.paths
-                .iter()
-                .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
+            // Opening or reading a file is not a change. Without this, our
+            // own read of the file after an event is an event again: the
+            // daemon would re-read its config every debounce period forever.
+            if !matches!(e.kind, notify::EventKind::Access(_))
+                && e.paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
             {
                 let _ = tx.send(());
             }
@@ -214,5 +218,40 @@ impl BackgroundService for OpsService {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading a watched file (as the daemon does after every event) is not
+    /// a change; writing it, or replacing it by rename, is.
+    #[tokio::test]
+    async fn reads_are_not_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bgproxy.toml");
+        std::fs::write(&file, "a").unwrap();
+        let (_watcher, mut rx) = watch(std::slice::from_ref(&file)).unwrap();
+        for _ in 0..3 {
+            std::fs::read(&file).unwrap();
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(quiet.is_err(), "a read was reported as a change");
+
+        std::fs::write(&file, "b").unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(changed, Ok(Some(())), "a write was not reported");
+        while rx.try_recv().is_ok() {}
+
+        let other = dir.path().join("bgproxy.toml.new");
+        std::fs::write(&other, "c").unwrap();
+        std::fs::rename(&other, &file).unwrap();
+        let replaced = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(
+            replaced,
+            Ok(Some(())),
+            "a rename over the file was not reported"
+        );
     }
 }
