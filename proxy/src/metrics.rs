@@ -127,7 +127,7 @@ impl Metrics {
             state_write: register(
                 &r,
                 Histogram::with_opts(
-                    HistogramOpts::new(names::STATE_WRITE_DURATION_SECONDS, "Time to write the state file durably (write, fsync, rename, fsync dir).")
+                    HistogramOpts::new(names::STATE_WRITE_DURATION_SECONDS, "Time to write the state file durably (write, fdatasync, rename, fsync dir).")
                         .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
                 )
                 .expect("valid metric"),
