@@ -18,6 +18,7 @@
 //! upgrades    WebSocket connections: tracked per color, closed after drain_timeout
 //! ops         SIGHUP and config-file reloads; closing the state on shutdown
 //! check       bgproxy --check
+//! logging     stderr through a writer thread: no thread waits on log I/O
 //! demo        bgproxy demo: two sample backends and the proxy on loopback
 //! ```
 
@@ -31,6 +32,7 @@ pub mod demo;
 pub mod deploy;
 pub mod health;
 pub mod lean;
+pub mod logging;
 pub mod metrics;
 pub mod metrics_http;
 pub mod ops;

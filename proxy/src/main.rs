@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bgproxy::config::{Config, LogConfig, LogFormat};
+use bgproxy::config::{Config, LogFormat};
 use bgproxy::{check, demo, server};
 use bgproxy_control::api::Color;
 use clap::{Parser, Subcommand};
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         },
     };
 
-    init_logging(&config.log, cli.log_format);
+    bgproxy::logging::init(&config.log, cli.log_format);
     let mut daemon = match server::build(std::sync::Arc::new(config), &opts) {
         Ok(d) => d,
         Err(e) => return fail(format!("not started: {e:#}")),
@@ -114,26 +114,16 @@ fn main() -> ExitCode {
             .server
             .add_service(demo::Backend::service(Color::Green, "127.0.0.1:8082"));
     }
-    daemon.server.run_forever()
-}
-
-/// Logs go to stderr: the level from `RUST_LOG`, else `log.level`; the
-/// format from `--log-format`, else `log.format`. Colors only on a terminal.
-fn init_logging(log: &LogConfig, format: Option<LogFormat>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format.unwrap_or(log.format) {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+    // `run` returns once every service has stopped (pingora's
+    // `run_forever` would exit the process there, past the log flush).
+    daemon.server.run(pingora::server::RunArgs::default());
+    bgproxy::logging::flush();
+    ExitCode::SUCCESS
 }
 
 fn fail(message: String) -> ExitCode {
+    // What was logged before comes first.
+    bgproxy::logging::flush();
     eprintln!("bgproxy: {message}");
     ExitCode::FAILURE
 }

@@ -152,6 +152,7 @@ impl OpsService {
             let n = self.metrics.in_flight();
             if n <= 0 {
                 info!("drained in {:?}: exiting", started.elapsed());
+                crate::logging::flush();
                 std::process::exit(0);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

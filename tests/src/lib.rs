@@ -450,6 +450,17 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("bgproxy.log")).unwrap_or_default()
     }
 
+    /// The log once it holds every one of `needles` (logs reach the file
+    /// through bgproxy's writer thread, a moment after the event), or after
+    /// 10 s without them: the caller asserts on it.
+    pub fn log_with(&self, needles: &[&str]) -> String {
+        wait_until(Duration::from_secs(10), || {
+            let log = self.log();
+            needles.iter().all(|n| log.contains(n))
+        });
+        self.log()
+    }
+
     /// Starts the process and waits until the control API answers.
     pub fn spawn(&mut self) {
         self.child = Some(self.spawn_another(&[]));

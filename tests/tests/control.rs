@@ -334,12 +334,12 @@ fn control_nice_lets_the_control_api_thread_outrank_the_data_plane() {
         vec![0],
         "untouched by default"
     );
-    let log = d.log();
     let said = if allowed {
         "control API thread runs at control.nice"
     } else {
         "control API thread keeps the default priority"
     };
+    let log = d.log_with(&[said]);
     assert!(log.contains(said), "{log}");
     assert_eq!(
         d.get("web.example.net", "/").0,

@@ -38,6 +38,7 @@ fn metrics_follow_traffic_switches_and_health() {
     for _ in 0..7 {
         d.get("x", "/");
     }
+    assert!(d.wait_health("web", "green", "up", T));
     assert_eq!(d.switch("web", "green").0, 200);
     for _ in 0..5 {
         d.get("x", "/");
@@ -229,5 +230,13 @@ fn access_log_json_and_off() {
     let d = Daemon::start_opts(&[AppSpec::new("web", &[&b], &[&g])], off);
     d.get("x", "/quiet");
     d.get("x", "/quiet");
-    assert!(!d.log().contains("/quiet"), "{}", d.log());
+    // A line logged after the requests: once it is in the file, an access
+    // line for them would be too.
+    assert!(d.wait_health("web", "green", "up", T));
+    assert_eq!(d.switch("web", "green").0, 200);
+    let log = d.log_with(&["green is now LIVE"]);
+    assert!(
+        log.contains("green is now LIVE") && !log.contains("/quiet"),
+        "{log}"
+    );
 }

@@ -1,0 +1,51 @@
+//! Logs go to stderr through a writer thread. A thread that logs (the data
+//! plane with its access lines, the control API with "green is now LIVE")
+//! queues the line and goes on: it never waits for the disk or journald,
+//! whose writes can stall for milliseconds while a file system commits its
+//! journal. When [`QUEUE`] lines are waiting, loggers wait too: no line is
+//! dropped, and memory stays bounded.
+//!
+//! [`flush`] writes out what is queued; the process calls it before it
+//! exits on its own (drained shutdown, failed start).
+
+use std::sync::Mutex;
+
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// How many lines may wait for the writer thread.
+pub const QUEUE: usize = 16_384;
+
+/// Dropping it makes the writer thread write out the queue (or give up
+/// after a second) and stop.
+static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Installs the global subscriber: the level from `RUST_LOG`, else
+/// `log.level`; the format from `format`, else `log.format`. Colors only on
+/// a terminal.
+pub fn init(log: &LogConfig, format: Option<LogFormat>) {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(QUEUE)
+        .thread_name("bgproxy-log")
+        .finish(std::io::stderr());
+    *WRITER.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format.unwrap_or(log.format) {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+/// Writes out every queued line. Lines logged afterwards are lost: call it
+/// just before the process exits.
+pub fn flush() {
+    drop(WRITER.lock().unwrap_or_else(|p| p.into_inner()).take());
+}
