@@ -4,9 +4,9 @@
 //! - `route/*`: the routing decision the data plane makes per request: one
 //!   `ArcSwap` load of the snapshot, the Host lookup (exact, mixed case with
 //!   a port), the color choice and the round-robin pick with health.
-//! - `state/persist`: one durable state write (temp file, fsync, link the
-//!   previous copy, rename, fsync the directory): the floor of a switch's
-//!   latency.
+//! - `state/persist`: one durable state write (rewrite the recycled scratch
+//!   file, fdatasync, link the previous copy, rename, fsync the directory):
+//!   the floor of a switch's latency.
 //!
 //! Run: `cargo bench -p bgproxy-benches --bench hot_path`.
 

@@ -195,7 +195,7 @@ impl Controller {
         }
         merge_new_apps(&mut state, &config.apps);
         let started = Instant::now();
-        store.persist(&state)?;
+        store.persist_at_start(&state)?;
         metrics.state_write.observe(started.elapsed().as_secs_f64());
         let snapshot = Snapshot::build(
             1,

@@ -320,21 +320,37 @@ impl StateStore {
                 _ => {}
             }
         }
-        // Keep the current .prev alive as `spare` (the next scratch file),
-        // then the current file as .prev: linked under a temporary name and
-        // renamed over .prev, so .prev is always whole too.
-        let has_prev = link_if_exists(&self.prev, &self.spare).map_err(err)?;
-        if link_if_exists(&self.path, &self.prev_tmp).map_err(err)? {
+        // The current file becomes .prev: linked under a temporary name and
+        // renamed over .prev, so .prev is always whole too. The .prev it
+        // replaces is kept alive as `spare`, the next scratch file.
+        let current = link_if_exists(&self.path, &self.prev_tmp).map_err(err)?;
+        let spare = current && link_if_exists(&self.prev, &self.spare).map_err(err)?;
+        if current {
             fs::rename(&self.prev_tmp, &self.prev).map_err(err)?;
         }
         fs::rename(&self.tmp, &self.path).map_err(err)?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(err)?;
-        // The old .prev becomes the next scratch file. Not needed for this
-        // write: if it fails, the next write makes a new scratch file.
-        if has_prev {
+        // Not needed for this write: if it fails, the next write makes a
+        // new scratch file.
+        if spare {
             let _ = fs::rename(&self.spare, &self.tmp);
+        }
+        Ok(())
+    }
+
+    /// [`persist`](Self::persist) at start-up: then again (the same state)
+    /// until `.prev` and the scratch file exist, so that the first switches
+    /// after a start on a fresh or recovered directory rewrite a recycled
+    /// file too. At most three writes, on an empty directory; one when the
+    /// three files are there.
+    pub fn persist_at_start(&self, state: &State) -> Result<(), StateError> {
+        for _ in 0..3 {
+            self.persist(state)?;
+            if self.prev.exists() && self.tmp.exists() {
+                break;
+            }
         }
         Ok(())
     }
@@ -503,6 +519,36 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["state.json", "state.json.prev", "state.json.tmp"]);
+    }
+
+    /// A first start, and a start that recovered from `.prev`, leave the
+    /// three files in place, the recovered `.prev` kept.
+    #[test]
+    fn start_prepares_the_three_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (prev, tmp) = (
+            dir.path().join("state.json.prev"),
+            dir.path().join("state.json.tmp"),
+        );
+        let store = StateStore::new(&path);
+        let mut s = State::default();
+        s.apps.insert("web".into(), AppState::new(Color::Blue));
+        store.persist_at_start(&s).unwrap();
+        assert!(prev.exists() && tmp.exists());
+        assert_eq!(read(&prev).unwrap().unwrap(), s);
+        assert_eq!(inode(&tmp).1, 1);
+
+        s.apps.get_mut("web").unwrap().record(entry(Color::Green));
+        store.persist(&s).unwrap();
+        fs::write(&path, "garbage").unwrap();
+        fs::remove_file(&tmp).unwrap();
+        let (recovered, problems) = store.load();
+        assert_eq!(problems.len(), 1);
+        store.persist_at_start(&recovered).unwrap();
+        assert_eq!(store.load().0, recovered);
+        assert_eq!(read(&prev).unwrap().unwrap(), recovered);
+        assert!(tmp.exists());
     }
 
     /// Names left by a write that stopped half-way do not get in the way, and
