@@ -165,7 +165,7 @@ impl std::fmt::Display for Recovery {
 }
 
 /// The state file on disk.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct StateStore {
     path: PathBuf,
     prev: PathBuf,
@@ -176,6 +176,9 @@ pub struct StateStore {
     /// Where the current file is linked before it replaces `.prev`.
     prev_tmp: PathBuf,
     dir: PathBuf,
+    /// The serialised state, kept between writes so that a write does not
+    /// allocate and regrow a ~48 KB buffer each time.
+    buf: std::sync::Mutex<Vec<u8>>,
 }
 
 impl StateStore {
@@ -196,6 +199,7 @@ impl StateStore {
             spare: with(".spare"),
             prev_tmp: with(".prev.tmp"),
             dir,
+            buf: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -309,7 +313,9 @@ impl StateStore {
             path: self.path.clone(),
             source,
         };
-        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| err(e.into()))?;
+        let mut bytes = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        bytes.clear();
+        serde_json::to_writer_pretty(&mut *bytes, state).map_err(|e| err(e.into()))?;
         bytes.push(b'\n');
         pad(&mut bytes);
         self.write_scratch(&bytes).map_err(err)?;
