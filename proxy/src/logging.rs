@@ -6,11 +6,14 @@
 //! dropped, and memory stays bounded.
 //!
 //! [`flush`] writes out what is queued; the process calls it before it
-//! exits on its own (drained shutdown, failed start).
+//! exits on its own (drained shutdown, failed start). Lines logged after it
+//! go to stderr directly.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::writer::{EitherWriter, MakeWriter};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -20,6 +23,25 @@ pub const QUEUE: usize = 16_384;
 /// Dropping it makes the writer thread write out the queue (or give up
 /// after a second) and stop.
 static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Set by [`flush`]: lines logged afterwards (threads still winding down)
+/// go straight to stderr.
+static CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// The queue while the writer thread runs, stderr itself after [`flush`].
+struct LogWriter(NonBlocking);
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = EitherWriter<NonBlocking, std::io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        if CLOSED.load(Ordering::Acquire) {
+            EitherWriter::B(std::io::stderr())
+        } else {
+            EitherWriter::A(self.0.clone())
+        }
+    }
+}
 
 /// Installs the global subscriber: the level from `RUST_LOG`, else
 /// `log.level`; the format from `format`, else `log.format`. Colors only on
@@ -35,7 +57,7 @@ pub fn init(log: &LogConfig, format: Option<LogFormat>) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(LogWriter(writer));
     match format.unwrap_or(log.format) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder
@@ -44,8 +66,9 @@ pub fn init(log: &LogConfig, format: Option<LogFormat>) {
     }
 }
 
-/// Writes out every queued line. Lines logged afterwards are lost: call it
-/// just before the process exits.
+/// Writes out every queued line and stops the writer thread; lines logged
+/// afterwards are written directly. Call it just before the process exits.
 pub fn flush() {
+    CLOSED.store(true, Ordering::Release);
     drop(WRITER.lock().unwrap_or_else(|p| p.into_inner()).take());
 }

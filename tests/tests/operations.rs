@@ -223,6 +223,11 @@ fn sigterm_lets_in_flight_requests_finish() {
         assert_eq!(t.join().unwrap().expect("completed"), 200);
     }
     assert_eq!(d.wait_exit(Duration::from_secs(15)), Some(0), "{}", d.log());
+    // Logs pass through a writer thread, stopped at the exit: threads still
+    // logging after that write directly, with no "Unable to write" errors.
+    let log = d.log();
+    assert!(log.contains("exiting"), "{log}");
+    assert!(!log.contains("Unable to write"), "{log}");
 }
 
 /// A second bgproxy on the same config refuses to start (its ports are
