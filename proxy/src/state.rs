@@ -14,8 +14,9 @@
 //! rewrite usually keeps the scratch file's size and blocks: its `fdatasync`
 //! is then a data write and a cache flush, with no journal commit, and no
 //! blocks are freed (or discarded) per write. A switch waits for one journal
-//! commit (the renames) instead of two. Under a saturated CPU this took the
-//! write's p99 from ~4 ms to ~1.2 ms (benches/README.md, "state write").
+//! commit (the renames) instead of two. Under a saturated CPU the disk alone
+//! took p99 1.2-1.4 ms this way against 4-8 ms with a new file per write
+//! (benches/README.md, "Fifth pass").
 //!
 //! Read at start ([`StateStore::load`]): a missing file is a first start; a
 //! corrupt or unreadable one is moved aside as `state.json.corrupt-<time>`
@@ -476,6 +477,15 @@ mod tests {
         );
     }
 
+    /// A store in a fresh directory, and a state with one app.
+    fn fixture() -> (tempfile::TempDir, StateStore, State) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(&dir.path().join("state.json"));
+        let mut s = State::default();
+        s.apps.insert("web".into(), AppState::new(Color::Blue));
+        (dir, store, s)
+    }
+
     fn inode(path: &Path) -> (u64, u64) {
         let m = fs::metadata(path).unwrap();
         (m.ino(), m.nlink())
@@ -485,15 +495,9 @@ mod tests {
     /// write retires is the next scratch file; nothing else is left behind.
     #[test]
     fn writes_recycle_three_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let (prev, tmp) = (
-            dir.path().join("state.json.prev"),
-            dir.path().join("state.json.tmp"),
-        );
-        let store = StateStore::new(&path);
-        let mut s = State::default();
-        s.apps.insert("web".into(), AppState::new(Color::Blue));
+        let (dir, store, mut s) = fixture();
+        let [path, prev, tmp] =
+            ["state.json", "state.json.prev", "state.json.tmp"].map(|n| dir.path().join(n));
         let mut before = s.clone();
         for i in 0..6 {
             let to = if i % 2 == 0 {
@@ -531,15 +535,9 @@ mod tests {
     /// three files in place, the recovered `.prev` kept.
     #[test]
     fn start_prepares_the_three_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let (prev, tmp) = (
-            dir.path().join("state.json.prev"),
-            dir.path().join("state.json.tmp"),
-        );
-        let store = StateStore::new(&path);
-        let mut s = State::default();
-        s.apps.insert("web".into(), AppState::new(Color::Blue));
+        let (dir, store, mut s) = fixture();
+        let [path, prev, tmp] =
+            ["state.json", "state.json.prev", "state.json.tmp"].map(|n| dir.path().join(n));
         store.persist_at_start(&s).unwrap();
         assert!(prev.exists() && tmp.exists());
         assert_eq!(read(&prev).unwrap().unwrap(), s);
@@ -561,11 +559,8 @@ mod tests {
     /// a scratch file linked to the live file is never written through.
     #[test]
     fn leftovers_of_an_interrupted_write() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, store, mut s) = fixture();
         let path = dir.path().join("state.json");
-        let store = StateStore::new(&path);
-        let mut s = State::default();
-        s.apps.insert("web".into(), AppState::new(Color::Blue));
         store.persist(&s).unwrap();
         let old = s.clone();
         fs::hard_link(&path, dir.path().join("state.json.tmp")).unwrap();

@@ -229,17 +229,22 @@ fn plain_and_body_requests_share_one_keep_alive_connection() {
             "GET {path} HTTP/1.1\r\nHost: web.example.net\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n"
         )
     };
-    for round in 0..3 {
-        let request = get(&format!("/plain/{round}"));
-        if round == 1 {
-            // A header in two pieces.
-            let (first, rest) = request.split_at(20);
-            out.write_all(first.as_bytes()).unwrap();
+    // Writes `bytes` whole, or in two pieces split at `at` with a pause.
+    let send = |out: &mut std::net::TcpStream, bytes: &str, at: Option<usize>| match at {
+        Some(at) => {
+            out.write_all(&bytes.as_bytes()[..at]).unwrap();
             std::thread::sleep(Duration::from_millis(50));
-            out.write_all(rest.as_bytes()).unwrap();
-        } else {
-            out.write_all(request.as_bytes()).unwrap();
+            out.write_all(&bytes.as_bytes()[at..]).unwrap();
         }
+        None => out.write_all(bytes.as_bytes()).unwrap(),
+    };
+    for round in 0..3 {
+        // Round 1: a header in two pieces.
+        send(
+            &mut out,
+            &get(&format!("/plain/{round}")),
+            (round == 1).then_some(20),
+        );
         let (status, body) = read_response(&mut reader);
         assert_eq!(status, 200, "{body}");
         let echo: Value = serde_json::from_str(&body).unwrap();
@@ -253,14 +258,9 @@ fn plain_and_body_requests_share_one_keep_alive_connection() {
             "POST /body/{round} HTTP/1.1\r\nHost: web.example.net\r\nContent-Length: {}\r\n\r\n",
             payload.len()
         );
-        if round % 2 == 0 {
-            out.write_all(format!("{head}{payload}").as_bytes())
-                .unwrap();
-        } else {
-            out.write_all(head.as_bytes()).unwrap();
-            std::thread::sleep(Duration::from_millis(50));
-            out.write_all(payload.as_bytes()).unwrap();
-        }
+        // The body with the header, or after it.
+        let split = (round % 2 == 1).then_some(head.len());
+        send(&mut out, &format!("{head}{payload}"), split);
         let (status, body) = read_response(&mut reader);
         assert_eq!(status, 200, "{body}");
         let echo: Value = serde_json::from_str(&body).unwrap();
