@@ -19,6 +19,7 @@
 //! ops         SIGHUP and config-file reloads; closing the state on shutdown
 //! check       bgproxy --check
 //! logging     stderr through a writer thread: no thread waits on log I/O
+//! memory      small pages only: no huge-page fault stalls a switch or a request
 //! demo        bgproxy demo: two sample backends and the proxy on loopback
 //! ```
 
@@ -33,6 +34,7 @@ pub mod deploy;
 pub mod health;
 pub mod lean;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod metrics_http;
 pub mod ops;

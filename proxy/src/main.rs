@@ -102,6 +102,7 @@ fn main() -> ExitCode {
     };
 
     bgproxy::logging::init(&config.log, cli.log_format);
+    bgproxy::memory::use_small_pages();
     let mut daemon = match server::build(std::sync::Arc::new(config), &opts) {
         Ok(d) => d,
         Err(e) => return fail(format!("not started: {e:#}")),
