@@ -9,6 +9,9 @@ SWITCHES switches alternate the live color from one persistent client. For
 each switch: the time until the switch is answered, and the time from the
 answer until a fresh request through the proxy gets the new color. At the
 end, wrk's socket errors and non-2xx responses are the failed requests.
+bgproxy's three slowest switches are split, from its control thread's
+/proc schedstat, into time on a CPU, time runnable but waiting for a CPU,
+and the rest (blocked: the disk, a lock): where a stall came from.
 
 Run (repo root, after `cargo build --release`): python3 benches/cutover.py
 Environment: SWITCHES (200), BGPROXY_BIN (target/release/bgproxy), ONLY
@@ -113,6 +116,26 @@ def disk_floor(port, directory, size):
     return {k: (statistics.median(v), statistics.quantiles(v, n=100)[98]) for k, v in times.items()}
 
 
+def control_threads(pid):
+    """The schedstat files of bgproxy's control API thread(s)."""
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            if f.read().strip() == "control api":
+                found.append(f"/proc/{pid}/task/{tid}/schedstat")
+    return found
+
+
+def sched_ms(files):
+    """(ms on a CPU, ms runnable but waiting for one) of these threads so far."""
+    on_cpu = waiting = 0
+    for path in files:
+        with open(path) as f:
+            cpu, wait, _ = f.read().split()
+        on_cpu, waiting = on_cpu + int(cpu) / 1e6, waiting + int(wait) / 1e6
+    return on_cpu, waiting
+
+
 def failed(out):
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -121,8 +144,10 @@ def failed(out):
     return n + (int(non2xx.group(1)) if non2xx else 0), int(total.group(1)) if total else 0
 
 
-def measure(name, port, switch, first):
-    """`switch(color)` performs one switch and returns when it is answered."""
+def measure(name, port, switch, first, sched=None, spent=None):
+    """`switch(color)` performs one switch and returns when it is answered.
+    `sched()`, if given, is read just before and just after each switch,
+    outside the timing, and the pairs are appended to `spent`."""
     probe = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     load = wrk(port, max(10, SWITCHES // 10 + 5))
     os.setpriority(os.PRIO_PROCESS, 0, CLIENT_NICE)
@@ -131,9 +156,12 @@ def measure(name, port, switch, first):
     color = first
     for _ in range(SWITCHES):
         color = "green" if color == "blue" else "blue"
+        before = sched() if sched else None
         t0 = time.perf_counter()
         switch(color)
         t1 = time.perf_counter()
+        if sched:
+            spent.append((before, sched()))
         while True:
             try:
                 got = color_at(probe)
@@ -181,6 +209,8 @@ http {{ access_log off; keepalive_requests 1000000;
     api = socket.create_connection(("127.0.0.1", control), timeout=5)
     api.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    threads = control_threads(bg.pid)
+
     def bg_switch(color):
         # A raw socket, like the HAProxy runtime API client below: Python's
         # http.client spends ~0.2 ms of CPU per answer, long enough to be
@@ -200,8 +230,10 @@ http {{ access_log off; keepalive_requests 1000000;
         if not head.startswith(b"HTTP/1.1 200"):
             raise SystemExit(f"switch failed: {head!r} {answer!r}")
         inside.append(json.loads(answer)["duration_ms"])
-    inside = []
-    rows.append(measure("bgproxy control API (fsync'd)", port, bg_switch, "blue"))
+    inside, spent = [], []
+    rows.append(measure("bgproxy control API (fsync'd)", port, bg_switch, "blue",
+                        lambda: sched_ms(threads), spent))
+    split = [(own, a[0] - b[0], a[1] - b[1]) for own, (b, a) in zip(inside, spent)]
     size = os.path.getsize(f"{tmp}/state/state.json")
     floor = disk_floor(port, f"{tmp}/state", size)
     bg.send_signal(signal.SIGTERM)
@@ -209,6 +241,10 @@ http {{ access_log off; keepalive_requests 1000000;
     notes = [f"bgproxy's own time per switch (duration_ms in the answer: lock, gates, "
              f"durable state write, publish): p50 {statistics.median(inside):.2f} ms, "
              f"p99 {q[98]:.2f} ms.",
+             "Its three slowest switches, from the control thread's schedstat (ms): " +
+             "; ".join(f"{own:.2f} = on a CPU {cpu:.2f} + waiting for a CPU {wait:.2f} + "
+                       f"blocked (disk, locks) {max(0.0, own - cpu - wait):.2f}"
+                       for own, cpu, wait in sorted(split, reverse=True)[:3]) + ".",
              f"The disk alone under the same load, at nice -10, without bgproxy (the state's "
              f"{size} bytes): bgproxy's protocol (recycled scratch file) p50 "
              f"{floor['recycled'][0]:.2f} ms, p99 {floor['recycled'][1]:.2f} ms; a new temp file "
