@@ -11,7 +11,9 @@ answer until a fresh request through the proxy gets the new color. At the
 end, wrk's socket errors and non-2xx responses are the failed requests.
 bgproxy's three slowest switches are split, from its control thread's
 /proc schedstat, into time on a CPU, time runnable but waiting for a CPU,
-and the rest (blocked: the disk, a lock): where a stall came from.
+and the rest (blocked: the disk, a lock): where a stall came from. The
+reading after the answer may include some of the audit line bgproxy writes
+right after answering, so the parts can add up to a little more.
 
 Run (repo root, after `cargo build --release`): python3 benches/cutover.py
 Environment: SWITCHES (200), BGPROXY_BIN (target/release/bgproxy), ONLY
