@@ -242,7 +242,19 @@ pub async fn run(
 /// Runs one step in its own process group; streams its output.
 async fn run_step(step: &DeployStep, command: &str, plan: &DeployPlan, sink: &mut Sink) -> StepEnd {
     let first = plan.upstreams.first();
-    let mut cmd = Command::new("sh");
+    // Steps are started from the control API's thread, which may run at
+    // `control.nice`, and a process inherits the nice value of the thread
+    // that starts it. A step (a build, a `docker pull`) must not outrank
+    // the traffic: it runs at the daemon's own priority, through coreutils'
+    // `nice`, which sets it before `sh` starts.
+    let raised = crate::priority::raised_by();
+    let mut cmd = if raised > 0 {
+        let mut nice = Command::new("nice");
+        nice.args(["-n", &raised.to_string(), "sh"]);
+        nice
+    } else {
+        Command::new("sh")
+    };
     cmd.arg("-c")
         .arg(command)
         .env("BG_APP", &plan.app)

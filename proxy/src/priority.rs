@@ -54,6 +54,21 @@ pub fn this_thread() -> std::io::Result<i32> {
     Ok(rustix::process::getpriority_process(Some(tid))?)
 }
 
+/// How many steps the calling thread's nice value is below the daemon's
+/// own (its main thread's): what a process started from this thread would
+/// inherit on top of the daemon's priority. 0 on threads left alone.
+pub fn raised_by() -> i32 {
+    // On Linux, PRIO_PROCESS with the process id reads the main thread.
+    let pid = rustix::process::getpid();
+    match (
+        rustix::process::getpriority_process(Some(pid)),
+        this_thread(),
+    ) {
+        (Ok(process), Ok(thread)) => process - thread,
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +89,19 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(other, this_thread().unwrap(), "other threads keep theirs");
+    }
+
+    #[test]
+    fn raised_by_compares_with_the_main_thread() {
+        let base = this_thread().unwrap();
+        let lowered = std::thread::spawn(move || {
+            set_this_thread(base + 3);
+            raised_by()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, -3, "a thread below the process's priority");
+        let plain = std::thread::spawn(raised_by).join().unwrap();
+        assert_eq!(plain, 0);
     }
 }

@@ -37,6 +37,46 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Whether this process may lower a thread's nice value to -10 (what the
+/// daemon started from it inherits): `CAP_SYS_NICE`, or an `RLIMIT_NICE`
+/// soft limit of at least 20 - (-10) = 30.
+pub fn may_lower_nice_to_minus_10() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    const CAP_SYS_NICE: u32 = 23;
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let rlimit_nice = limits
+        .lines()
+        .find(|l| l.starts_with("Max nice priority"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse::<u64>().ok())
+        .unwrap_or(0);
+    cap_eff & (1 << CAP_SYS_NICE) != 0 || rlimit_nice >= 30
+}
+
+/// The nice value of each of the daemon's threads, by thread name.
+pub fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the parenthesised name: state is field 3, nice field 19.
+        let after = stat.rsplit_once(')').unwrap().1;
+        let nice = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        out.push((comm.trim().to_string(), nice));
+    }
+    out
+}
+
 /// Polls `f` every 20ms until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

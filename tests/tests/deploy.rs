@@ -5,7 +5,9 @@ use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon};
+use bgproxy_e2e::{
+    may_lower_nice_to_minus_10, thread_nices, wait_until, AppSpec, Backend, Daemon, Options,
+};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
@@ -271,4 +273,42 @@ fn unhealthy_standby_fails_the_deploy() {
         err.contains("did not become healthy within 1s") && err.contains("is down"),
         "{err}"
     );
+}
+
+/// `control.nice` raises the control API's thread, which starts the steps;
+/// a process inherits the nice value of the thread that starts it, yet the
+/// steps (a build, a `docker pull`) must not outrank the traffic either:
+/// they run at the daemon's own priority.
+#[test]
+fn steps_run_at_the_daemons_priority_not_control_nice() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let marks = tempfile::tempdir().unwrap();
+    let m = marks.path().display();
+    // Field 19 of /proc/PID/stat is the nice value ("sh" has no spaces).
+    let steps = step(
+        "nice",
+        &format!("cut -d' ' -f19 /proc/$$/stat > {m}/nice"),
+        "",
+    );
+    let d = Daemon::start_opts(
+        &[AppSpec::new("web", &[&b], &[&g]).extra(&steps)],
+        Options {
+            control: "nice = -10\n".into(),
+            ..Options::default()
+        },
+    );
+    assert!(d.wait_health("web", "green", "up", T));
+    let (code, out, err) = d.bgctl(&["deploy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    if may_lower_nice_to_minus_10() {
+        let control: Vec<i32> = thread_nices(d.pid())
+            .into_iter()
+            .filter(|(name, _)| name == "control api")
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(control, vec![-10], "the control thread is raised");
+    } else {
+        eprintln!("this process may not lower a nice value: the control thread stays at 0");
+    }
+    assert_eq!(read(&marks.path().join("nice")).trim(), "0");
 }
