@@ -58,9 +58,10 @@ pub fn may_lower_nice_to_minus_10() -> bool {
     cap_eff & (1 << CAP_SYS_NICE) != 0 || rlimit_nice >= 30
 }
 
-/// The nice value of each of the daemon's threads, by thread name.
-pub fn thread_nices(pid: u32) -> Vec<(String, i32)> {
-    let mut out = Vec::new();
+/// The nice values of the threads of process `pid` named `name`, one per
+/// thread; panics when no thread has that name.
+pub fn thread_nices(pid: u32, name: &str) -> Vec<i32> {
+    let mut all = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
         let (Ok(comm), Ok(stat)) = (
@@ -71,10 +72,16 @@ pub fn thread_nices(pid: u32) -> Vec<(String, i32)> {
         };
         // Fields after the parenthesised name: state is field 3, nice field 19.
         let after = stat.rsplit_once(')').unwrap().1;
-        let nice = after.split_whitespace().nth(16).unwrap().parse().unwrap();
-        out.push((comm.trim().to_string(), nice));
+        let nice: i32 = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        all.push((comm.trim().to_string(), nice));
     }
-    out
+    let found: Vec<i32> = all
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(!found.is_empty(), "no thread named {name:?}: {all:?}");
+    found
 }
 
 /// Polls `f` every 20ms until it is true or `timeout` passes.

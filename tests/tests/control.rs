@@ -275,24 +275,14 @@ fn control_nice_lets_the_control_api_thread_outrank_the_data_plane() {
     for daemon in [&d, &plain] {
         assert_eq!(daemon.api("GET", "/v1/status", None).0, 200);
     }
-    let nice_of = |daemon: &Daemon, name: &str| {
-        let nices = thread_nices(daemon.pid());
-        let found: Vec<i32> = nices
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| *v)
-            .collect();
-        assert!(!found.is_empty(), "no thread named {name:?}: {nices:?}");
-        found
-    };
     let allowed = may_lower_nice_to_minus_10();
     assert_eq!(
-        nice_of(&d, "control api"),
+        thread_nices(d.pid(), "control api"),
         vec![if allowed { -10 } else { 0 }]
     );
-    assert!(nice_of(&d, "front door").iter().all(|&n| n == 0));
+    assert!(thread_nices(d.pid(), "front door").iter().all(|&n| n == 0));
     assert_eq!(
-        nice_of(&plain, "control api"),
+        thread_nices(plain.pid(), "control api"),
         vec![0],
         "untouched by default"
     );

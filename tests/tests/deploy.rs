@@ -301,12 +301,11 @@ fn steps_run_at_the_daemons_priority_not_control_nice() {
     let (code, out, err) = d.bgctl(&["deploy"]);
     assert_eq!(code, 0, "{out}{err}");
     if may_lower_nice_to_minus_10() {
-        let control: Vec<i32> = thread_nices(d.pid())
-            .into_iter()
-            .filter(|(name, _)| name == "control api")
-            .map(|(_, n)| n)
-            .collect();
-        assert_eq!(control, vec![-10], "the control thread is raised");
+        assert_eq!(
+            thread_nices(d.pid(), "control api"),
+            vec![-10],
+            "the control thread is raised"
+        );
     } else {
         eprintln!("this process may not lower a nice value: the control thread stays at 0");
     }
