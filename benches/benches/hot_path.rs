@@ -14,8 +14,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bgproxy::routing::Snapshot;
-use bgproxy::state::{AppState, State, StateStore};
+use bgproxy::controlplane::state::{AppState, State, StateStore};
+use bgproxy::dataplane::routing::Snapshot;
 use bgproxy_control::api::{Color, HistoryEntry, SwitchKind};
 use criterion::{criterion_group, criterion_main, Criterion};
 

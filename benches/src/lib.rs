@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bgproxy::config::{AppConfig, DeployConfig, HealthConfig};
+use bgproxy::dataplane::routing::Snapshot;
 use bgproxy::metrics::Metrics;
-use bgproxy::routing::Snapshot;
 use bgproxy_control::api::Color;
 
 /// A snapshot of `apps` apps, each with `hosts` host names and four

@@ -1,46 +1,31 @@
 //! bgproxy: the traffic switch of a blue/green deployment, on pingora.
 //!
-//! How a request and a switch flow through the modules:
+//! The folders are the layers; imports point down only:
 //!
 //! ```text
-//! config      bgproxy.toml -> FileConfig -> validate() -> Config
-//! server      build(Config): state -> Controller -> pingora services
-//! lean        HTTP/1: plain requests on a straight loop, the rest to pingora-proxy
-//! dataplane   per request: load Snapshot (routing) -> app by Host -> color -> Pool::pick
-//! health      per upstream: pingora HTTP probe -> rise/fall Tracker -> HealthCell
-//! control_api /v1 HTTP/JSON -> Controller::apply
-//! priority    control.nice: the control API thread may outrank the data plane
-//! controller  validate -> StateStore::persist (fsync) -> ArcSwap::store -> answer
-//! deploy      bgctl deploy: the configured steps against the STANDBY color
-//! state       the JSON state file, atomic writes, recovery from corruption
-//! metrics     Prometheus names and pre-resolved handles; metrics_http serves them
-//! audit       audit.log: one fsync'd JSON line per control action
-//! upgrades    WebSocket connections: tracked per color, closed after drain_timeout
-//! ops         SIGHUP and config-file reloads; closing the state on shutdown
-//! check       bgproxy --check
-//! logging     stderr through a writer thread: no thread waits on log I/O
-//! memory      small pages only: no huge-page fault stalls a switch or a request
-//! demo        bgproxy demo: two sample backends and the proxy on loopback
+//! daemon/        wiring and process life: build the pingora server from a
+//!                Config, signals and reloads, --check, demo, logging, memory
+//!   |
+//! controlplane/  the one writer: controller (decide with rules, commit:
+//!                persist -> publish -> metrics -> audit), the /v1 API, the
+//!                state file, the audit log, health checker, deploy runner
+//!   |
+//! dataplane/     per request: front door (lean HTTP/1 loop, else
+//!                pingora-proxy) -> hooks -> routing Snapshot -> Pool::pick;
+//!                WebSocket upgrades, TLS certificates
+//!   |
+//! config/ metrics/   bgproxy.toml -> FileConfig -> validate() -> Config;
+//!                Prometheus names and handles, the /metrics endpoint
 //! ```
+//!
+//! How a request flows: `dataplane::front_door` reads the request head and
+//! loads the routing snapshot once -> app by Host -> color -> upstream.
+//! How a switch flows: `controlplane::api` -> `Controller::apply(change)` ->
+//! `rules` decide (pure) -> one commit: state file (fsync) -> `store` of the
+//! new snapshot -> metrics -> audit line -> answer.
 
-pub mod audit;
-pub mod check;
 pub mod config;
-pub mod control_api;
-pub mod controller;
+pub mod controlplane;
+pub mod daemon;
 pub mod dataplane;
-pub mod demo;
-pub mod deploy;
-pub mod health;
-pub mod lean;
-pub mod logging;
-pub mod memory;
 pub mod metrics;
-pub mod metrics_http;
-pub mod ops;
-pub mod priority;
-pub mod routing;
-pub mod server;
-pub mod state;
-pub mod tls;
-pub mod upgrades;

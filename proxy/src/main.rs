@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bgproxy::config::{Config, LogFormat};
-use bgproxy::{check, demo, server};
+use bgproxy::daemon::{build as server, check, demo};
 use bgproxy_control::api::Color;
 use clap::{Parser, Subcommand};
 
@@ -101,8 +101,8 @@ fn main() -> ExitCode {
         },
     };
 
-    bgproxy::logging::init(&config.log, cli.log_format);
-    bgproxy::memory::use_small_pages();
+    bgproxy::daemon::logging::init(&config.log, cli.log_format);
+    bgproxy::daemon::memory::use_small_pages();
     let mut daemon = match server::build(std::sync::Arc::new(config), &opts) {
         Ok(d) => d,
         Err(e) => return fail(format!("not started: {e:#}")),
@@ -118,13 +118,13 @@ fn main() -> ExitCode {
     // `run` returns once every service has stopped (pingora's
     // `run_forever` would exit the process there, past the log flush).
     daemon.server.run(pingora::server::RunArgs::default());
-    bgproxy::logging::flush();
+    bgproxy::daemon::logging::flush();
     ExitCode::SUCCESS
 }
 
 fn fail(message: String) -> ExitCode {
     // What was logged before comes first.
-    bgproxy::logging::flush();
+    bgproxy::daemon::logging::flush();
     eprintln!("bgproxy: {message}");
     ExitCode::FAILURE
 }

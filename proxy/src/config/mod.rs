@@ -154,7 +154,7 @@ pub struct ControlConfig {
     pub watch_config: bool,
     /// The nice value of the control API's thread (-20..=19), so a switch
     /// does not queue behind a saturated data plane; `None` (the default)
-    /// leaves the priority alone. See [`crate::priority`].
+    /// leaves the priority alone. See [`crate::controlplane::priority`].
     pub nice: Option<i32>,
 }
 

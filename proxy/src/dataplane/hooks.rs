@@ -28,9 +28,9 @@ use pingora::{Error, ErrorSource, ErrorType};
 use tracing::{info, warn};
 
 use crate::config::LogConfig;
+use crate::dataplane::routing::{strip_port, Routing, Snapshot};
+use crate::dataplane::upgrades::{Registration, UpgradeConnector, Upgrades, WS_GOING_AWAY};
 use crate::metrics::Metrics;
-use crate::routing::{strip_port, Routing, Snapshot};
-use crate::upgrades::{Registration, UpgradeConnector, Upgrades, WS_GOING_AWAY};
 
 /// The front door's proxy logic (pingora-proxy and the lean loop each
 /// hold a clone: the state behind it is shared).
@@ -226,7 +226,7 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn route(&self) -> Option<&crate::routing::AppRoute> {
+    fn route(&self) -> Option<&crate::dataplane::routing::AppRoute> {
         self.snapshot.as_ref().and_then(|s| s.apps.get(self.app))
     }
 }

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::config::{Config, ConfigError};
-use crate::server::read_token;
-use crate::state;
+use crate::controlplane::state;
+use crate::daemon::build::read_token;
 
 /// Checks the config at `path`; returns every problem as one line.
 pub fn check(path: &Path) -> Result<Config, Vec<String>> {
@@ -24,7 +24,7 @@ pub fn check(path: &Path) -> Result<Config, Vec<String>> {
         }
     }
     if let Some(tls) = &config.proxy.tls {
-        let (errors, warnings) = crate::tls::check(tls);
+        let (errors, warnings) = crate::dataplane::tls::check(tls);
         problems.extend(errors);
         for w in warnings {
             eprintln!("warning: {w}");

@@ -30,7 +30,7 @@ use pingora::services::background::BackgroundService;
 use tracing::{info, warn};
 
 use crate::config::HealthConfig;
-use crate::routing::{Routing, Upstream};
+use crate::dataplane::routing::{Routing, Upstream};
 
 /// Observed health of one upstream and since when, readable without a lock.
 #[derive(Debug)]

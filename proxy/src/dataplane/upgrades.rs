@@ -40,8 +40,8 @@ use pingora::services::background::BackgroundService;
 use pingora::{Error, ErrorType};
 use tracing::info;
 
+use crate::dataplane::routing::Routing;
 use crate::metrics::Metrics;
-use crate::routing::Routing;
 
 /// How often the drain looks at the registered connections.
 pub const TICK: Duration = Duration::from_millis(250);

@@ -18,19 +18,19 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tracing::{info, warn};
 
-use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::control_api::{Auth, ControlApi};
-use crate::controller::Controller;
-use crate::dataplane::{DataPlane, Limits};
-use crate::health::HealthService;
-use crate::lean::FrontDoor;
+use crate::controlplane::api::{Auth, ControlApi};
+use crate::controlplane::audit::AuditLog;
+use crate::controlplane::controller::Controller;
+use crate::controlplane::health::HealthService;
+use crate::controlplane::state::StateStore;
+use crate::daemon::lifecycle::OpsService;
+use crate::dataplane::hooks::{DataPlane, Limits};
+use crate::dataplane::lean::FrontDoor;
+use crate::dataplane::tls::CertStore;
+use crate::dataplane::upgrades::{DrainService, Upgrades};
+use crate::metrics::http::MetricsEndpoint;
 use crate::metrics::Metrics;
-use crate::metrics_http::MetricsEndpoint;
-use crate::ops::OpsService;
-use crate::state::StateStore;
-use crate::tls::CertStore;
-use crate::upgrades::{DrainService, Upgrades};
 
 /// A built daemon: the server to run and the handles around it.
 pub struct Daemon {
@@ -224,7 +224,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
                 .map_err(|e| anyhow::anyhow!("cannot load TLS certificates: {e}"))?;
             let store = Arc::new(store);
             for addr in &tls.listen {
-                let settings = crate::tls::settings(store.clone())
+                let settings = crate::dataplane::tls::settings(store.clone())
                     .map_err(|e| anyhow::anyhow!("cannot set up TLS on {addr}: {e}"))?;
                 front.add_tls_with_settings(&addr.to_string(), None, settings);
             }

@@ -4,9 +4,11 @@
 //! Label values come only from the config (app names, colors, upstream
 //! addresses) and from fixed enums (status class, switch kind, result),
 //! never from client input: a client cannot grow the number of series.
-//! The data plane never looks a label up: each [`Pool`](crate::routing::Pool)
+//! The data plane never looks a label up: each [`Pool`](crate::dataplane::routing::Pool)
 //! carries its [`PoolMetrics`] handles, resolved when the pool is built, so
 //! recording a request is a few atomic adds.
+
+pub mod http;
 
 use prometheus::core::Collector;
 use prometheus::{

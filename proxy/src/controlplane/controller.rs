@@ -35,9 +35,9 @@ use tracing::{error, info, warn};
 
 use crate::config::DeployStep;
 use crate::config::{AppConfig, Config, ConfigError};
+use crate::controlplane::state::{AppState, State, StateError, StateLock, StateStore};
+use crate::dataplane::routing::{AppRoute, Pool, Routing, Snapshot};
 use crate::metrics::Metrics;
-use crate::routing::{AppRoute, Pool, Routing, Snapshot};
-use crate::state::{AppState, State, StateError, StateLock, StateStore};
 
 /// Why a control request was refused or failed. Each maps to an HTTP status
 /// and a stable `code` of the API.

@@ -26,10 +26,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::audit::{AuditLog, AuditRecord};
-use crate::controller::Controller;
+use crate::controlplane::audit::{AuditLog, AuditRecord};
+use crate::controlplane::controller::Controller;
+use crate::dataplane::tls::CertStore;
 use crate::metrics::Metrics;
-use crate::tls::CertStore;
 
 /// How long the file must be quiet before a change is reloaded.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -152,7 +152,7 @@ impl OpsService {
             let n = self.metrics.in_flight();
             if n <= 0 {
                 info!("drained in {:?}: exiting", started.elapsed());
-                crate::logging::flush();
+                crate::daemon::logging::flush();
                 std::process::exit(0);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

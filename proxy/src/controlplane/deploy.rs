@@ -29,8 +29,8 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::config::DeployStep;
-use crate::controller::{Controller, DeployPlan};
-use crate::health::now_ms;
+use crate::controlplane::controller::{Controller, DeployPlan};
+use crate::controlplane::health::now_ms;
 
 /// How long a killed step's process group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -247,7 +247,7 @@ async fn run_step(step: &DeployStep, command: &str, plan: &DeployPlan, sink: &mu
     // that starts it. A step (a build, a `docker pull`) must not outrank
     // the traffic: it runs at the daemon's own priority, through coreutils'
     // `nice`, which sets it before `sh` starts.
-    let raised = crate::priority::raised_by();
+    let raised = crate::controlplane::priority::raised_by();
     let mut cmd = if raised > 0 {
         let mut nice = Command::new("nice");
         nice.args(["-n", &raised.to_string(), "sh"]);

@@ -30,8 +30,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::debug;
 
-use crate::audit::{AuditLog, AuditRecord};
-use crate::controller::{Change, Command, ControlError, Controller};
+use crate::controlplane::audit::{AuditLog, AuditRecord};
+use crate::controlplane::controller::{Change, Command, ControlError, Controller};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -470,7 +470,11 @@ impl ControlApi {
         };
         attempt.to = Some(plan.color);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(crate::deploy::run(self.controller.clone(), plan, tx));
+        tokio::spawn(crate::controlplane::deploy::run(
+            self.controller.clone(),
+            plan,
+            tx,
+        ));
 
         let mut connected = async {
             let mut header = ResponseHeader::build(200, Some(3))?;
@@ -526,7 +530,7 @@ impl HttpServerApp for ControlApi {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         if let Some(nice) = self.nice {
-            crate::priority::set_this_thread(nice);
+            crate::controlplane::priority::set_this_thread(nice);
         }
         match s.read_request().await {
             Ok(true) => {}

@@ -46,8 +46,8 @@ use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
-use crate::dataplane::{DataPlane, RequestCtx};
-use crate::routing::Routing;
+use crate::dataplane::hooks::{DataPlane, RequestCtx};
+use crate::dataplane::routing::Routing;
 
 /// The most header bytes read before giving the request to pingora-proxy
 /// (which applies its own limit and answers 431/400 itself).

@@ -17,7 +17,7 @@ use pingora::services::listening::Service;
 use crate::config::{self, Config};
 
 /// The demo's configuration file, also checked in CI as `conf/demo.toml`.
-pub const DEMO_TOML: &str = include_str!("../../conf/demo.toml");
+pub const DEMO_TOML: &str = include_str!("../../../conf/demo.toml");
 
 /// The demo config with its state under `dir`.
 pub fn config(dir: &Path) -> anyhow::Result<Config> {

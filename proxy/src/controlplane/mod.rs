@@ -1,0 +1,21 @@
+//! The control plane: the one writer of routing and state, and what feeds
+//! it.
+//!
+//! ```text
+//! api         /v1 HTTP/JSON -> a Change -> Controller::apply
+//! controller  the writer: decide (rules) -> commit: persist -> publish ->
+//!             metrics -> audit
+//! state       the JSON state file: atomic writes, recovery from corruption
+//! audit       audit.log: one fsync'd JSON line per control action
+//! health      per upstream: pingora HTTP probe -> rise/fall Tracker -> HealthCell
+//! deploy      bgctl deploy: the configured steps against the STANDBY color
+//! priority    control.nice: the control API thread may outrank the data plane
+//! ```
+
+pub mod api;
+pub mod audit;
+pub mod controller;
+pub mod deploy;
+pub mod health;
+pub mod priority;
+pub mod state;

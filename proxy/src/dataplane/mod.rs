@@ -1,0 +1,20 @@
+//! The data plane: everything on a request's path. It reads the routing
+//! snapshot (one `ArcSwap::load` per request) and never waits on the control
+//! plane; nothing here imports `controlplane` or `daemon`.
+//!
+//! ```text
+//! lean       the front door: plain HTTP/1 requests on a straight loop,
+//!            everything else (bodies, HTTP/2, upgrades) to pingora-proxy
+//! hooks      the ProxyHttp hooks both paths call: limits, routing, headers,
+//!            retries, error pages, metrics and the access log
+//! routing    Snapshot -> AppRoute (by Host) -> color -> Pool::pick; the
+//!            per-upstream HealthCell the health checker writes
+//! upgrades   WebSocket connections: tracked per color, closed after drain
+//! tls        certificates by SNI, reloaded without a restart
+//! ```
+
+pub mod hooks;
+pub mod lean;
+pub mod routing;
+pub mod tls;
+pub mod upgrades;
