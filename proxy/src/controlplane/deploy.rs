@@ -30,7 +30,7 @@ use tracing::warn;
 
 use crate::config::DeployStep;
 use crate::controlplane::controller::{Controller, DeployPlan};
-use crate::controlplane::health::now_ms;
+use crate::dataplane::health_cell::now_ms;
 
 /// How long a killed step's process group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);

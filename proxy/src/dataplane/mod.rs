@@ -13,6 +13,7 @@
 //! tls        certificates by SNI, reloaded without a restart
 //! ```
 
+pub mod health_cell;
 pub mod hooks;
 pub mod lean;
 pub mod routing;

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use bgproxy_control::api::{Color, Health};
 
 use crate::config::AppConfig;
-use crate::controlplane::health::HealthCell;
+use crate::dataplane::health_cell::HealthCell;
 use crate::metrics::{Metrics, PoolMetrics};
 
 /// The shared, swappable routing table.
