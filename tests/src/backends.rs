@@ -1,0 +1,303 @@
+//! Backends the tests start themselves, on 127.0.0.1 with a port the OS
+//! picks (the listener stays bound for the backend's life).
+//!
+//! - [`Backend`]: a small threaded HTTP/1.1 server (keep-alive) that answers
+//!   `/health` with a status the test controls (or hangs), `/slow/<ms>`
+//!   after a pause, a WebSocket upgrade with an echo, and any other path
+//!   with a JSON echo of what it received plus its color.
+//! - [`H2Backend`]: cleartext HTTP/2 only, for apps with `h2 = true`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::wait_until;
+
+struct BackendState {
+    color: String,
+    health_status: AtomicU16,
+    health_hangs: AtomicBool,
+    stopped: AtomicBool,
+    hits: AtomicU64,
+    conns: Mutex<Vec<TcpStream>>,
+}
+
+/// A real HTTP backend on 127.0.0.1.
+pub struct Backend {
+    pub addr: SocketAddr,
+    state: Arc<BackendState>,
+}
+
+impl Backend {
+    /// Starts a backend of `color` (the name it answers with).
+    pub fn start(color: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(BackendState {
+            color: color.to_string(),
+            health_status: AtomicU16::new(200),
+            health_hangs: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            conns: Mutex::new(Vec::new()),
+        });
+        let st = state.clone();
+        thread::spawn(move || loop {
+            if st.stopped.load(Ordering::SeqCst) {
+                return; // drops the listener: new connections are refused
+            }
+            match listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    if let Ok(c) = s.try_clone() {
+                        st.conns.lock().unwrap().push(c);
+                    }
+                    let st = st.clone();
+                    thread::spawn(move || serve(s, st));
+                }
+                Err(_) => thread::sleep(Duration::from_millis(2)),
+            }
+        });
+        Backend { addr, state }
+    }
+
+    /// Makes `/health` answer `status`.
+    pub fn set_health(&self, status: u16) {
+        self.state.health_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Makes `/health` never answer (the check stays in flight).
+    pub fn hang_health(&self) {
+        self.state.health_hangs.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests served other than `/health`.
+    pub fn hits(&self) -> u64 {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Closes the port and every open connection: the backend is gone.
+    pub fn stop(&self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        for c in self.state.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        wait_until(Duration::from_secs(2), || {
+            TcpStream::connect(self.addr).is_err()
+        });
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(stream: TcpStream, st: Arc<BackendState>) {
+    let mut out = match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        let mut headers = BTreeMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        if headers
+            .get("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        {
+            return websocket_echo(reader, &headers, &st);
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if let Some(ms) = target
+            .strip_prefix("/slow/")
+            .and_then(|ms| ms.parse::<u64>().ok())
+        {
+            thread::sleep(Duration::from_millis(ms));
+        }
+        let (status, payload) = if target == "/health" {
+            if st.health_hangs.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_secs(3600));
+            }
+            (
+                st.health_status.load(Ordering::SeqCst),
+                b"health\n".to_vec(),
+            )
+        } else {
+            st.hits.fetch_add(1, Ordering::SeqCst);
+            let echo = json!({
+                "color": st.color,
+                "method": method,
+                "target": target,
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+            });
+            (200, serde_json::to_vec(&echo).unwrap())
+        };
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\nX-Color: {}\r\n\r\n",
+            payload.len(),
+            st.color
+        );
+        if out
+            .write_all(head.as_bytes())
+            .and_then(|_| out.write_all(&payload))
+            .is_err()
+        {
+            return;
+        }
+        if headers
+            .get("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        {
+            return;
+        }
+    }
+}
+
+/// Completes a WebSocket handshake and echoes every text message back as
+/// `"<color>: <text>"` until the peer closes.
+fn websocket_echo(
+    reader: BufReader<TcpStream>,
+    headers: &BTreeMap<String, String>,
+    st: &BackendState,
+) {
+    let key = headers
+        .get("sec-websocket-key")
+        .cloned()
+        .unwrap_or_default();
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut stream = reader.into_inner();
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nX-Color: {}\r\n\r\n",
+        st.color
+    );
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    st.hits.fetch_add(1, Ordering::SeqCst);
+    let mut ws =
+        tungstenite::WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Server, None);
+    while let Ok(msg) = ws.read() {
+        let reply = match msg {
+            tungstenite::Message::Text(t) => format!("{}: {}", st.color, t.as_str()),
+            tungstenite::Message::Close(_) => {
+                // tungstenite queued the close reply: send it, then end.
+                let _ = ws.flush();
+                return;
+            }
+            _ => continue,
+        };
+        if ws.send(tungstenite::Message::text(reply)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A backend that speaks only cleartext HTTP/2 (h2c, prior knowledge), for
+/// apps with `h2 = true`. Answers `/health` with 200 and anything else with
+/// a JSON echo that includes the HTTP version it was asked with.
+pub struct H2Backend {
+    pub addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl H2Backend {
+    pub fn start(color: &str) -> H2Backend {
+        use http_body_util::{BodyExt, Full};
+        use hyper::service::service_fn;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let color: Arc<str> = color.into();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let color = color.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let color = color.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let payload = if parts.uri.path() == "/health" {
+                                b"health\n".to_vec()
+                            } else {
+                                serde_json::to_vec(&json!({
+                                    "color": &*color,
+                                    "version": format!("{:?}", parts.version),
+                                    "method": parts.method.as_str(),
+                                    "target": parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                                    "body": String::from_utf8_lossy(&body),
+                                }))
+                                .unwrap()
+                            };
+                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(payload),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        H2Backend {
+            addr,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for H2Backend {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
