@@ -5,14 +5,16 @@
 //! ```text
 //! lean       the front door: plain HTTP/1 requests on a straight loop,
 //!            everything else (bodies, HTTP/2, upgrades) to pingora-proxy
-//! hooks      the ProxyHttp hooks both paths call: limits, routing, headers,
-//!            retries, error pages, metrics and the access log
+//! hooks      the ProxyHttp hooks both paths call: limits, routing, retries,
+//!            error pages, metrics and the access log
+//! headers    X-Forwarded-For/-Proto/-Host for the upstream
 //! routing    Snapshot -> AppRoute (by Host) -> color -> Pool::pick; the
 //!            per-upstream HealthCell the health checker writes
 //! upgrades   WebSocket connections: tracked per color, closed after drain
 //! tls        certificates by SNI, reloaded without a restart
 //! ```
 
+pub mod headers;
 pub mod health_cell;
 pub mod hooks;
 pub mod lean;
