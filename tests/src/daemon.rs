@@ -11,18 +11,34 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::backends::Backend;
-use crate::ports::free_port;
+use crate::ports::Port;
 use crate::wait_until;
 
-/// Path of a workspace binary, built by `cargo test --workspace`.
+/// The environment variable naming another directory to take the binaries
+/// from (e.g. `BGPROXY_BIN_DIR=/elsewhere/target/debug`, to run the tests
+/// against a build with a deliberate bug).
+pub const BIN_DIR_VAR: &str = "BGPROXY_BIN_DIR";
+
+/// Path of a workspace binary: in `$BGPROXY_BIN_DIR` if set, else next to
+/// the test executable (`target/<profile>/`, built by
+/// `cargo test --workspace`). Panics if it is not there.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = match std::env::var_os(BIN_DIR_VAR) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> -> target/<profile>/<name>
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not found: run the tests with `cargo test --workspace` so the binaries are built",
+        "{} not found: run the tests with `cargo test --workspace` so the binaries are built \
+         (or point {BIN_DIR_VAR} at a directory that has them)",
         path.display()
     );
     path
@@ -103,6 +119,9 @@ pub struct Daemon {
     pub control: SocketAddr,
     pub metrics: SocketAddr,
     pub token: Option<String>,
+    /// The reservations of `proxy`, `control` and `metrics`, held until the
+    /// daemon is dropped (after it is killed): see [`crate::ports`].
+    _ports: [Port; 3],
     args: Vec<String>,
     opts: Options,
     child: Option<Child>,
@@ -130,9 +149,8 @@ impl Daemon {
     pub fn start_opts(apps: &[AppSpec], opts: Options) -> Daemon {
         let token = opts.token.as_deref();
         let dir = tempfile::tempdir().unwrap();
-        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let ports = [Port::reserve(), Port::reserve(), Port::reserve()];
+        let [proxy, control, metrics] = [0, 1, 2].map(|i| ports[i].addr());
         if let Some(t) = token {
             std::fs::write(dir.path().join("token"), format!("{t}\n")).unwrap();
         }
@@ -143,6 +161,7 @@ impl Daemon {
             proxy,
             control,
             metrics,
+            _ports: ports,
             token: token.map(String::from),
             args: opts.args.clone(),
             opts,

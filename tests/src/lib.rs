@@ -7,13 +7,14 @@
 //!   ([`AppSpec`], [`Options`]) into a temp dir, runs `bgproxy`, waits for
 //!   its control API, kills it on drop; [`bin`] finds the binaries.
 //! - [`load`]: keep-alive load ([`Load`]), clients through the front door.
-//! - [`ports`]: ports for the daemon's listeners.
+//! - [`ports`]: ports for the daemon's listeners, held until the test ends
+//!   ([`Port`]).
 //! - [`procfs`]: what `/proc` says about the daemon's threads.
 //! - [`wait`]: readiness ([`wait_until`]) by polling with a deadline, never a
 //!   bare sleep.
 //!
-//! The binaries are found next to the test executable (`target/<profile>/`);
-//! `cargo test --workspace` builds them.
+//! The binaries are found next to the test executable (`target/<profile>/`;
+//! `cargo test --workspace` builds them), or in `$BGPROXY_BIN_DIR`.
 
 pub mod backends;
 pub mod daemon;
@@ -25,6 +26,6 @@ pub mod wait;
 pub use backends::{Backend, H2Backend};
 pub use daemon::{bin, AppSpec, Daemon, Options};
 pub use load::Load;
-pub use ports::free_port;
+pub use ports::Port;
 pub use procfs::{may_lower_nice_to_minus_10, thread_nices};
 pub use wait::wait_until;

@@ -5,7 +5,7 @@
 use std::thread;
 use std::time::Duration;
 
-use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon, Load};
+use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon, Load, Port};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
@@ -248,20 +248,12 @@ fn second_daemon_on_same_state_refuses_to_start() {
     assert!(!exit_of(d.spawn_another(&[])).success());
     assert!(d.log().contains("in use"), "{}", d.log());
 
+    let ports = [Port::reserve(), Port::reserve(), Port::reserve()];
     let other = std::fs::read_to_string(&d.config)
         .unwrap()
-        .replace(
-            &d.proxy.to_string(),
-            &format!("127.0.0.1:{}", bgproxy_e2e::free_port()),
-        )
-        .replace(
-            &d.control.to_string(),
-            &format!("127.0.0.1:{}", bgproxy_e2e::free_port()),
-        )
-        .replace(
-            &d.metrics.to_string(),
-            &format!("127.0.0.1:{}", bgproxy_e2e::free_port()),
-        );
+        .replace(&d.proxy.to_string(), &ports[0].addr().to_string())
+        .replace(&d.control.to_string(), &ports[1].addr().to_string())
+        .replace(&d.metrics.to_string(), &ports[2].addr().to_string());
     let other_path = d.dir.path().join("other.toml");
     std::fs::write(&other_path, other).unwrap();
     let out = std::process::Command::new(bgproxy_e2e::bin("bgproxy"))
@@ -360,7 +352,8 @@ fn refuses_to_start_on_taken_port_or_bad_state_dir() {
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
         (status.unwrap().success(), err)
     };
-    let control = bgproxy_e2e::free_port();
+    let control_port = Port::reserve();
+    let control = control_port.number();
     let config = |listen: u16, state: &str| {
         format!(
             "[proxy]\nlisten = [\"127.0.0.1:{listen}\"]\n[control]\nlisten = \"127.0.0.1:{control}\"\n[state]\npath = \"{state}\"\n\
@@ -376,7 +369,8 @@ fn refuses_to_start_on_taken_port_or_bad_state_dir() {
     );
 
     std::fs::write(dir.path().join("plainfile"), "x").unwrap();
-    let (ok, err) = run(config(bgproxy_e2e::free_port(), "plainfile/state.json"));
+    let listen = Port::reserve();
+    let (ok, err) = run(config(listen.number(), "plainfile/state.json"));
     assert!(!ok);
     assert!(err.contains("cannot create state directory"), "{err}");
 }

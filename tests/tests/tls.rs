@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use bgproxy_e2e::{bin, free_port, wait_until, AppSpec, Backend, Daemon, Options};
+use bgproxy_e2e::{bin, wait_until, AppSpec, Backend, Daemon, Options, Port};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
@@ -59,7 +59,8 @@ fn presented(roots: &[&str], host: &str, addr: SocketAddr) -> Option<Vec<u8>> {
 
 struct Tls {
     dir: tempfile::TempDir,
-    port: u16,
+    /// The HTTPS listener's port, held until the test ends.
+    port: Port,
     a: (String, String, Vec<u8>),
     b: (String, String, Vec<u8>),
 }
@@ -74,7 +75,7 @@ fn setup() -> Tls {
     put(dir.path(), "b.key", &b.1);
     Tls {
         dir,
-        port: free_port(),
+        port: Port::reserve(),
         a,
         b,
     }
@@ -85,7 +86,7 @@ fn tls_toml(t: &Tls) -> String {
     format!(
         "[proxy.tls]\nlisten = [\"127.0.0.1:{}\"]\ncert = \"{d}/a.pem\"\nkey = \"{d}/a.key\"\n\
          [[proxy.tls.certs]]\nhosts = [\"b.example\", \"*.wild.example\"]\ncert = \"{d}/b.pem\"\nkey = \"{d}/b.key\"\n",
-        t.port
+        t.port.number()
     )
 }
 
@@ -100,12 +101,12 @@ fn https_h2_and_sni() {
             ..Options::default()
         },
     );
-    let addr = SocketAddr::from(([127, 0, 0, 1], t.port));
+    let addr = SocketAddr::from(([127, 0, 0, 1], t.port.number()));
     let roots = [t.a.0.as_str(), t.b.0.as_str()];
 
     // HTTP/2 over TLS (ALPN h2), routed to the live color.
     let r = client(&roots, "a.example", addr, true)
-        .get(format!("https://a.example:{}/x?y=1", t.port))
+        .get(format!("https://a.example:{}/x?y=1", t.port.number()))
         .send()
         .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
@@ -115,7 +116,7 @@ fn https_h2_and_sni() {
     assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
     // ALPN falls back to HTTP/1.1.
     let r = client(&roots, "a.example", addr, false)
-        .get(format!("https://a.example:{}/", t.port))
+        .get(format!("https://a.example:{}/", t.port.number()))
         .send()
         .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
@@ -123,7 +124,7 @@ fn https_h2_and_sni() {
     assert!(d.wait_health("web", "green", "up", T));
     assert_eq!(d.switch("web", "green").0, 200);
     let r = client(&roots, "a.example", addr, true)
-        .get(format!("https://a.example:{}/", t.port))
+        .get(format!("https://a.example:{}/", t.port.number()))
         .send()
         .unwrap();
     assert_eq!(r.json::<Value>().unwrap()["color"], "green");
@@ -148,7 +149,7 @@ fn certificate_replaced_on_disk_is_served_without_restart() {
             ..Options::default()
         },
     );
-    let addr = SocketAddr::from(([127, 0, 0, 1], t.port));
+    let addr = SocketAddr::from(([127, 0, 0, 1], t.port.number()));
     let renewed = cert(&["a.example"], 90);
     let roots = [t.a.0.as_str(), renewed.0.as_str()];
     assert_eq!(presented(&roots, "a.example", addr), Some(t.a.2.clone()));
@@ -205,14 +206,17 @@ fn redirect_plain_http_to_https() {
     assert_eq!(r.status(), 308);
     assert_eq!(
         r.headers()["location"],
-        format!("https://a.example:{}/shop/cart?id=7&q=a%20b", t.port)
+        format!(
+            "https://a.example:{}/shop/cart?id=7&q=a%20b",
+            t.port.number()
+        )
     );
     assert_eq!(bl.hits(), 0, "nothing proxied");
     // Over HTTPS the same request is served.
     let roots = [t.a.0.as_str()];
-    let addr = SocketAddr::from(([127, 0, 0, 1], t.port));
+    let addr = SocketAddr::from(([127, 0, 0, 1], t.port.number()));
     let r = client(&roots, "a.example", addr, true)
-        .get(format!("https://a.example:{}/shop", t.port))
+        .get(format!("https://a.example:{}/shop", t.port.number()))
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
@@ -226,7 +230,7 @@ fn check_validates_certificates() {
         let conf = format!(
             "[proxy]\nlisten = []\n[proxy.tls]\nlisten = [\"127.0.0.1:{}\"]\ncert = \"{cert}\"\nkey = \"{key}\"\n[state]\npath = \"s/state.json\"\n\
              [[app]]\nname = \"web\"\n[app.blue]\nupstreams = [\"127.0.0.1:1\"]\n[app.green]\nupstreams = [\"127.0.0.1:2\"]\n",
-            t.port
+            t.port.number()
         );
         std::fs::write(d.join("c.toml"), conf).unwrap();
         let out = std::process::Command::new(bin("bgproxy"))
@@ -296,7 +300,7 @@ fn idle_http2_connection_is_closed() {
     config.alpn_protocols = vec![b"h2".to_vec()];
     let name = rustls::pki_types::ServerName::try_from("a.example").unwrap();
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", t.port)).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", t.port.number())).unwrap();
     tcp.set_read_timeout(Some(T)).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     // The client preface and an empty SETTINGS frame, then nothing.
