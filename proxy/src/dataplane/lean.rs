@@ -1,5 +1,4 @@
-//! The front door's HTTP/1 loop: plain requests take a straight line,
-//! everything else goes to pingora-proxy.
+//! The lean loop: one plain HTTP/1 request, served on a straight line.
 //!
 //! pingora-proxy runs every request through a general machine: two halves
 //! joined by a task channel, two header maps per request, every filter of
@@ -8,264 +7,33 @@
 //! line per request cost ~58k instructions against pingora-proxy's ~73k and
 //! reach 0.90x HAProxy's requests per second against 0.80x.
 //!
-//! So for a cleartext or TLS HTTP/1 connection, [`FrontDoor`] reads each
-//! request header itself and looks at it ([`Shape`]): a request without a
-//! body, upgrade, `Expect` or hop-by-hop headers beyond `Connection:
-//! keep-alive/close`, for an app with HTTP/1 upstreams, takes the lean loop;
-//! any other request is handed to pingora-proxy unchanged. The bytes read are
-//! handed on as the session's "pipelined prefix", which pingora's HTTP/1
-//! session parses before reading the socket again, so nothing is lost and
-//! either path sees the request as the client sent it. HTTP/2 connections
-//! go to pingora-proxy whole.
+//! The front door (`front_door.rs`) decides which requests come here: no
+//! body, no upgrade, an app with HTTP/1 upstreams.
 //!
-//! The lean loop calls the same [`DataPlane`] hooks pingora-proxy calls, in
-//! the same order (`request_filter`, `upstream_peer`, `fail_to_connect`,
-//! `upstream_request_filter`, `response_filter`, `response_body_filter`,
-//! `fail_to_proxy`, `logging`), so routing, limits, retries, headers, drain,
-//! error pages, metrics and the access log are one code for both paths.
+//! The lean loop calls the same [`DataPlane`](crate::dataplane::hooks::DataPlane)
+//! hooks pingora-proxy calls, in the same order (`request_filter`,
+//! `upstream_peer`, `fail_to_connect`, `upstream_request_filter`,
+//! `response_filter`, `response_body_filter`, `fail_to_proxy`, `logging`),
+//! so routing, limits, retries, headers, drain, error pages, metrics and the
+//! access log are one code for both paths.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use async_trait::async_trait;
-use bytes::BytesMut;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::connectors::http::Connector;
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamH1;
-use pingora::protocols::http::v2::server::H2Options;
-use pingora::protocols::http::{HttpTask, ServerSession};
-use pingora::protocols::Stream;
-use pingora::proxy::{HttpProxy, ProxyHttp, Session};
-use pingora::server::ShutdownWatch;
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType};
-use tokio::io::AsyncReadExt;
-use tokio::sync::Notify;
 
-use crate::dataplane::hooks::{DataPlane, RequestCtx};
-use crate::dataplane::routing::Routing;
-
-/// The most header bytes read before giving the request to pingora-proxy
-/// (which applies its own limit and answers 431/400 itself).
-const MAX_LEAN_HEADER: usize = 16 * 1024;
-/// The most headers the lean loop looks at; more go to pingora-proxy.
-const MAX_LEAN_HEADERS: usize = 64;
-
-/// The front door's HTTP application: the lean loop, with pingora-proxy
-/// behind it.
-pub struct FrontDoor {
-    proxy: Arc<HttpProxy<DataPlane>>,
-    data: DataPlane,
-    connector: Connector,
-    shutting_down: AtomicBool,
-    shutdown: Notify,
-}
+use crate::dataplane::front_door::FrontDoor;
+use crate::dataplane::hooks::RequestCtx;
 
 impl FrontDoor {
-    /// `data` is the same data plane `proxy` runs (a clone of it).
-    pub fn new(proxy: HttpProxy<DataPlane>, data: DataPlane, connector: Connector) -> Self {
-        FrontDoor {
-            proxy: Arc::new(proxy),
-            data,
-            connector,
-            shutting_down: AtomicBool::new(false),
-            shutdown: Notify::new(),
-        }
-    }
-}
-
-/// What the start of a connection's next request is.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Shape {
-    /// A complete header the lean loop can serve.
-    Lean,
-    /// Anything else, complete or not: pingora-proxy's.
-    Other,
-    /// Not a complete header yet.
-    Partial,
-}
-
-/// Looks at a request header (without parsing it into pingora's types):
-/// GET, HEAD or OPTIONS over HTTP/1.1 with an origin-form target, a Host,
-/// no body, no upgrade, no `Expect`, no hop-by-hop header but `Connection:
-/// keep-alive` or `close`, and a Host for which `lean_app` says yes.
-pub fn shape(buf: &[u8], lean_app: impl FnOnce(&[u8]) -> bool) -> Shape {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_LEAN_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Shape::Partial,
-        Err(_) => return Shape::Other,
-    }
-    let simple = matches!(req.method, Some("GET" | "HEAD" | "OPTIONS"))
-        && req.version == Some(1)
-        && req.path.is_some_and(|p| p.starts_with('/'));
-    if !simple {
-        return Shape::Other;
-    }
-    let mut host = None;
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        if is("host") {
-            if host.is_some() {
-                return Shape::Other;
-            }
-            host = Some(h.value);
-        } else if is("connection") {
-            let v = h.value.trim_ascii();
-            if !(v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")) {
-                return Shape::Other;
-            }
-        } else if is("content-length")
-            || is("transfer-encoding")
-            || is("upgrade")
-            || is("expect")
-            || is("te")
-            || is("trailer")
-            || is("keep-alive")
-            || is("proxy-connection")
-            || is("proxy-authenticate")
-            || is("proxy-authorization")
-            || is("http2-settings")
-        {
-            return Shape::Other;
-        }
-    }
-    match host {
-        Some(host) if lean_app(host) => Shape::Lean,
-        _ => Shape::Other,
-    }
-}
-
-/// Whether the app `host` routes to forwards over HTTP/1 and does not
-/// redirect this connection to HTTPS (unknown hosts are pingora-proxy's:
-/// it answers their 404).
-fn lean_app(routing: &Routing, host: &[u8], tls: bool) -> bool {
-    let snapshot = routing.load();
-    snapshot.app_for_host(Some(host)).is_some_and(|app| {
-        let config = &snapshot.apps[app].config;
-        !config.h2 && (!config.redirect_https || tls)
-    })
-}
-
-#[async_trait]
-impl HttpServerApp for FrontDoor {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let ServerSession::H1(v1) = session else {
-            return self.proxy.process_new_http(session, shutdown).await;
-        };
-        // What pingora set for this connection (keep-alive idle timeout,
-        // reuse count) goes on to the session that serves the request.
-        let keepalive = v1.get_keepalive_timeout();
-        let reuses = v1.get_keepalive_reuses_remaining();
-        let mut stream = v1.into_inner();
-        let tls = stream.get_ssl_digest().is_some();
-        let (head, shape) = self.read_head(&mut stream, keepalive, tls).await?;
-        if shape == Shape::Lean {
-            let mut session = Session::new_h1(stream);
-            prepare(session.as_downstream_mut(), head, keepalive, reuses);
-            return self.lean(session).await;
-        }
-        let mut session = ServerSession::new_http1(stream);
-        prepare(&mut session, head, keepalive, reuses);
-        self.proxy.process_new_http(session, shutdown).await
-    }
-
-    async fn http_cleanup(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-        self.shutdown.notify_waiters();
-        self.proxy.http_cleanup().await;
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.proxy.server_options()
-    }
-
-    fn h2_options(&self) -> Option<H2Options> {
-        self.proxy.h2_options()
-    }
-}
-
-/// The bytes already read, the keep-alive settings.
-fn prepare(
-    session: &mut ServerSession,
-    head: BytesMut,
-    keepalive: Option<u64>,
-    reuses: Option<u32>,
-) {
-    session.set_keepalive(keepalive);
-    session.set_keepalive_reuses_remaining(reuses);
-    if !head.is_empty() {
-        if let ServerSession::H1(v1) = session {
-            v1.set_pipelined_prefix(head);
-        }
-    }
-}
-
-impl FrontDoor {
-    /// Reads until the next request's header is complete (or clearly not
-    /// the lean loop's). `None`: the client closed or idled out before
-    /// sending anything, or the server is shutting down.
-    async fn read_head(
-        &self,
-        stream: &mut Stream,
-        keepalive: Option<u64>,
-        tls: bool,
-    ) -> Option<(BytesMut, Shape)> {
-        // pingora's rule: a keep-alive connection waits its keep-alive
-        // timeout (0: without limit), others the read timeout.
-        let wait = match keepalive {
-            Some(0) => None,
-            Some(s) => Some(Duration::from_secs(s)),
-            None => Some(self.data.limits().client_timeout),
-        };
-        let mut buf = BytesMut::with_capacity(4096);
-        loop {
-            let stopping = self.shutdown.notified();
-            if self.shutting_down.load(Ordering::Acquire) && buf.is_empty() {
-                return None;
-            }
-            let idle = buf.is_empty();
-            let read = async {
-                match wait {
-                    Some(t) => tokio::time::timeout(t, stream.read_buf(&mut buf))
-                        .await
-                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-                    None => stream.read_buf(&mut buf).await,
-                }
-            };
-            let n = tokio::select! {
-                biased;
-                n = read => n,
-                _ = stopping, if idle => return None,
-            };
-            match n {
-                Ok(0) | Err(_) if buf.is_empty() => return None,
-                // A half-sent header that ends or stalls: pingora-proxy's
-                // to answer (or close), as it would have been.
-                Ok(0) | Err(_) => return Some((buf, Shape::Other)),
-                Ok(_) => {}
-            }
-            match shape(&buf, |host| lean_app(self.data.routing(), host, tls)) {
-                Shape::Partial if buf.len() < MAX_LEAN_HEADER => continue,
-                Shape::Partial => return Some((buf, Shape::Other)),
-                done => return Some((buf, done)),
-            }
-        }
-    }
-
     /// One request through the lean loop, then the connection back to
     /// pingora for the next one.
-    async fn lean(&self, mut session: Session) -> Option<ReusedHttpStream> {
+    pub(super) async fn lean(&self, mut session: Session) -> Option<ReusedHttpStream> {
         match session.read_request().await {
             Ok(true) => {}
             _ => return None,
@@ -419,41 +187,6 @@ impl FrontDoor {
                 HttpTask::Failed(e) => return Err(e.into_up()),
                 _ => {}
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_requests_are_lean_others_are_not() {
-        let lean = |s: &str| shape(s.as_bytes(), |host| host == b"a");
-        assert_eq!(lean("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Shape::Lean);
-        assert_eq!(
-            lean("HEAD /x?y=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\nUser-Agent: t\r\n\r\n"),
-            Shape::Lean
-        );
-        assert_eq!(lean("GET / HTTP/1.1\r\nHost: a\r\n"), Shape::Partial);
-        for other in [
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
-            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
-            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
-            "GET / HTTP/1.1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
-            "DELETE / HTTP/1.1\r\nHost: a\r\n\r\n",
-            "BREW / HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: not-lean\r\n\r\n",
-            "G\x01T / HTTP/1.1\r\nHost: a\r\n\r\n",
-        ] {
-            assert_eq!(lean(other), Shape::Other, "{other:?}");
         }
     }
 }

@@ -3,8 +3,10 @@
 //! plane; nothing here imports `controlplane` or `daemon`.
 //!
 //! ```text
-//! lean       the front door: plain HTTP/1 requests on a straight loop,
-//!            everything else (bodies, HTTP/2, upgrades) to pingora-proxy
+//! front_door every request comes in here: plain HTTP/1 requests to the
+//!            lean loop, everything else (bodies, HTTP/2, upgrades) to
+//!            pingora-proxy
+//! lean       the lean loop: one plain HTTP/1 request on a straight line
 //! hooks      the ProxyHttp hooks both paths call: limits, routing, retries,
 //!            error pages, metrics and the access log
 //! headers    X-Forwarded-For/-Proto/-Host for the upstream
@@ -14,6 +16,7 @@
 //! tls        certificates by SNI, reloaded without a restart
 //! ```
 
+pub mod front_door;
 pub mod headers;
 pub mod health_cell;
 pub mod hooks;
