@@ -17,9 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bgproxy_control::api::{
-    ApiError, DeployEvent, DeployRequest, DeployResult, RollbackRequest, SwitchRequest,
-};
+use bgproxy_control::api::{ApiError, DeployRequest, RollbackRequest, SwitchRequest};
 use bytes::Bytes;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
@@ -30,8 +28,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::debug;
 
-use crate::controlplane::audit::{AuditLog, AuditRecord};
-use crate::controlplane::controller::{Change, Command, ControlError, Controller};
+use super::change::{Attempt, Change, Command, ControlError};
+use super::controller::{Controller, Outcome};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -49,17 +47,15 @@ pub enum Auth {
 pub struct ControlApi {
     controller: Arc<Controller>,
     auth: Auth,
-    audit: Arc<AuditLog>,
     /// `control.nice`: asked for the serving thread at its first connection.
     nice: Option<i32>,
 }
 
 impl ControlApi {
-    pub fn new(controller: Arc<Controller>, auth: Auth, audit: Arc<AuditLog>) -> Self {
+    pub fn new(controller: Arc<Controller>, auth: Auth) -> Self {
         ControlApi {
             controller,
             auth,
-            audit,
             nice: None,
         }
     }
@@ -115,7 +111,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl ControlApi {
-    fn authorize(&self, s: &ServerSession, client: Option<IpAddr>) -> Result<(), Reply> {
+    fn authorize(&self, s: &ServerSession, client: Option<&str>) -> Result<(), Reply> {
         match &self.auth {
             Auth::Token(token) => {
                 let given = s
@@ -135,7 +131,7 @@ impl ControlApi {
                     )),
                 }
             }
-            Auth::LoopbackOnly => match client {
+            Auth::LoopbackOnly => match client.and_then(|c| c.parse::<IpAddr>().ok()) {
                 Some(ip) if ip.is_loopback() => Ok(()),
                 _ => Err(Reply::error(
                     403,
@@ -193,13 +189,11 @@ impl ControlApi {
             .map_err(|e| Reply::error(400, "bad_request", format!("invalid JSON body: {e}")))
     }
 
-    /// Answers one request. A mutating request leaves its audit record in
-    /// `audit`, to be written once the answer is sent.
-    async fn handle(&self, s: &mut ServerSession, audit: &mut Option<Pending>) -> Reply {
-        let client = match s.client_addr() {
-            Some(PingoraAddr::Inet(a)) => Some(a.ip()),
-            _ => None,
-        };
+    /// Answers one request. Mutating requests are audited by the
+    /// controller: by `apply` once they are a command, by `refused` when
+    /// they are turned away before (token, body).
+    async fn handle(&self, s: &mut ServerSession) -> Reply {
+        let client = client_ip(s);
         let method = s.req_header().method.clone();
         let path = s.req_header().uri.path().to_string();
         let query = s.req_header().uri.query().unwrap_or("").to_string();
@@ -226,38 +220,40 @@ impl ControlApi {
                 }
             }
             ["v1", "reload"] if post => {
-                let reply = match self.authorize(s, client) {
-                    Err(r) => r,
-                    Ok(()) => match self.controller.reload().await {
-                        Ok(report) => Reply::json(200, &report),
-                        Err(e) => Reply::from_control(e),
-                    },
-                };
-                *audit = Some(Pending {
+                let attempt = Attempt {
                     action: "reload",
-                    app: String::new(),
-                    attempt: Attempt {
-                        actor: Some("api".into()),
-                        ..Attempt::default()
-                    },
-                    client,
-                });
-                reply
+                    actor: "api".into(),
+                    client: client.clone(),
+                    ..Attempt::default()
+                };
+                if let Err(r) = self.authorize(s, client.as_deref()) {
+                    return self.refuse(&attempt, r);
+                }
+                match self.controller.reload("api", client).await {
+                    Ok(report) => Reply::json(200, &report),
+                    Err(e) => Reply::from_control(e),
+                }
             }
             ["v1", "apps", app, action @ ("switch" | "rollback")] if post => {
-                let mut attempt = Attempt::default();
-                let reply = self.mutate(s, client, app, action, &mut attempt).await;
-                *audit = Some(Pending {
+                let mut attempt = Attempt {
                     action: if *action == "switch" {
                         "switch"
                     } else {
                         "rollback"
                     },
                     app: app.to_string(),
-                    attempt,
+                    actor: "unknown".into(),
                     client,
-                });
-                reply
+                    ..Attempt::default()
+                };
+                match self.switch_command(s, app, &mut attempt).await {
+                    Ok(cmd) => match self.controller.apply(cmd).await {
+                        Ok(Outcome::Switched(done)) => Reply::json(200, &done),
+                        Ok(_) => Reply::error(500, "internal", "unexpected outcome of a switch"),
+                        Err(e) => Reply::from_control(e),
+                    },
+                    Err(r) => self.refuse(&attempt, r),
+                }
             }
             ["v1", "status"]
             | ["v1", "reload"]
@@ -274,114 +270,68 @@ impl ControlApi {
             ),
         }
     }
-}
 
-/// The audit record of a mutating request, written after its answer.
-struct Pending {
-    action: &'static str,
-    app: String,
-    attempt: Attempt,
-    client: Option<IpAddr>,
-}
-
-/// What a mutating request asked for, as far as it was understood (for
-/// the audit log, also of refused attempts).
-#[derive(Default)]
-struct Attempt {
-    actor: Option<String>,
-    reason: Option<String>,
-    emergency: bool,
-    to: Option<bgproxy_control::api::Color>,
-}
-
-impl ControlApi {
-    /// Appends a mutating request and its answer to the audit log.
-    fn audit(
-        &self,
-        action: &str,
-        app: &str,
-        reply: &Reply,
-        attempt: &Attempt,
-        client: Option<IpAddr>,
-    ) {
-        self.audit.record(&AuditRecord {
-            time: time::OffsetDateTime::now_utc(),
-            action,
-            app,
-            result: reply.error.as_ref().map_or("ok", |(code, _)| code),
-            status: reply.status,
-            actor: attempt.actor.as_deref().unwrap_or("unknown"),
-            client: client.map(|c| c.to_string()),
-            reason: attempt.reason.as_deref(),
-            emergency: attempt.emergency,
-            to: attempt.to.map(|c| c.as_str()),
-            error: reply.error.as_ref().map(|(_, m)| m.as_str()),
-        });
+    /// Has the controller audit a request refused here, and answers it.
+    fn refuse(&self, attempt: &Attempt, reply: Reply) -> Reply {
+        if let Some((code, message)) = &reply.error {
+            self.controller
+                .refused(attempt, reply.status, code, message);
+        }
+        reply
     }
 
-    /// A switch or rollback: authorise, read and parse the body, apply.
-    async fn mutate(
+    /// A switch or rollback request as a command: authorise, read and parse
+    /// the body. `attempt` learns what was understood, for the audit.
+    async fn switch_command(
         &self,
         s: &mut ServerSession,
-        client: Option<IpAddr>,
         app: &str,
-        action: &str,
         attempt: &mut Attempt,
-    ) -> Reply {
-        if let Err(r) = self.authorize(s, client) {
-            return r;
-        }
-        let body = match Self::body(s).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let cmd = if action == "switch" {
+    ) -> Result<Command, Reply> {
+        self.authorize(s, attempt.client.as_deref())?;
+        let body = Self::body(s).await?;
+        let cmd = if attempt.action == "switch" {
             if body.iter().all(u8::is_ascii_whitespace) {
-                return Reply::error(
+                return Err(Reply::error(
                     400,
                     "bad_request",
                     "switch needs a JSON body like {\"to\": \"green\"}",
-                );
+                ));
             }
-            match serde_json::from_slice::<SwitchRequest>(&body) {
-                Ok(r) => {
-                    attempt.to = Some(r.to);
-                    command(
-                        app,
-                        Change::Switch { to: r.to },
-                        r.emergency,
-                        r.reason,
-                        r.actor,
-                        client,
-                    )
-                }
-                Err(e) => {
-                    return Reply::error(400, "bad_request", format!("invalid JSON body: {e}"))
-                }
-            }
+            let r = serde_json::from_slice::<SwitchRequest>(&body)
+                .map_err(|e| Reply::error(400, "bad_request", format!("invalid JSON body: {e}")))?;
+            attempt.to = Some(r.to);
+            command(
+                app,
+                Change::Switch { to: r.to },
+                r.emergency,
+                r.reason,
+                r.actor,
+                attempt.client.clone(),
+            )
         } else {
-            match Self::parse::<RollbackRequest>(&body) {
-                Ok(r) => command(
-                    app,
-                    Change::Rollback,
-                    r.emergency,
-                    r.reason,
-                    r.actor,
-                    client,
-                ),
-                Err(r) => return r,
-            }
+            let r = Self::parse::<RollbackRequest>(&body)?;
+            command(
+                app,
+                Change::Rollback,
+                r.emergency,
+                r.reason,
+                r.actor,
+                attempt.client.clone(),
+            )
         };
-        attempt.actor = Some(cmd.actor.clone());
+        attempt.actor.clone_from(&cmd.actor);
         attempt.reason.clone_from(&cmd.reason);
         attempt.emergency = cmd.emergency;
-        match self.controller.apply(cmd).await {
-            Ok(done) => {
-                attempt.to = Some(done.live);
-                Reply::json(200, &done)
-            }
-            Err(e) => Reply::from_control(e),
-        }
+        Ok(cmd)
+    }
+}
+
+/// The client's IP address, as the audit log records it.
+fn client_ip(s: &ServerSession) -> Option<String> {
+    match s.client_addr() {
+        Some(PingoraAddr::Inet(a)) => Some(a.ip().to_string()),
+        _ => None,
     }
 }
 
@@ -391,7 +341,7 @@ fn command(
     emergency: bool,
     reason: Option<String>,
     actor: Option<String>,
-    client: Option<IpAddr>,
+    client: Option<String>,
 ) -> Command {
     Command {
         app: app.to_string(),
@@ -401,7 +351,7 @@ fn command(
         actor: actor
             .filter(|a| !a.trim().is_empty())
             .unwrap_or_else(|| "unknown".into()),
-        client: client.map(|c| c.to_string()),
+        client,
     }
 }
 
@@ -440,41 +390,51 @@ impl ControlApi {
     /// client goes away it runs to the end all the same (and is audited and
     /// recorded when it ends).
     async fn deploy(&self, s: &mut ServerSession, app: &str) {
-        let client = match s.client_addr() {
-            Some(PingoraAddr::Inet(a)) => Some(a.ip()),
-            _ => None,
+        let mut attempt = Attempt {
+            action: "deploy",
+            app: app.to_string(),
+            actor: "unknown".into(),
+            client: client_ip(s),
+            ..Attempt::default()
         };
-        let mut attempt = Attempt::default();
-        let plan = async {
-            self.authorize(s, client)?;
+        let cmd = async {
+            self.authorize(s, attempt.client.as_deref())?;
             let body = Self::body(s).await?;
             let req = Self::parse::<DeployRequest>(&body)?;
-            let actor = req
-                .actor
-                .filter(|a| !a.trim().is_empty())
-                .unwrap_or_else(|| "unknown".into());
-            attempt.actor = Some(actor.clone());
-            self.controller
-                .begin_deploy(app, req.migrate, actor)
-                .await
-                .map_err(Reply::from_control)
+            let cmd = command(
+                app,
+                Change::DeployStarted {
+                    migrate: req.migrate,
+                },
+                false,
+                None,
+                req.actor,
+                attempt.client.clone(),
+            );
+            attempt.actor.clone_from(&cmd.actor);
+            Ok(cmd)
         }
         .await;
-        let plan = match plan {
-            Ok(plan) => plan,
+        let started = match cmd {
+            Ok(cmd) => self
+                .controller
+                .apply(cmd)
+                .await
+                .map_err(Reply::from_control),
+            Err(reply) => Err(self.refuse(&attempt, reply)),
+        };
+        let mut events = match started {
+            Ok(Outcome::DeployStarted(events)) => events,
+            Ok(_) => {
+                let reply = Reply::error(500, "internal", "unexpected outcome of a deploy");
+                let _ = write_reply(s, &reply).await;
+                return;
+            }
             Err(reply) => {
                 let _ = write_reply(s, &reply).await;
-                self.audit("deploy", app, &reply, &attempt, client);
                 return;
             }
         };
-        attempt.to = Some(plan.color);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(crate::controlplane::deploy::run(
-            self.controller.clone(),
-            plan,
-            tx,
-        ));
 
         let mut connected = async {
             let mut header = ResponseHeader::build(200, Some(3))?;
@@ -485,11 +445,8 @@ impl ControlApi {
         }
         .await
         .is_ok();
-        let mut outcome = None;
-        while let Some(event) = rx.recv().await {
-            if let DeployEvent::Done { result, error, .. } = &event {
-                outcome = Some((*result, error.clone()));
-            }
+        // The stream ends once the deploy's record is committed.
+        while let Some(event) = events.recv().await {
             if connected {
                 let mut line = serde_json::to_vec(&event).unwrap_or_default();
                 line.push(b'\n');
@@ -502,23 +459,6 @@ impl ControlApi {
         if connected {
             let _ = s.finish_body().await;
         }
-        let (result, error) = outcome.unwrap_or((
-            DeployResult::Failed,
-            Some("the deploy ended without a result".into()),
-        ));
-        let reply = match (result, error) {
-            (DeployResult::Success, _) => Reply::json(200, &()),
-            (r, e) => Reply::error(
-                200,
-                if r == DeployResult::Aborted {
-                    "deploy_aborted"
-                } else {
-                    "deploy_failed"
-                },
-                e.unwrap_or_default(),
-            ),
-        };
-        self.audit("deploy", app, &reply, &attempt, client);
     }
 }
 
@@ -546,20 +486,12 @@ impl HttpServerApp for ControlApi {
             self.deploy(&mut s, &app).await;
             return None;
         }
-        let mut audit = None;
-        let reply = self.handle(&mut s, &mut audit).await;
+        let reply = self.handle(&mut s).await;
         // Drain an unread body so the connection can be reused.
         if !s.is_body_done() {
             s.set_keepalive(None);
         }
-        let written = write_reply(&mut s, &reply).await;
-        // The audit line is fsync'd after the answer: the change itself is
-        // already durable in the state file (with actor, time and reason),
-        // so the operator does not wait for a second sync.
-        if let Some(p) = audit {
-            self.audit(p.action, &p.app, &reply, &p.attempt, p.client);
-        }
-        written.ok()?;
+        write_reply(&mut s, &reply).await.ok()?;
         let settings = HttpPersistentSettings::for_session(&s);
         match s.finish().await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),

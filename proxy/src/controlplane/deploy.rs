@@ -1,43 +1,157 @@
 //! The deploy runner: `bgctl deploy` runs the app's configured steps
 //! against the STANDBY color, never the live one.
 //!
-//! Flow: [`Controller::begin_deploy`] fixes the plan under the writer lock
-//! (the color that is standby now, the steps, one deploy per app) -> [`run`]
+//! Flow: [`DeployPlan::new`] fixes the plan (the color that is standby now,
+//! the steps, the log file) when the controller accepts the deploy -> [`run`]
 //! executes each step as `sh -c` in its own process group, with `{app}`,
-//! `{color}`, `{host}`, `{port}` filled in and `BG_*` variables set, streaming
-//! every output line as a [`DeployEvent`] and into a log file -> a step that
-//! exits non-zero or passes its timeout (its whole process group is killed)
-//! fails the deploy and later steps do not run -> after the last step the
-//! runner waits until every upstream of the color passed a health check
-//! made *after* the steps ended -> [`Controller::finish_deploy`] records it.
+//! `{color}`, `{host}`, `{port}` filled in and `BG_*` variables set, sending
+//! every output line as a [`DeployEvent`] on its channel and into the log
+//! file -> a step that exits non-zero or passes its timeout (its whole
+//! process group is killed) fails the deploy and later steps do not run ->
+//! after the last step the runner waits until every upstream of the color
+//! passed a health check made *after* the steps ended -> it returns the
+//! [`DeployRecord`], which the controller commits.
 //!
-//! The run does not depend on the client: if it disconnects, events are
-//! dropped and the deploy goes on to the end.
+//! The runner knows nothing of the controller: it reads its plan, reports on
+//! a channel and returns its record. The controller follows the events (for
+//! `status`), forwards them to the client while it listens, and aborts the
+//! run through the `abort` watch when an emergency switch makes the color
+//! live.
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bgproxy_control::api::{DeployEvent, DeployRecord, DeployResult, DeployStepRecord, Health};
+use bgproxy_control::api::{
+    Color, DeployEvent, DeployRecord, DeployResult, DeployStatus, DeployStepRecord, Health,
+};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
+use super::change::ControlError;
 use crate::config::DeployStep;
-use crate::controlplane::controller::{Controller, DeployPlan};
 use crate::dataplane::health_cell::now_ms;
+use crate::dataplane::routing::{AppRoute, Pool};
+
+/// Everything a deploy run needs, fixed when it starts.
+pub struct DeployPlan {
+    pub id: String,
+    pub app: String,
+    /// The standby color when the deploy started.
+    pub color: Color,
+    pub started: OffsetDateTime,
+    /// The steps to run, in order.
+    pub steps: Vec<DeployStep>,
+    /// Migrate steps left out.
+    pub skipped: Vec<String>,
+    /// Every configured step name, in configured order.
+    pub order: Vec<String>,
+    /// The pool of `color`, for the health wait.
+    pub pool: Arc<Pool>,
+    pub upstreams: Vec<SocketAddr>,
+    pub health_timeout: Duration,
+    pub migrate: bool,
+    pub actor: String,
+    pub log_path: PathBuf,
+}
+
+impl DeployPlan {
+    /// The plan for deploying `route`'s standby color at `started`: the
+    /// steps to run (migrate steps only with `migrate`) and the log file
+    /// `<state_dir>/deploys/<id>.log`. Refused when no step would run.
+    pub fn new(
+        route: &AppRoute,
+        migrate: bool,
+        actor: &str,
+        state_dir: &Path,
+        started: OffsetDateTime,
+    ) -> Result<DeployPlan, ControlError> {
+        let app = &*route.name;
+        let color = route.live.other();
+        let config = &route.config.deploy;
+        let (steps, skipped): (Vec<_>, Vec<_>) = config
+            .steps
+            .iter()
+            .cloned()
+            .partition(|s| migrate || !s.migrate);
+        if steps.is_empty() {
+            return Err(ControlError::BadRequest(format!(
+                "app '{app}' has no deploy steps to run{}: add [[app.deploy.steps]] to the config",
+                if skipped.is_empty() {
+                    ""
+                } else {
+                    " without --migrate"
+                }
+            )));
+        }
+        let stamp = started
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+            ))
+            .unwrap_or_default();
+        let id = format!("{app}-{stamp}-{color}");
+        Ok(DeployPlan {
+            log_path: state_dir.join("deploys").join(format!("{id}.log")),
+            id,
+            app: app.to_string(),
+            color,
+            started,
+            pool: route.pool(color).clone(),
+            upstreams: route.config.upstreams(color).to_vec(),
+            skipped: skipped.into_iter().map(|s| s.name).collect(),
+            order: config.steps.iter().map(|s| s.name.clone()).collect(),
+            steps,
+            health_timeout: config.health_timeout,
+            migrate,
+            actor: actor.to_string(),
+        })
+    }
+
+    /// What `status` shows of this deploy before its first step.
+    pub fn status(&self) -> DeployStatus {
+        DeployStatus {
+            id: self.id.clone(),
+            color: self.color,
+            started: self.started,
+            migrate: self.migrate,
+            actor: self.actor.clone(),
+            step: None,
+            step_index: 0,
+            steps_total: self.steps.len(),
+        }
+    }
+}
+
+/// Moves `status` along with an event of its run: the step running, or
+/// `health` while waiting for the standby.
+pub fn follow(status: &mut DeployStatus, event: &DeployEvent) {
+    match event {
+        DeployEvent::StepStarted { step, index, .. } => {
+            status.step = Some(step.clone());
+            status.step_index = *index;
+        }
+        DeployEvent::HealthWait { .. } => {
+            status.step = Some("health".into());
+            status.step_index = status.steps_total;
+        }
+        _ => {}
+    }
+}
 
 /// How long a killed step's process group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
-/// Where events go: the client (if still there) and the log file.
+/// Where events go: the channel (if still read) and the log file.
 struct Sink {
-    client: mpsc::UnboundedSender<DeployEvent>,
+    events: mpsc::UnboundedSender<DeployEvent>,
     log: Option<std::fs::File>,
 }
 
@@ -52,8 +166,8 @@ impl Sink {
                 self.log = None;
             }
         }
-        // The client may be gone: the deploy goes on regardless.
-        let _ = self.client.send(event);
+        // Nobody may listen any more: the deploy goes on regardless.
+        let _ = self.events.send(event);
     }
 }
 
@@ -81,15 +195,16 @@ enum StepEnd {
     SpawnFailed(String),
 }
 
-/// Runs the plan to its end and records it. Events go to `client` while it
-/// listens.
+/// Runs the plan to its end and returns its record. Events go to `events`
+/// (dropped when nobody listens); `abort` becoming true stops the step
+/// running and fails the deploy as aborted.
 pub async fn run(
-    controller: Arc<Controller>,
     mut plan: DeployPlan,
-    client: mpsc::UnboundedSender<DeployEvent>,
-) {
+    abort: watch::Receiver<bool>,
+    events: mpsc::UnboundedSender<DeployEvent>,
+) -> DeployRecord {
     let started = Instant::now();
-    let time = OffsetDateTime::now_utc();
+    let time = plan.started;
     let log = plan
         .log_path
         .parent()
@@ -107,7 +222,7 @@ pub async fn run(
         }
     };
     let log_name = plan.log_path.display().to_string();
-    let mut sink = Sink { client, log };
+    let mut sink = Sink { events, log };
     sink.emit(DeployEvent::Started {
         id: plan.id.clone(),
         app: plan.app.clone(),
@@ -132,9 +247,6 @@ pub async fn run(
             });
             continue;
         }
-        controller
-            .deploy_progress(&plan.app, Some(step.name.clone()), i + 1)
-            .await;
         let command = fill(&step.run, &plan);
         sink.emit(DeployEvent::StepStarted {
             step: step.name.clone(),
@@ -143,7 +255,7 @@ pub async fn run(
             command: command.clone(),
         });
         let step_started = Instant::now();
-        let end = run_step(step, &command, &plan, &mut sink).await;
+        let end = run_step(step, &command, &plan, &abort, &mut sink).await;
         let duration_ms = step_started.elapsed().as_millis() as u64;
         let (exit_code, error) = match &end {
             StepEnd::Exited(0) => (Some(0), None),
@@ -191,10 +303,7 @@ pub async fn run(
     }
 
     if failure.is_none() {
-        controller
-            .deploy_progress(&plan.app, Some("health".into()), total)
-            .await;
-        failure = wait_healthy(&plan, &mut sink)
+        failure = wait_healthy(&plan, &abort, &mut sink)
             .await
             .err()
             .map(|(r, e)| (r, None, e));
@@ -220,27 +329,28 @@ pub async fn run(
         skipped: true,
     }));
     all.sort_by_key(|r| plan.order.iter().position(|n| *n == r.name));
-    controller
-        .finish_deploy(
-            &plan.app,
-            DeployRecord {
-                id: plan.id.clone(),
-                time,
-                color: plan.color,
-                result,
-                migrate: plan.migrate,
-                steps: all,
-                duration_ms,
-                actor: plan.actor.clone(),
-                error,
-                log: log_name,
-            },
-        )
-        .await;
+    DeployRecord {
+        id: plan.id,
+        time,
+        color: plan.color,
+        result,
+        migrate: plan.migrate,
+        steps: all,
+        duration_ms,
+        actor: plan.actor,
+        error,
+        log: log_name,
+    }
 }
 
 /// Runs one step in its own process group; streams its output.
-async fn run_step(step: &DeployStep, command: &str, plan: &DeployPlan, sink: &mut Sink) -> StepEnd {
+async fn run_step(
+    step: &DeployStep,
+    command: &str,
+    plan: &DeployPlan,
+    abort: &watch::Receiver<bool>,
+    sink: &mut Sink,
+) -> StepEnd {
     let first = plan.upstreams.first();
     // Steps are started from the control API's thread, which may run at
     // `control.nice`, and a process inherits the nice value of the thread
@@ -305,7 +415,7 @@ async fn run_step(step: &DeployStep, command: &str, plan: &DeployPlan, sink: &mu
     drop(tx);
     let deadline = tokio::time::sleep(step.timeout);
     tokio::pin!(deadline);
-    let mut abort = plan.abort.clone();
+    let mut abort = abort.clone();
     let end = loop {
         tokio::select! {
             Some((stream, line)) = rx.recv() => {
@@ -373,14 +483,18 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(
 /// Waits until every upstream of the deployed color passed a health check
 /// that began after the steps ended (a restart must be seen, not an `up`
 /// from before it).
-async fn wait_healthy(plan: &DeployPlan, sink: &mut Sink) -> Result<(), (DeployResult, String)> {
+async fn wait_healthy(
+    plan: &DeployPlan,
+    abort: &watch::Receiver<bool>,
+    sink: &mut Sink,
+) -> Result<(), (DeployResult, String)> {
     let since = now_ms();
     let started = Instant::now();
     sink.emit(DeployEvent::HealthWait {
         color: plan.color,
         timeout_ms: plan.health_timeout.as_millis() as u64,
     });
-    let mut abort = plan.abort.clone();
+    let mut abort = abort.clone();
     loop {
         let fresh = plan
             .pool

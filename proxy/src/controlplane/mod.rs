@@ -2,9 +2,11 @@
 //! it.
 //!
 //! ```text
-//! api         /v1 HTTP/JSON -> a Change -> Controller::apply
+//! api         /v1 HTTP/JSON -> a Command -> Controller::apply
+//! change      the vocabulary: Change, Command, ControlError
 //! controller  the writer: decide (rules) -> commit: persist -> publish ->
 //!             metrics -> audit
+//! rules       the decisions, pure: gates, targets, next state, reports
 //! state       the JSON state file: atomic writes, recovery from corruption
 //! audit       audit.log: one fsync'd JSON line per control action
 //! health      per upstream: pingora HTTP probe -> rise/fall Tracker -> HealthCell
@@ -14,8 +16,10 @@
 
 pub mod api;
 pub mod audit;
+pub mod change;
 pub mod controller;
 pub mod deploy;
 pub mod health;
 pub mod priority;
+pub mod rules;
 pub mod state;

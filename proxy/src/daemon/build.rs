@@ -152,10 +152,8 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new());
-    let audit = Arc::new(
-        AuditLog::open(&state_dir)
-            .with_context(|| format!("cannot open the audit log in {}", state_dir.display()))?,
-    );
+    let audit = AuditLog::open(&state_dir)
+        .with_context(|| format!("cannot open the audit log in {}", state_dir.display()))?;
     let lock_wait = if opts.upgrade {
         UPGRADE_LOCK_WAIT
     } else {
@@ -165,6 +163,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         config.clone(),
         StateStore::new(&config.state.path),
         metrics.clone(),
+        audit,
         lock_wait,
     )
     .with_context(|| {
@@ -236,7 +235,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
 
     let mut control = Service::new(
         "control api".into(),
-        ControlApi::new(controller.clone(), auth, audit.clone()).with_nice(config.control.nice),
+        ControlApi::new(controller.clone(), auth).with_nice(config.control.nice),
     );
     control.add_tcp(&config.control.listen.to_string());
     control.threads = Some(1);
@@ -270,7 +269,6 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         "operations",
         OpsService {
             controller: controller.clone(),
-            audit,
             config_path: config.path.clone(),
             watch: config.control.watch_config,
             metrics: metrics.clone(),

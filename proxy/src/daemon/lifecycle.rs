@@ -26,7 +26,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::controlplane::audit::{AuditLog, AuditRecord};
 use crate::controlplane::controller::Controller;
 use crate::dataplane::tls::CertStore;
 use crate::metrics::Metrics;
@@ -37,7 +36,6 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 /// The background service for signals and the config watcher.
 pub struct OpsService {
     pub controller: Arc<Controller>,
-    pub audit: Arc<AuditLog>,
     /// The config file to reload.
     pub config_path: PathBuf,
     /// Whether to watch it for changes.
@@ -53,22 +51,9 @@ pub struct OpsService {
 }
 
 impl OpsService {
+    /// Reloads through the controller, which logs, counts and audits it.
     async fn reload(&self, trigger: &str) {
-        let result = self.controller.reload().await;
-        let error = result.as_ref().err().map(|e| e.to_string());
-        self.audit.record(&AuditRecord {
-            time: time::OffsetDateTime::now_utc(),
-            action: "reload",
-            app: "",
-            result: result.as_ref().map_or_else(|e| e.code(), |_| "ok"),
-            status: result.as_ref().map_or_else(|e| e.status(), |_| 200),
-            actor: trigger,
-            client: None,
-            reason: None,
-            emergency: false,
-            to: None,
-            error: error.as_deref(),
-        });
+        let _ = self.controller.reload(trigger, None).await;
     }
 
     /// The files whose changes are acted on: the config (when watched) and
