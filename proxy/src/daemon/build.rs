@@ -24,7 +24,7 @@ use crate::controlplane::audit::AuditLog;
 use crate::controlplane::controller::Controller;
 use crate::controlplane::health::HealthService;
 use crate::controlplane::state::StateStore;
-use crate::daemon::lifecycle::OpsService;
+use crate::daemon::lifecycle::LifecycleService;
 use crate::dataplane::front_door::FrontDoor;
 use crate::dataplane::hooks::{DataPlane, Limits};
 use crate::dataplane::tls::CertStore;
@@ -267,7 +267,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     ));
     server.add_service(background_service(
         "operations",
-        OpsService {
+        LifecycleService {
             controller: controller.clone(),
             config_path: config.path.clone(),
             watch: config.control.watch_config,

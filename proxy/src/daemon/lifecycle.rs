@@ -9,23 +9,22 @@
 //! flight. So `grace_period` is the longest a drain may take, and this
 //! service ends the process as soon as the last request has finished.
 //!
-//! The config file is watched through its directory (editors and config
-//! management replace files by rename), debounced, and reloaded only when
-//! its bytes changed.
+//! Changes of the config file (and of the TLS files) come from
+//! [`super::watch`], debounced here, and are acted on only when the bytes
+//! changed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use notify::{RecursiveMode, Watcher};
 use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::watch::{contents, watch};
 use crate::controlplane::controller::Controller;
 use crate::dataplane::tls::CertStore;
 use crate::metrics::Metrics;
@@ -34,7 +33,7 @@ use crate::metrics::Metrics;
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// The background service for signals and the config watcher.
-pub struct OpsService {
+pub struct LifecycleService {
     pub controller: Arc<Controller>,
     /// The config file to reload.
     pub config_path: PathBuf,
@@ -50,7 +49,7 @@ pub struct OpsService {
     pub certs: Option<Arc<CertStore>>,
 }
 
-impl OpsService {
+impl LifecycleService {
     /// Reloads through the controller, which logs, counts and audits it.
     async fn reload(&self, trigger: &str) {
         let _ = self.controller.reload(trigger, None).await;
@@ -70,65 +69,7 @@ impl OpsService {
     }
 }
 
-/// Watches `files` through their directories (editors, config management
-/// and ACME clients replace files by rename or re-point symlinks); sends a
-/// unit per event about one of them.
-fn watch(files: &[PathBuf]) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
-    if files.is_empty() {
-        return None;
-    }
-    let names: Vec<_> = files
-        .iter()
-        .filter_map(|f| f.file_name().map(|n| n.to_owned()))
-        .collect();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let handler = move |event: notify::Result<notify::Event>| {
-        if let Ok(e) = event {
-            // Opening or reading a file is not a change. Without this, our
-            // own read of the file after an event is an event again: the
-            // daemon would re-read its config every debounce period forever.
-            if !matches!(e.kind, notify::EventKind::Access(_))
-                && e.paths
-                    .iter()
-                    .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
-            {
-                let _ = tx.send(());
-            }
-        }
-    };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!("cannot watch files for changes ({e}); reload with SIGHUP or `bgctl reload`");
-            return None;
-        }
-    };
-    let mut dirs: Vec<PathBuf> = files
-        .iter()
-        .map(|f| match f.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        })
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in dirs {
-        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            warn!(
-                "cannot watch {} for changes ({e}); reload with SIGHUP or `bgctl reload`",
-                dir.display()
-            );
-        }
-    }
-    Some((watcher, rx))
-}
-
-/// The bytes of `files`, to tell a real change from a touch.
-fn contents(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
-    files.iter().map(|f| std::fs::read(f).ok()).collect()
-}
-
-impl OpsService {
+impl LifecycleService {
     /// Waits until no request is in flight, then exits the process with 0.
     /// (If the grace period ends first, pingora ends the process itself.)
     async fn drain_then_exit(&self) -> ! {
@@ -146,7 +87,7 @@ impl OpsService {
 }
 
 #[async_trait]
-impl BackgroundService for OpsService {
+impl BackgroundService for LifecycleService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -204,40 +145,5 @@ impl BackgroundService for OpsService {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Reading a watched file (as the daemon does after every event) is not
-    /// a change; writing it, or replacing it by rename, is.
-    #[tokio::test]
-    async fn reads_are_not_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bgproxy.toml");
-        std::fs::write(&file, "a").unwrap();
-        let (_watcher, mut rx) = watch(std::slice::from_ref(&file)).unwrap();
-        for _ in 0..3 {
-            std::fs::read(&file).unwrap();
-        }
-        let quiet = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
-        assert!(quiet.is_err(), "a read was reported as a change");
-
-        std::fs::write(&file, "b").unwrap();
-        let changed = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        assert_eq!(changed, Ok(Some(())), "a write was not reported");
-        while rx.try_recv().is_ok() {}
-
-        let other = dir.path().join("bgproxy.toml.new");
-        std::fs::write(&other, "c").unwrap();
-        std::fs::rename(&other, &file).unwrap();
-        let replaced = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        assert_eq!(
-            replaced,
-            Ok(Some(())),
-            "a rename over the file was not reported"
-        );
     }
 }

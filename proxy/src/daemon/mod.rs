@@ -4,6 +4,7 @@
 //! ```text
 //! build      build(Config): state -> Controller -> pingora services
 //! lifecycle  SIGHUP and config-file reloads; drain and exit on shutdown
+//! watch      file changes (config, certificates) through their directories
 //! check      bgproxy --check
 //! demo       bgproxy demo: two sample backends and the proxy on loopback
 //! logging    stderr through a writer thread: no thread waits on log I/O
@@ -16,3 +17,4 @@ pub mod demo;
 pub mod lifecycle;
 pub mod logging;
 pub mod memory;
+pub mod watch;
