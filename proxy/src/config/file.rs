@@ -134,8 +134,7 @@ pub struct FileStep {
     pub name: Spanned<String>,
     pub run: Spanned<String>,
     pub timeout: Option<Spanned<String>>,
-    #[serde(default)]
-    pub migrate: bool,
+    pub migrate: Option<bool>,
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
 }

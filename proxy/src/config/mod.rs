@@ -9,9 +9,13 @@
 //! 3. [`Config`]: what the rest of the daemon uses. Nothing downstream parses
 //!    strings again.
 //!
+//! Beside the pipeline: [`defaults`] holds the value of every optional key
+//! (the validator applies them, the docs below name them).
+//!
 //! `bgproxy --check` runs steps 1 and 2 (plus the state file and token file
 //! checks) and prints the errors.
 
+pub mod defaults;
 mod file;
 mod validate;
 
@@ -42,23 +46,25 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `warn,bgproxy=debug`); `RUST_LOG` wins.
-    /// Default `info`.
+    /// Default [`defaults::LOG_LEVEL`].
     pub level: String,
-    /// Default [`LogFormat::Text`]; `--log-format` wins.
+    /// Default [`defaults::LOG_FORMAT`]; `--log-format` wins.
     pub format: LogFormat,
-    /// One line per request at target `access`. Default on.
+    /// One line per request at target `access`. Default
+    /// [`defaults::LOG_ACCESS`].
     pub access: bool,
-    /// The fraction of requests logged, 0.0 to 1.0. Default 1.0.
+    /// The fraction of requests logged, 0.0 to 1.0. Default
+    /// [`defaults::LOG_ACCESS_SAMPLE`].
     pub access_sample: f64,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
-            access: true,
-            access_sample: 1.0,
+            level: defaults::LOG_LEVEL.into(),
+            format: defaults::LOG_FORMAT,
+            access: defaults::LOG_ACCESS,
+            access_sample: defaults::LOG_ACCESS_SAMPLE,
         }
     }
 }
@@ -90,35 +96,39 @@ impl std::str::FromStr for LogFormat {
 pub struct ProxyConfig {
     /// Plain HTTP listeners.
     pub listen: Vec<SocketAddr>,
-    /// Worker threads of the proxy service.
+    /// Worker threads of the proxy service. Default [`defaults::threads`]
+    /// (one per CPU).
     pub threads: usize,
     /// pingora's work-stealing runtime (true) or one single-threaded
-    /// runtime per worker thread (false). Default false (measured faster, benches/README.md).
+    /// runtime per worker thread (false). Default
+    /// [`defaults::WORK_STEALING`].
     pub work_stealing: bool,
     pub tls: Option<TlsConfig>,
     /// On SIGTERM (or the old process of an upgrade): the longest the
     /// requests in flight may take to finish once accepting has stopped. The
-    /// process exits as soon as they are done. Default 30s.
+    /// process exits as soon as they are done. Default
+    /// [`defaults::GRACE_PERIOD`].
     pub grace_period: Duration,
     /// After the grace period: how long to wait for worker threads to stop.
-    /// Default 5s.
+    /// Default [`defaults::SHUTDOWN_TIMEOUT`].
     pub shutdown_timeout: Duration,
     /// Largest request header block (request line and headers); bigger gets
-    /// 431. Default 32 KiB.
+    /// 431. Default [`defaults::MAX_HEADER_SIZE`].
     pub max_header_size: usize,
-    /// Most request headers; more gets 431. Default 100.
+    /// Most request headers; more gets 431. Default [`defaults::MAX_HEADERS`].
     pub max_headers: usize,
     /// The read buffer of each client connection (plain HTTP listeners).
-    /// Default 0: reads go straight into the request's own buffer (pingora's
-    /// default is a 64 KiB buffer per connection; 0 costs no throughput and
-    /// saves 15 KB per idle connection against 16 KiB, benches/README.md).
+    /// Default [`defaults::READ_BUFFER`], unbuffered: reads go straight into
+    /// the request's own buffer (pingora's default is a 64 KiB buffer per
+    /// connection; 0 costs no throughput and saves 15 KB per idle connection
+    /// against 16 KiB, benches/README.md).
     pub read_buffer: usize,
     /// How long a client may take to send the rest of a request body
-    /// between reads; slower gets 408. Default 60s.
+    /// between reads; slower gets 408. Default [`defaults::CLIENT_TIMEOUT`].
     pub client_timeout: Duration,
     /// How long a keep-alive client connection (HTTP/1.1 or HTTP/2) may sit
     /// idle between two requests before it is closed (HTTP/1.1: whole
-    /// seconds). Default 60s.
+    /// seconds). Default [`defaults::CLIENT_IDLE_TIMEOUT`].
     pub client_idle_timeout: Duration,
 }
 
@@ -146,11 +156,13 @@ pub struct SniCert {
 /// `[control]`: the control API.
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
+    /// Default [`defaults::CONTROL_LISTEN`] (loopback only).
     pub listen: SocketAddr,
     /// Bearer token for mutating calls; without it they are accepted from
     /// loopback only.
     pub token_file: Option<PathBuf>,
-    /// Reload the config when its file changes. Default true.
+    /// Reload the config when its file changes. Default
+    /// [`defaults::WATCH_CONFIG`].
     pub watch_config: bool,
     /// The nice value of the control API's thread (-20..=19), so a switch
     /// does not queue behind a saturated data plane; `None` (the default)
@@ -167,6 +179,8 @@ pub struct MetricsConfig {
 /// `[state]`: where the live colors and history are kept.
 #[derive(Clone, Debug)]
 pub struct StateConfig {
+    /// Default [`defaults::STATE_PATH`]; relative paths are relative to the
+    /// config file's directory.
     pub path: PathBuf,
 }
 
@@ -176,27 +190,33 @@ pub struct AppConfig {
     pub name: String,
     /// Lowercase host names; empty for the default app.
     pub hosts: Vec<String>,
-    /// The live color on first start (no state yet).
+    /// The live color on first start (no state yet). Default
+    /// [`defaults::INITIAL_LIVE`].
     pub initial_live: Color,
-    /// Answer plain-HTTP requests with a 308 to HTTPS.
+    /// Answer plain-HTTP requests with a 308 to HTTPS (needs `[proxy.tls]`).
+    /// Default [`defaults::REDIRECT_HTTPS`].
     pub redirect_https: bool,
-    /// Largest request body; bigger gets 413. Default 100 MiB.
+    /// Largest request body; bigger gets 413. Default [`defaults::MAX_BODY`].
     pub max_body: u64,
-    /// Upstream TCP connect timeout; 504 when passed. Default 3s.
+    /// Upstream TCP connect timeout; 504 when passed. Default
+    /// [`defaults::CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
     /// Upstream read timeout (time between reads of the response); 504 when
-    /// passed before the response started. Default 60s.
+    /// passed before the response started. Default
+    /// [`defaults::READ_TIMEOUT`].
     pub read_timeout: Duration,
     /// Speak HTTP/2 (cleartext, prior knowledge) to the upstreams, and to
-    /// their health checks. WebSocket upgrades still use HTTP/1.1.
+    /// their health checks. WebSocket upgrades still use HTTP/1.1. Default
+    /// [`defaults::H2`].
     pub h2: bool,
     /// How long upgraded (WebSocket) connections to a color may stay after
     /// it stopped being live; then they are closed. `None`: never. Default
-    /// 30s.
+    /// [`defaults::DRAIN_TIMEOUT`].
     pub drain_timeout: Option<Duration>,
     /// How long an upgraded (WebSocket) connection may be idle in either
     /// direction; it replaces `read_timeout` and `client_timeout` once a
-    /// request asks to upgrade. `None`: no limit. Default 1h.
+    /// request asks to upgrade. `None`: no limit. Default
+    /// [`defaults::TUNNEL_TIMEOUT`].
     pub tunnel_timeout: Option<Duration>,
     pub health: HealthConfig,
     /// Upstreams per color, indexed by [`Color::index`].
@@ -214,39 +234,53 @@ impl AppConfig {
 /// `[app.health]`: the active health check of every upstream of the app.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthConfig {
-    /// Path of the GET request. Default `/health`.
+    /// Path of the GET request. Default [`defaults::HEALTH_PATH`].
     pub path: String,
-    /// Time between two checks of one upstream. Default 1s.
+    /// Time between two checks of one upstream. Default
+    /// [`defaults::HEALTH_INTERVAL`].
     pub interval: Duration,
-    /// A check that takes longer fails. Default 500ms.
+    /// A check that takes longer fails. Default [`defaults::HEALTH_TIMEOUT`].
     pub timeout: Duration,
-    /// Consecutive passes to become `up`. Default 2.
+    /// Consecutive passes to become `up`. Default [`defaults::HEALTH_RISE`].
     pub rise: NonZeroU32,
-    /// Consecutive failures to become `down`. Default 3.
+    /// Consecutive failures to become `down`. Default
+    /// [`defaults::HEALTH_FALL`].
     pub fall: NonZeroU32,
-    /// The status a passing check answers. Default 200.
+    /// The status a passing check answers. Default
+    /// [`defaults::HEALTH_EXPECT_STATUS`].
     pub expect_status: u16,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
-            path: "/health".into(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            rise: NonZeroU32::new(2).expect("2 is not zero"),
-            fall: NonZeroU32::new(3).expect("3 is not zero"),
-            expect_status: 200,
+            path: defaults::HEALTH_PATH.into(),
+            interval: defaults::HEALTH_INTERVAL,
+            timeout: defaults::HEALTH_TIMEOUT,
+            rise: defaults::HEALTH_RISE,
+            fall: defaults::HEALTH_FALL,
+            expect_status: defaults::HEALTH_EXPECT_STATUS,
         }
     }
 }
 
 /// `[app.deploy]`: the steps `bgctl deploy` runs against the standby color.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct DeployConfig {
     pub steps: Vec<DeployStep>,
-    /// How long a deploy waits for the standby to become healthy. Default 60s.
+    /// How long a deploy waits for the standby to become healthy. Default
+    /// [`defaults::DEPLOY_HEALTH_TIMEOUT`].
     pub health_timeout: Duration,
+}
+
+impl Default for DeployConfig {
+    /// No steps, and the default health timeout.
+    fn default() -> Self {
+        DeployConfig {
+            steps: Vec::new(),
+            health_timeout: defaults::DEPLOY_HEALTH_TIMEOUT,
+        }
+    }
 }
 
 /// One `[[app.deploy.steps]]`.
@@ -255,8 +289,10 @@ pub struct DeployStep {
     pub name: String,
     /// A shell command line with `{app}`, `{color}`, `{host}`, `{port}`.
     pub run: String,
+    /// The step fails when it runs longer. Default [`defaults::STEP_TIMEOUT`].
     pub timeout: Duration,
-    /// Runs only with `bgctl deploy --migrate`.
+    /// Runs only with `bgctl deploy --migrate`. Default
+    /// [`defaults::STEP_MIGRATE`].
     pub migrate: bool,
     pub env: Vec<(String, String)>,
 }

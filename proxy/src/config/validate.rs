@@ -1,6 +1,7 @@
 //! Pure validation: `FileConfig` -> [`Config`], collecting every problem with
 //! its key and place. No I/O here except resolving `host:port` upstreams that
-//! are not IP literals, and checking that referenced files exist.
+//! are not IP literals, and checking that referenced files exist. Absent keys
+//! take their value from [`defaults`](super::defaults).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -9,7 +10,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bgproxy_control::api::Color;
 use toml::Spanned;
 
 use super::file::*;
@@ -152,7 +152,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         );
     }
     let threads = match fp.threads {
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => defaults::threads(),
         Some(t) if (1..=1024).contains(t.get_ref()) => *t.get_ref() as usize,
         Some(t) => {
             p.at(t.span(), "proxy.threads", "must be between 1 and 1024");
@@ -161,22 +161,22 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
     };
     let grace_period = dur_or(
         &fp.grace_period,
-        Duration::from_secs(30),
+        defaults::GRACE_PERIOD,
         "proxy.grace_period",
         p,
     );
     let shutdown_timeout = dur_or(
         &fp.shutdown_timeout,
-        Duration::from_secs(5),
+        defaults::SHUTDOWN_TIMEOUT,
         "proxy.shutdown_timeout",
         p,
     );
 
     let control = match raw.control {
         None => ControlConfig {
-            listen: default_control(),
+            listen: defaults::CONTROL_LISTEN,
             token_file: None,
-            watch_config: true,
+            watch_config: defaults::WATCH_CONFIG,
             nice: None,
         },
         Some(c) => ControlConfig {
@@ -184,12 +184,12 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
                 .listen
                 .as_ref()
                 .and_then(|l| addr(l, "control.listen", p))
-                .unwrap_or_else(default_control),
+                .unwrap_or(defaults::CONTROL_LISTEN),
             token_file: c
                 .token_file
                 .as_ref()
                 .map(|t| existing_file(t, base, "control.token_file", p)),
-            watch_config: c.watch_config.unwrap_or(true),
+            watch_config: c.watch_config.unwrap_or(defaults::WATCH_CONFIG),
             nice: c
                 .nice
                 .as_ref()
@@ -218,7 +218,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
                 }
                 resolve(base, s.path.get_ref())
             })
-            .unwrap_or_else(|| PathBuf::from("/var/lib/bgproxy/state.json")),
+            .unwrap_or_else(|| PathBuf::from(defaults::STATE_PATH)),
     };
 
     let log = log(raw.log.as_ref(), p);
@@ -237,8 +237,12 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             }
         }
     }
-    let max_header_size =
-        size_or(&fp.max_header_size, 32 * 1024, "proxy.max_header_size", p) as usize;
+    let max_header_size = size_or(
+        &fp.max_header_size,
+        defaults::MAX_HEADER_SIZE as u64,
+        "proxy.max_header_size",
+        p,
+    ) as usize;
     if !(1024..=1024 * 1024).contains(&max_header_size) {
         p.at(
             fp.max_header_size.as_ref().map_or(0..0, |s| s.span()),
@@ -247,22 +251,22 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         );
     }
     let max_headers = match &fp.max_headers {
-        None => 100,
+        None => defaults::MAX_HEADERS,
         Some(n) if (1..=256).contains(n.get_ref()) => *n.get_ref() as usize,
         Some(n) => {
             p.at(n.span(), "proxy.max_headers", "must be between 1 and 256");
-            100
+            defaults::MAX_HEADERS
         }
     };
     let client_timeout = dur_or(
         &fp.client_timeout,
-        Duration::from_secs(60),
+        defaults::CLIENT_TIMEOUT,
         "proxy.client_timeout",
         p,
     );
     let client_idle_timeout = dur_or(
         &fp.client_idle_timeout,
-        Duration::from_secs(60),
+        defaults::CLIENT_IDLE_TIMEOUT,
         "proxy.client_idle_timeout",
         p,
     );
@@ -273,7 +277,12 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             "must be at least 1s",
         );
     }
-    let read_buffer = size_or(&fp.read_buffer, 0, "proxy.read_buffer", p) as usize;
+    let read_buffer = size_or(
+        &fp.read_buffer,
+        defaults::READ_BUFFER as u64,
+        "proxy.read_buffer",
+        p,
+    ) as usize;
     if read_buffer != 0 && !(4096..=1024 * 1024).contains(&read_buffer) {
         p.at(
             fp.read_buffer.as_ref().map_or(0..0, |s| s.span()),
@@ -286,7 +295,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         proxy: ProxyConfig {
             listen,
             threads,
-            work_stealing: fp.work_stealing.unwrap_or(false),
+            work_stealing: fp.work_stealing.unwrap_or(defaults::WORK_STEALING),
             tls,
             grace_period,
             shutdown_timeout,
@@ -344,10 +353,6 @@ fn log(raw: Option<&FileLog>, p: &mut Problems<'_>) -> LogConfig {
         }
     }
     l
-}
-
-fn default_control() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9900))
 }
 
 /// Two services on one address would fail at bind time with a vaguer error.
@@ -437,13 +442,13 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
         out.push(AppConfig {
             name,
             hosts: app_hosts,
-            initial_live: a.initial_live.unwrap_or(Color::Blue),
-            redirect_https: a.redirect_https.unwrap_or(false),
-            max_body: size_or(&a.max_body, 100 * 1024 * 1024, &format!("{k}.max_body"), p),
+            initial_live: a.initial_live.unwrap_or(defaults::INITIAL_LIVE),
+            redirect_https: a.redirect_https.unwrap_or(defaults::REDIRECT_HTTPS),
+            max_body: size_or(&a.max_body, defaults::MAX_BODY, &format!("{k}.max_body"), p),
             connect_timeout: positive(
                 dur_or(
                     &a.connect_timeout,
-                    Duration::from_secs(3),
+                    defaults::CONNECT_TIMEOUT,
                     &format!("{k}.connect_timeout"),
                     p,
                 ),
@@ -454,7 +459,7 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
             read_timeout: positive(
                 dur_or(
                     &a.read_timeout,
-                    Duration::from_secs(60),
+                    defaults::READ_TIMEOUT,
                     &format!("{k}.read_timeout"),
                     p,
                 ),
@@ -462,16 +467,16 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
                 &format!("{k}.read_timeout"),
                 p,
             ),
-            h2: a.h2.unwrap_or(false),
+            h2: a.h2.unwrap_or(defaults::H2),
             drain_timeout: limit_or(
                 &a.drain_timeout,
-                Duration::from_secs(30),
+                defaults::DRAIN_TIMEOUT,
                 &format!("{k}.drain_timeout"),
                 p,
             ),
             tunnel_timeout: limit_or(
                 &a.tunnel_timeout,
-                Duration::from_secs(3600),
+                defaults::TUNNEL_TIMEOUT,
                 &format!("{k}.tunnel_timeout"),
                 p,
             ),
@@ -616,10 +621,7 @@ fn upstream_addr(u: &Spanned<String>, key: &str, p: &mut Problems<'_>) -> Option
 }
 
 fn deploy(raw: Option<&FileDeploy>, k: &str, p: &mut Problems<'_>) -> DeployConfig {
-    let mut d = DeployConfig {
-        steps: Vec::new(),
-        health_timeout: Duration::from_secs(60),
-    };
+    let mut d = DeployConfig::default();
     let Some(raw) = raw else { return d };
     d.health_timeout = dur_or(
         &raw.health_timeout,
@@ -651,7 +653,7 @@ fn deploy(raw: Option<&FileDeploy>, k: &str, p: &mut Problems<'_>) -> DeployConf
         }
         let timeout = dur_or(
             &st.timeout,
-            Duration::from_secs(300),
+            defaults::STEP_TIMEOUT,
             &format!("{sk}.timeout"),
             p,
         );
@@ -662,7 +664,7 @@ fn deploy(raw: Option<&FileDeploy>, k: &str, p: &mut Problems<'_>) -> DeployConf
             name: st.name.get_ref().clone(),
             run: st.run.get_ref().clone(),
             timeout,
-            migrate: st.migrate,
+            migrate: st.migrate.unwrap_or(defaults::STEP_MIGRATE),
             env: st.env.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
         });
     }
@@ -846,7 +848,74 @@ upstreams = ["127.0.0.1:3002"]
         assert_eq!(c.apps[0].initial_live, Color::Blue);
         assert_eq!(c.apps[0].health, HealthConfig::default());
         assert_eq!(c.state.path, PathBuf::from("/etc/bgproxy/state.json"));
-        assert_eq!(c.control.listen, default_control());
+        assert_eq!(c.control.listen, defaults::CONTROL_LISTEN);
+    }
+
+    /// The defaults as they were before they were named: a change of
+    /// behaviour must show here, not slip in through a constant.
+    #[test]
+    fn defaults_keep_their_values() {
+        let c = from_str(GOOD, Path::new("/etc/bgproxy/t.toml")).unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(c.proxy.threads, defaults::threads());
+        assert!(!c.proxy.work_stealing);
+        assert_eq!(c.proxy.grace_period, secs(30));
+        assert_eq!(c.proxy.shutdown_timeout, secs(5));
+        assert_eq!(c.proxy.max_header_size, 32 * 1024);
+        assert_eq!(c.proxy.max_headers, 100);
+        assert_eq!(c.proxy.read_buffer, 0);
+        assert_eq!(c.proxy.client_timeout, secs(60));
+        assert_eq!(c.proxy.client_idle_timeout, secs(60));
+        assert_eq!(c.control.listen, "127.0.0.1:9900".parse().unwrap());
+        assert_eq!(c.control.token_file, None);
+        assert!(c.control.watch_config);
+        assert_eq!(c.control.nice, None);
+        assert!(c.metrics.is_none());
+        let log = from_str(
+            &GOOD.replace("\n[state]", "\n[log]\n[state]"),
+            Path::new("t.toml"),
+        )
+        .unwrap()
+        .log;
+        for l in [&c.log, &log] {
+            assert_eq!(
+                (l.level.as_str(), l.format, l.access, l.access_sample),
+                ("info", LogFormat::Text, true, 1.0)
+            );
+        }
+        let no_state = from_str(
+            &GOOD.replace("[state]\npath = \"state.json\"\n", ""),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            no_state.state.path,
+            PathBuf::from("/var/lib/bgproxy/state.json")
+        );
+        let a = &c.apps[0];
+        assert_eq!(a.initial_live, Color::Blue);
+        assert!(!a.redirect_https && !a.h2);
+        assert_eq!(a.max_body, 100 * 1024 * 1024);
+        assert_eq!(a.connect_timeout, secs(3));
+        assert_eq!(a.read_timeout, secs(60));
+        assert_eq!(a.drain_timeout, Some(secs(30)));
+        assert_eq!(a.tunnel_timeout, Some(secs(3600)));
+        let h = &a.health;
+        assert_eq!(h.path, "/health");
+        assert_eq!(h.interval, secs(1));
+        assert_eq!(h.timeout, Duration::from_millis(500));
+        assert_eq!((h.rise.get(), h.fall.get()), (2, 3));
+        assert_eq!(h.expect_status, 200);
+        assert_eq!(a.deploy.health_timeout, secs(60));
+        assert!(a.deploy.steps.is_empty());
+        let with_step = from_str(
+            &format!("{GOOD}\n[[app.deploy.steps]]\nname = \"a\"\nrun = \"true\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let d = &with_step.apps[0].deploy;
+        assert_eq!(d.health_timeout, secs(60));
+        assert_eq!((d.steps[0].timeout, d.steps[0].migrate), (secs(300), false));
     }
 
     #[test]
