@@ -90,7 +90,7 @@ pub struct FileApp {
     #[serde(default)]
     pub hosts: Vec<Spanned<String>>,
     pub initial_live: Option<Color>,
-    pub redirect_https: Option<bool>,
+    pub redirect_https: Option<Spanned<bool>>,
     pub max_body: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub read_timeout: Option<Spanned<String>>,

@@ -1,7 +1,14 @@
 //! Pure validation: `FileConfig` -> [`Config`], collecting every problem with
 //! its key and place. No I/O here except resolving `host:port` upstreams that
-//! are not IP literals, and checking that referenced files exist. Absent keys
-//! take their value from [`defaults`](super::defaults).
+//! are not IP literals, and checking that referenced files exist.
+//!
+//! Every problem points at a place in the file, cross-field ones included:
+//! where two keys clash (a listener address used twice, a host routed to two
+//! apps) the problem points at the second and names the first one's line;
+//! where a key needs another (`redirect_https` needs `[proxy.tls]`) it points
+//! at the key that asks; where something is missing altogether (no
+//! `[[app]]`) it points at the end of the file, where it would be added.
+//! Absent keys take their value from [`defaults`](super::defaults).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -36,6 +43,22 @@ impl Problems<'_> {
             message: message.into(),
         });
     }
+
+    /// The 1-based line of `span`, for messages that name another key's place.
+    fn line(&self, span: &Range<usize>) -> usize {
+        line_col(self.text, span.start).0
+    }
+
+    /// Where a missing table would be added: the start of the line after the
+    /// last non-blank one (or the end of that line, without a final newline).
+    fn end(&self) -> Range<usize> {
+        let content = self.text.trim_end().len();
+        let end = match self.text[content..].find('\n') {
+            Some(nl) => content + nl + 1,
+            None => content,
+        };
+        end..end
+    }
 }
 
 /// 1-based line and column of byte offset `pos`.
@@ -58,6 +81,8 @@ pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let raw: FileConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
+            // toml gives a span for every error it reports today (a missing
+            // top-level table is 0..0: the top of the file).
             let span = e.span().unwrap_or(0..0);
             p.at(span, "", e.message().trim_end().to_string());
             return Err(ConfigError::Invalid(p.list));
@@ -72,81 +97,40 @@ pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+/// A listening address as written, with its indexed key and place, for the
+/// check that no two services share one.
+struct Listener {
+    addr: SocketAddr,
+    key: String,
+    span: Range<usize>,
+}
+
 fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Config {
-    let proxy_span = raw.proxy.span();
     let fp = raw.proxy.into_inner();
-    let no_plain = fp.listen.get_ref().is_empty();
-    let listen = addrs(&fp.listen, "proxy.listen", p);
+    let mut listeners = Vec::new();
+    let listen = addrs(&fp.listen, "proxy.listen", &mut listeners, p);
     let tls = fp.tls.map(|t| {
-        let span = t.span();
         let t = t.into_inner();
-        let listen = addrs(&t.listen, "proxy.tls.listen", p);
+        let listen = addrs(&t.listen, "proxy.tls.listen", &mut listeners, p);
         let cert = existing_file(&t.cert, base, "proxy.tls.cert", p);
         let key = existing_file(&t.key, base, "proxy.tls.key", p);
-        if listen.is_empty() {
+        if t.listen.get_ref().is_empty() {
             p.at(
-                span,
+                t.listen.span(),
                 "proxy.tls.listen",
                 "is empty: list at least one \"ip:port\"",
             );
         }
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        let certs = t
-            .certs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let k = format!("proxy.tls.certs[{i}]");
-                if c.hosts.get_ref().is_empty() {
-                    p.at(
-                        c.hosts.span(),
-                        format!("{k}.hosts"),
-                        "is empty: list the names this certificate serves",
-                    );
-                }
-                let hosts = c
-                    .hosts
-                    .get_ref()
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(j, h)| {
-                        let host = h.get_ref().trim().to_ascii_lowercase();
-                        let plain = host.strip_prefix("*.").unwrap_or(&host);
-                        if !valid_host(plain) || plain.contains('*') {
-                            p.at(
-                                h.span(),
-                                format!("{k}.hosts[{j}]"),
-                                format!("invalid name '{}': a DNS name, or *.name", h.get_ref()),
-                            );
-                            return None;
-                        }
-                        if let Some(other) = seen.insert(host.clone(), i) {
-                            p.at(
-                                h.span(),
-                                format!("{k}.hosts[{j}]"),
-                                format!("'{host}' is already served by proxy.tls.certs[{other}]"),
-                            );
-                        }
-                        Some(host)
-                    })
-                    .collect();
-                SniCert {
-                    hosts,
-                    cert: existing_file(&c.cert, base, &format!("{k}.cert"), p),
-                    key: existing_file(&c.key, base, &format!("{k}.key"), p),
-                }
-            })
-            .collect();
         TlsConfig {
             listen,
             cert,
             key,
-            certs,
+            certs: sni_certs(&t.certs, base, p),
         }
     });
-    if no_plain && tls.is_none() {
+    if fp.listen.get_ref().is_empty() && tls.is_none() {
         p.at(
-            proxy_span,
+            fp.listen.span(),
             "proxy.listen",
             "no listener: set proxy.listen, or [proxy.tls] listen, or both",
         );
@@ -172,6 +156,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         p,
     );
 
+    let control_given = raw.control.as_ref().is_some_and(|c| c.listen.is_some());
     let control = match raw.control {
         None => ControlConfig {
             listen: defaults::CONTROL_LISTEN,
@@ -183,7 +168,15 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             listen: c
                 .listen
                 .as_ref()
-                .and_then(|l| addr(l, "control.listen", p))
+                .and_then(|l| {
+                    let a = addr(l, "control.listen", p)?;
+                    listeners.push(Listener {
+                        addr: a,
+                        key: "control.listen".into(),
+                        span: l.span(),
+                    });
+                    Some(a)
+                })
                 .unwrap_or(defaults::CONTROL_LISTEN),
             token_file: c
                 .token_file
@@ -206,9 +199,16 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
                 }),
         },
     };
-    let metrics = raw
-        .metrics
-        .and_then(|m| addr(&m.listen, "metrics.listen", p).map(|listen| MetricsConfig { listen }));
+    let metrics = raw.metrics.and_then(|m| {
+        let listen = addr(&m.listen, "metrics.listen", p)?;
+        listeners.push(Listener {
+            addr: listen,
+            key: "metrics.listen".into(),
+            span: m.listen.span(),
+        });
+        Some(MetricsConfig { listen })
+    });
+    listeners_distinct(&listeners, (!control_given).then_some(control.listen), p);
     let state = StateConfig {
         path: raw
             .state
@@ -222,33 +222,28 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
     };
 
     let log = log(raw.log.as_ref(), p);
-    let apps = apps(raw.app, base, p);
-    if tls.is_none() {
-        for (i, a) in apps.iter().enumerate() {
-            if a.redirect_https {
-                p.at(
-                    0..0,
-                    format!("app[{i}].redirect_https"),
-                    format!(
-                        "app '{}' redirects to HTTPS, but no [proxy.tls] is configured",
-                        a.name
-                    ),
-                );
-            }
-        }
+    if raw.app.is_empty() {
+        p.at(
+            p.end(),
+            "app",
+            "no [[app]] configured: add at least one [[app]] with a name, [app.blue] upstreams and [app.green] upstreams",
+        );
     }
+    let apps = apps(raw.app, tls.is_some(), base, p);
     let max_header_size = size_or(
         &fp.max_header_size,
         defaults::MAX_HEADER_SIZE as u64,
         "proxy.max_header_size",
         p,
     ) as usize;
-    if !(1024..=1024 * 1024).contains(&max_header_size) {
-        p.at(
-            fp.max_header_size.as_ref().map_or(0..0, |s| s.span()),
-            "proxy.max_header_size",
-            "must be between 1KiB and 1MiB",
-        );
+    if let Some(s) = &fp.max_header_size {
+        if !(1024..=1024 * 1024).contains(&max_header_size) {
+            p.at(
+                s.span(),
+                "proxy.max_header_size",
+                "must be between 1KiB and 1MiB",
+            );
+        }
     }
     let max_headers = match &fp.max_headers {
         None => defaults::MAX_HEADERS,
@@ -270,12 +265,10 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         "proxy.client_idle_timeout",
         p,
     );
-    if client_idle_timeout < Duration::from_secs(1) {
-        p.at(
-            fp.client_idle_timeout.as_ref().map_or(0..0, |s| s.span()),
-            "proxy.client_idle_timeout",
-            "must be at least 1s",
-        );
+    if let Some(s) = &fp.client_idle_timeout {
+        if client_idle_timeout < Duration::from_secs(1) {
+            p.at(s.span(), "proxy.client_idle_timeout", "must be at least 1s");
+        }
     }
     let read_buffer = size_or(
         &fp.read_buffer,
@@ -283,14 +276,16 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         "proxy.read_buffer",
         p,
     ) as usize;
-    if read_buffer != 0 && !(4096..=1024 * 1024).contains(&read_buffer) {
-        p.at(
-            fp.read_buffer.as_ref().map_or(0..0, |s| s.span()),
-            "proxy.read_buffer",
-            "must be 0 (unbuffered) or between 4KiB and 1MiB",
-        );
+    if let Some(s) = &fp.read_buffer {
+        if read_buffer != 0 && !(4096..=1024 * 1024).contains(&read_buffer) {
+            p.at(
+                s.span(),
+                "proxy.read_buffer",
+                "must be 0 (unbuffered) or between 4KiB and 1MiB",
+            );
+        }
     }
-    let mut config = Config {
+    Config {
         path: file.to_path_buf(),
         proxy: ProxyConfig {
             listen,
@@ -310,12 +305,64 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         state,
         log,
         apps,
-    };
-    if config.apps.is_empty() {
-        p.at(0..0, "app", "no [[app]] configured: add at least one");
     }
-    listeners_distinct(&mut config, p);
-    config
+}
+
+/// `[[proxy.tls.certs]]`: each name is served by one certificate.
+fn sni_certs(raw: &[FileCert], base: &Path, p: &mut Problems<'_>) -> Vec<SniCert> {
+    let mut seen: HashMap<String, (usize, Range<usize>)> = HashMap::new();
+    raw.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let k = format!("proxy.tls.certs[{i}]");
+            if c.hosts.get_ref().is_empty() {
+                p.at(
+                    c.hosts.span(),
+                    format!("{k}.hosts"),
+                    "is empty: list the names this certificate serves",
+                );
+            }
+            let hosts = c
+                .hosts
+                .get_ref()
+                .iter()
+                .enumerate()
+                .filter_map(|(j, h)| {
+                    let host = h.get_ref().trim().to_ascii_lowercase();
+                    let plain = host.strip_prefix("*.").unwrap_or(&host);
+                    if !valid_host(plain) || plain.contains('*') {
+                        p.at(
+                            h.span(),
+                            format!("{k}.hosts[{j}]"),
+                            format!("invalid name '{}': a DNS name, or *.name", h.get_ref()),
+                        );
+                        return None;
+                    }
+                    match seen.get(&host) {
+                        Some((other, first)) => {
+                            let line = p.line(first);
+                            p.at(
+                                h.span(),
+                                format!("{k}.hosts[{j}]"),
+                                format!(
+                                    "'{host}' is already served by proxy.tls.certs[{other}] (line {line}): list each name under one certificate"
+                                ),
+                            );
+                        }
+                        None => {
+                            seen.insert(host.clone(), (i, h.span()));
+                        }
+                    }
+                    Some(host)
+                })
+                .collect();
+            SniCert {
+                hosts,
+                cert: existing_file(&c.cert, base, &format!("{k}.cert"), p),
+                key: existing_file(&c.key, base, &format!("{k}.key"), p),
+            }
+        })
+        .collect()
 }
 
 fn log(raw: Option<&FileLog>, p: &mut Problems<'_>) -> LogConfig {
@@ -356,19 +403,51 @@ fn log(raw: Option<&FileLog>, p: &mut Problems<'_>) -> LogConfig {
 }
 
 /// Two services on one address would fail at bind time with a vaguer error.
-fn listeners_distinct(config: &mut Config, p: &mut Problems<'_>) {
-    let mut seen: HashMap<SocketAddr, &str> = HashMap::new();
-    for (addr, key) in config.listeners() {
-        if let Some(other) = seen.insert(addr, key) {
-            p.at(0..0, key, format!("address {addr} is also used by {other}"));
+/// `listeners` are the addresses written in the file, in [`Config::listeners`]
+/// order; `control_default` is `control.listen` when it was left out (it has
+/// no place of its own, so a clash points at the key that took it).
+fn listeners_distinct(
+    listeners: &[Listener],
+    control_default: Option<SocketAddr>,
+    p: &mut Problems<'_>,
+) {
+    let mut seen: HashMap<SocketAddr, &Listener> = HashMap::new();
+    for l in listeners {
+        if let Some(first) = seen.get(&l.addr) {
+            let line = p.line(&first.span);
+            p.at(
+                l.span.clone(),
+                l.key.clone(),
+                format!(
+                    "address {} is also used by {} (line {line}): give each listener its own address",
+                    l.addr, first.key
+                ),
+            );
+        } else {
+            seen.insert(l.addr, l);
+        }
+        if control_default == Some(l.addr) {
+            p.at(
+                l.span.clone(),
+                l.key.clone(),
+                format!(
+                    "address {} is control.listen's default: use another address here, or set control.listen in [control]",
+                    l.addr
+                ),
+            );
         }
     }
 }
 
-fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<AppConfig> {
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut hosts: HashMap<String, String> = HashMap::new();
-    let mut default_app: Option<String> = None;
+fn apps(
+    raw: Vec<Spanned<FileApp>>,
+    has_tls: bool,
+    base: &Path,
+    p: &mut Problems<'_>,
+) -> Vec<AppConfig> {
+    let mut names: HashMap<String, (usize, Range<usize>)> = HashMap::new();
+    let mut hosts: HashMap<String, (String, Range<usize>)> = HashMap::new();
+    let mut default_app: Option<(String, Range<usize>)> = None;
     let mut out = Vec::new();
     for (i, app) in raw.into_iter().enumerate() {
         let app_span = app.span();
@@ -382,12 +461,20 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
                 format!("invalid app name '{name}': use 1-64 letters, digits, '-', '_' or '.'"),
             );
         }
-        if let Some(first) = names.insert(name.clone(), i) {
-            p.at(
-                a.name.span(),
-                format!("{k}.name"),
-                format!("duplicate app name '{name}' (also app[{first}])"),
-            );
+        match names.get(&name) {
+            Some((first, span)) => {
+                let line = p.line(span);
+                p.at(
+                    a.name.span(),
+                    format!("{k}.name"),
+                    format!(
+                        "duplicate app name '{name}' (also app[{first}], line {line}): give each app its own name"
+                    ),
+                );
+            }
+            None => {
+                names.insert(name.clone(), (i, a.name.span()));
+            }
         }
         let mut app_hosts = Vec::new();
         for (j, h) in a.hosts.iter().enumerate() {
@@ -403,36 +490,63 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
                 );
                 continue;
             }
-            if let Some(owner) = hosts.insert(host.clone(), name.clone()) {
-                p.at(
-                    h.span(),
-                    format!("{k}.hosts[{j}]"),
-                    format!("host '{host}' is already routed to app '{owner}'"),
-                );
+            match hosts.get(&host) {
+                Some((owner, span)) => {
+                    let line = p.line(span);
+                    p.at(
+                        h.span(),
+                        format!("{k}.hosts[{j}]"),
+                        format!("host '{host}' is already routed to app '{owner}' (line {line})"),
+                    );
+                }
+                None => {
+                    hosts.insert(host.clone(), (name.clone(), h.span()));
+                }
             }
             app_hosts.push(host);
         }
         if a.hosts.is_empty() {
-            if let Some(other) = default_app.replace(name.clone()) {
-                p.at(
-                    app_span.clone(),
-                    format!("{k}.hosts"),
-                    format!(
-                        "app '{name}' has no hosts, and neither has '{other}': only one app can be the default; give one of them hosts"
-                    ),
-                );
+            // An app without hosts has no `hosts` key to point at: its
+            // [[app]] header is where one would be added.
+            match &default_app {
+                Some((other, span)) => {
+                    let line = p.line(span);
+                    p.at(
+                        app_span.clone(),
+                        format!("{k}.hosts"),
+                        format!(
+                            "app '{name}' has no hosts, and neither has '{other}' (line {line}): only one app can be the default; give one of them hosts"
+                        ),
+                    );
+                }
+                None => default_app = Some((name.clone(), app_span.clone())),
             }
         }
+        let redirect_https = match &a.redirect_https {
+            Some(r) if *r.get_ref() && !has_tls => {
+                p.at(
+                    r.span(),
+                    format!("{k}.redirect_https"),
+                    format!(
+                        "app '{name}' redirects to HTTPS, but no [proxy.tls] is configured: either add [proxy.tls] with listen, cert and key, or remove redirect_https"
+                    ),
+                );
+                true
+            }
+            Some(r) => *r.get_ref(),
+            None => defaults::REDIRECT_HTTPS,
+        };
         let health = health(a.health.as_ref(), &k, p);
         let blue = pool(&a.blue, &format!("{k}.blue"), p);
         let green = pool(&a.green, &format!("{k}.green"), p);
-        for u in &blue {
-            if green.contains(u) {
+        for (j, (u, span)) in green.iter().enumerate() {
+            if let Some((_, first)) = blue.iter().find(|(b, _)| b == u) {
+                let line = p.line(first);
                 p.at(
-                    a.green.span(),
-                    format!("{k}.green.upstreams"),
+                    span.clone(),
+                    format!("{k}.green.upstreams[{j}]"),
                     format!(
-                        "upstream {u} is in both blue and green: each color needs its own servers"
+                        "upstream {u} is in both blue and green (blue: line {line}): each color needs its own servers"
                     ),
                 );
             }
@@ -443,27 +557,17 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
             name,
             hosts: app_hosts,
             initial_live: a.initial_live.unwrap_or(defaults::INITIAL_LIVE),
-            redirect_https: a.redirect_https.unwrap_or(defaults::REDIRECT_HTTPS),
+            redirect_https,
             max_body: size_or(&a.max_body, defaults::MAX_BODY, &format!("{k}.max_body"), p),
             connect_timeout: positive(
-                dur_or(
-                    &a.connect_timeout,
-                    defaults::CONNECT_TIMEOUT,
-                    &format!("{k}.connect_timeout"),
-                    p,
-                ),
                 &a.connect_timeout,
+                defaults::CONNECT_TIMEOUT,
                 &format!("{k}.connect_timeout"),
                 p,
             ),
             read_timeout: positive(
-                dur_or(
-                    &a.read_timeout,
-                    defaults::READ_TIMEOUT,
-                    &format!("{k}.read_timeout"),
-                    p,
-                ),
                 &a.read_timeout,
+                defaults::READ_TIMEOUT,
                 &format!("{k}.read_timeout"),
                 p,
             ),
@@ -481,7 +585,7 @@ fn apps(raw: Vec<Spanned<FileApp>>, base: &Path, p: &mut Problems<'_>) -> Vec<Ap
                 p,
             ),
             health,
-            pools: [blue, green],
+            pools: [strip(blue), strip(green)],
             deploy,
         });
     }
@@ -521,27 +625,13 @@ fn health(raw: Option<&FileHealth>, k: &str, p: &mut Problems<'_>) -> HealthConf
             );
         }
     }
-    h.interval = dur_or(
+    h.interval = positive(
         &raw.interval,
         h.interval,
         &format!("{k}.health.interval"),
         p,
     );
-    h.timeout = dur_or(&raw.timeout, h.timeout, &format!("{k}.health.timeout"), p);
-    if h.interval.is_zero() {
-        p.at(
-            raw.interval.as_ref().map_or(0..0, |s| s.span()),
-            format!("{k}.health.interval"),
-            "must be more than 0",
-        );
-    }
-    if h.timeout.is_zero() {
-        p.at(
-            raw.timeout.as_ref().map_or(0..0, |s| s.span()),
-            format!("{k}.health.timeout"),
-            "must be more than 0",
-        );
-    }
+    h.timeout = positive(&raw.timeout, h.timeout, &format!("{k}.health.timeout"), p);
     for (field, value, slot) in [
         ("rise", &raw.rise, &mut h.rise),
         ("fall", &raw.fall, &mut h.fall),
@@ -570,7 +660,9 @@ fn health(raw: Option<&FileHealth>, k: &str, p: &mut Problems<'_>) -> HealthConf
     h
 }
 
-fn pool(raw: &Spanned<FilePool>, k: &str, p: &mut Problems<'_>) -> Vec<SocketAddr> {
+/// The upstreams of one color, each with its place (for the check across
+/// colors).
+fn pool(raw: &Spanned<FilePool>, k: &str, p: &mut Problems<'_>) -> Vec<(SocketAddr, Range<usize>)> {
     let ups = &raw.get_ref().upstreams;
     if ups.get_ref().is_empty() {
         p.at(
@@ -580,18 +672,29 @@ fn pool(raw: &Spanned<FilePool>, k: &str, p: &mut Problems<'_>) -> Vec<SocketAdd
         );
         return Vec::new();
     }
-    let mut out: Vec<SocketAddr> = Vec::new();
+    let mut out: Vec<(SocketAddr, Range<usize>)> = Vec::new();
     for (j, u) in ups.get_ref().iter().enumerate() {
         let key = format!("{k}.upstreams[{j}]");
         if let Some(a) = upstream_addr(u, &key, p) {
-            if out.contains(&a) {
-                p.at(u.span(), key, format!("duplicate upstream {a}"));
-            } else {
-                out.push(a);
+            match out.iter().find(|(b, _)| *b == a) {
+                Some((_, first)) => {
+                    let line = p.line(first);
+                    p.at(
+                        u.span(),
+                        key,
+                        format!("duplicate upstream {a} (also line {line})"),
+                    );
+                }
+                None => out.push((a, u.span())),
             }
         }
     }
     out
+}
+
+/// Drops the places once every check across values is done.
+fn strip<T>(spanned: Vec<(T, Range<usize>)>) -> Vec<T> {
+    spanned.into_iter().map(|(v, _)| v).collect()
 }
 
 /// An upstream is `ip:port`, or `name:port` resolved once at load.
@@ -629,21 +732,24 @@ fn deploy(raw: Option<&FileDeploy>, k: &str, p: &mut Problems<'_>) -> DeployConf
         &format!("{k}.deploy.health_timeout"),
         p,
     );
+    let mut names: HashMap<&str, Range<usize>> = HashMap::new();
     for (i, s) in raw.steps.iter().enumerate() {
         let sk = format!("{k}.deploy.steps[{i}]");
         let st = s.get_ref();
         if st.name.get_ref().trim().is_empty() {
             p.at(st.name.span(), format!("{sk}.name"), "must not be empty");
-        } else if d
-            .steps
-            .iter()
-            .any(|s: &DeployStep| s.name == *st.name.get_ref())
-        {
+        } else if let Some(first) = names.get(st.name.get_ref().as_str()) {
+            let line = p.line(first);
             p.at(
                 st.name.span(),
                 format!("{sk}.name"),
-                format!("duplicate step name '{}'", st.name.get_ref()),
+                format!(
+                    "duplicate step name '{}' (also line {line}): give each step its own name",
+                    st.name.get_ref()
+                ),
             );
+        } else {
+            names.insert(st.name.get_ref(), st.name.span());
         }
         if st.run.get_ref().trim().is_empty() {
             p.at(st.run.span(), format!("{sk}.run"), "must not be empty");
@@ -651,15 +757,12 @@ fn deploy(raw: Option<&FileDeploy>, k: &str, p: &mut Problems<'_>) -> DeployConf
         if let Err(m) = check_placeholders(st.run.get_ref()) {
             p.at(st.run.span(), format!("{sk}.run"), m);
         }
-        let timeout = dur_or(
+        let timeout = positive(
             &st.timeout,
             defaults::STEP_TIMEOUT,
             &format!("{sk}.timeout"),
             p,
         );
-        if timeout.is_zero() {
-            p.at(s.span(), format!("{sk}.timeout"), "must be more than 0");
-        }
         d.steps.push(DeployStep {
             name: st.name.get_ref().clone(),
             run: st.run.get_ref().clone(),
@@ -690,12 +793,27 @@ fn check_placeholders(run: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn addrs(list: &Spanned<Vec<Spanned<String>>>, key: &str, p: &mut Problems<'_>) -> Vec<SocketAddr> {
-    list.get_ref()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| addr(s, &format!("{key}[{i}]"), p))
-        .collect()
+/// The addresses of a `listen` list, each also recorded in `listeners` for
+/// the check that no two services share one.
+fn addrs(
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+    listeners: &mut Vec<Listener>,
+    p: &mut Problems<'_>,
+) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for (i, s) in list.get_ref().iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        if let Some(a) = addr(s, &key, p) {
+            listeners.push(Listener {
+                addr: a,
+                key,
+                span: s.span(),
+            });
+            out.push(a);
+        }
+    }
+    out
 }
 
 fn addr(s: &Spanned<String>, key: &str, p: &mut Problems<'_>) -> Option<SocketAddr> {
@@ -740,14 +858,16 @@ fn dur_or(
     }
 }
 
-/// A duration that must be more than zero.
-fn positive(d: Duration, v: &Option<Spanned<String>>, key: &str, p: &mut Problems<'_>) -> Duration {
-    if d.is_zero() {
-        p.at(
-            v.as_ref().map_or(0..0, |s| s.span()),
-            key,
-            "must be more than 0",
-        );
+/// A duration that must be more than zero (`default` is).
+fn positive(
+    v: &Option<Spanned<String>>,
+    default: Duration,
+    key: &str,
+    p: &mut Problems<'_>,
+) -> Duration {
+    let d = dur_or(v, default, key, p);
+    if let (Some(s), true) = (v, d.is_zero()) {
+        p.at(s.span(), key, "must be more than 0");
     }
     d
 }
@@ -1054,5 +1174,197 @@ upstreams = ["127.0.0.1:3002"]
             p.to_string(),
             "/etc/bgproxy/t.toml:3:11: proxy.listen[0]: invalid address 'localhost': expected \"ip:port\", like \"0.0.0.0:80\""
         );
+    }
+
+    // Cross-field problems: each points at the key involved, not at 1:1.
+    // GOOD's lines: 2 [proxy], 3 listen, 5 [state], 8 [[app]], 9 name,
+    // 10 hosts, 12 [app.blue], 13 its upstreams, 15 [app.green], 16 its
+    // upstreams; it ends with a newline after line 16.
+
+    #[test]
+    fn redirect_without_tls_points_at_redirect_https() {
+        let p = one(&GOOD.replace("hosts = [", "redirect_https = true\nhosts = ["));
+        assert_eq!(p.key, "app[0].redirect_https");
+        assert_eq!((p.line, p.column), (10, 18), "{p}");
+        assert!(p.message.contains("no [proxy.tls]"), "{p}");
+        assert!(p.message.contains("either add [proxy.tls]"), "{p}");
+        assert!(
+            problems(&GOOD.replace("hosts = [", "redirect_https = false\nhosts = [")).is_empty()
+        );
+    }
+
+    #[test]
+    fn no_app_points_past_the_last_line() {
+        let text = GOOD.split("[[app]]").next().unwrap().trim_end().to_string() + "\n\n\n";
+        let p = one(&text);
+        assert_eq!(p.key, "app");
+        assert_eq!((p.line, p.column), (7, 1), "the line after path = ...: {p}");
+        assert!(p.message.contains("add at least one [[app]]"), "{p}");
+        let p = one(text.trim_end());
+        assert_eq!(
+            (p.line, p.column),
+            (6, 20),
+            "no final newline: end of the last line"
+        );
+    }
+
+    #[test]
+    fn duplicate_listener_points_at_the_second_and_names_the_first() {
+        let p = one(&GOOD.replace(
+            "listen = [\"127.0.0.1:8080\"]",
+            "listen = [\"127.0.0.1:8080\",\n  \"127.0.0.1:8080\"]",
+        ));
+        assert_eq!(p.key, "proxy.listen[1]");
+        assert_eq!((p.line, p.column), (4, 3), "{p}");
+        assert!(
+            p.message.contains("also used by proxy.listen[0] (line 3)"),
+            "{p}"
+        );
+        let p = one(&GOOD.replace("[state]", "[metrics]\nlisten = \"127.0.0.1:8080\"\n[state]"));
+        assert_eq!(p.key, "metrics.listen");
+        assert_eq!((p.line, p.column), (6, 10), "{p}");
+        assert!(p.message.contains("proxy.listen[0] (line 3)"), "{p}");
+        let p = one(&GOOD.replace(
+            "[state]",
+            "[control]\nlisten = \"127.0.0.1:9901\"\n[metrics]\nlisten = \"127.0.0.1:9901\"\n[state]",
+        ));
+        assert_eq!(p.key, "metrics.listen");
+        assert_eq!(p.line, 8, "{p}");
+        assert!(p.message.contains("control.listen (line 6)"), "{p}");
+    }
+
+    #[test]
+    fn listener_on_the_default_control_address_points_at_the_listener() {
+        let p = one(&GOOD.replace("127.0.0.1:8080", "127.0.0.1:9900"));
+        assert_eq!(p.key, "proxy.listen[0]");
+        assert_eq!((p.line, p.column), (3, 11), "{p}");
+        assert!(p.message.contains("control.listen's default"), "{p}");
+        // Set control.listen elsewhere, and the address is free.
+        let moved = GOOD
+            .replace("127.0.0.1:8080", "127.0.0.1:9900")
+            .replace("[state]", "[control]\nlisten = \"127.0.0.1:9999\"\n[state]");
+        assert!(problems(&moved).is_empty());
+    }
+
+    #[test]
+    fn no_listener_points_at_proxy_listen() {
+        let p = one(&GOOD.replace("[\"127.0.0.1:8080\"]", "[]"));
+        assert_eq!(p.key, "proxy.listen");
+        assert_eq!((p.line, p.column), (3, 10), "{p}");
+        assert!(p.message.contains("[proxy.tls] listen"), "{p}");
+    }
+
+    /// A file that exists, for keys that only need one (certificates).
+    fn existing() -> String {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").to_string()
+    }
+
+    #[test]
+    fn empty_tls_listen_points_at_its_list() {
+        let f = existing();
+        let p = one(&GOOD.replace(
+            "[state]",
+            &format!("[proxy.tls]\nlisten = []\ncert = \"{f}\"\nkey = \"{f}\"\n[state]"),
+        ));
+        assert_eq!(p.key, "proxy.tls.listen");
+        assert_eq!((p.line, p.column), (6, 10), "{p}");
+    }
+
+    #[test]
+    fn tls_listener_clashing_with_plain_one() {
+        let f = existing();
+        let p = one(&GOOD.replace(
+            "[state]",
+            &format!(
+                "[proxy.tls]\nlisten = [\"127.0.0.1:8080\"]\ncert = \"{f}\"\nkey = \"{f}\"\n[state]"
+            ),
+        ));
+        assert_eq!(p.key, "proxy.tls.listen[0]");
+        assert_eq!((p.line, p.column), (6, 11), "{p}");
+        assert!(p.message.contains("proxy.listen[0] (line 3)"), "{p}");
+    }
+
+    #[test]
+    fn certificate_name_served_twice_names_the_first() {
+        let f = existing();
+        let cert = |hosts: &str| {
+            format!("[[proxy.tls.certs]]\nhosts = [{hosts}]\ncert = \"{f}\"\nkey = \"{f}\"\n")
+        };
+        let text = GOOD.replace(
+            "[state]",
+            &format!(
+                "[proxy.tls]\nlisten = [\"127.0.0.1:8443\"]\ncert = \"{f}\"\nkey = \"{f}\"\n{}{}[state]",
+                cert("\"a.example.net\""),
+                cert("\"b.example.net\", \"A.example.net\""),
+            ),
+        );
+        let p = one(&text);
+        assert_eq!(p.key, "proxy.tls.certs[1].hosts[1]");
+        assert_eq!((p.line, p.column), (14, 27), "{p}");
+        assert!(p.message.contains("proxy.tls.certs[0] (line 10)"), "{p}");
+    }
+
+    #[test]
+    fn duplicate_app_and_host_point_at_the_second() {
+        let second = GOOD.split("[[app]]").nth(1).unwrap();
+        let v = problems(&format!("{GOOD}[[app]]{second}"));
+        // The second app starts at line 17.
+        let name = v.iter().find(|p| p.key == "app[1].name").unwrap();
+        assert_eq!((name.line, name.column), (18, 8), "{name}");
+        assert!(name.message.contains("also app[0], line 9"), "{name}");
+        let host = v.iter().find(|p| p.key == "app[1].hosts[0]").unwrap();
+        assert_eq!((host.line, host.column), (19, 10), "{host}");
+        assert!(host.message.contains("app 'web' (line 10)"), "{host}");
+    }
+
+    #[test]
+    fn two_default_apps_point_at_the_second_header() {
+        let no_hosts = GOOD.replace("hosts = [\"Web.Example.net\"]\n", "");
+        let other = no_hosts
+            .split("[[app]]")
+            .nth(1)
+            .unwrap()
+            .replace("\"web\"", "\"api\"")
+            .replace("300", "400");
+        let p = one(&format!("{no_hosts}[[app]]{other}"));
+        assert_eq!(p.key, "app[1].hosts");
+        assert_eq!((p.line, p.column), (16, 1), "{p}");
+        assert!(p.message.contains("neither has 'web' (line 8)"), "{p}");
+    }
+
+    #[test]
+    fn upstream_in_both_colors_points_at_green() {
+        let p = one(&GOOD.replace("127.0.0.1:3002", "127.0.0.1:3001"));
+        assert_eq!(p.key, "app[0].green.upstreams[0]");
+        assert_eq!((p.line, p.column), (16, 14), "{p}");
+        assert!(
+            p.message.contains("both blue and green (blue: line 13)"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn duplicate_upstream_and_step_name_name_the_first() {
+        let p = one(&GOOD.replace(
+            "[\"127.0.0.1:3001\"]",
+            "[\"127.0.0.1:3001\",\n  \"127.0.0.1:3001\"]",
+        ));
+        assert_eq!(p.key, "app[0].blue.upstreams[1]");
+        assert_eq!((p.line, p.column), (14, 3), "{p}");
+        assert!(p.message.contains("also line 13"), "{p}");
+        let step = "[[app.deploy.steps]]\nname = \"a\"\nrun = \"true\"\n";
+        let p = one(&format!("{GOOD}{step}{step}"));
+        assert_eq!(p.key, "app[0].deploy.steps[1].name");
+        assert_eq!((p.line, p.column), (21, 8), "{p}");
+        assert!(p.message.contains("also line 18"), "{p}");
+    }
+
+    #[test]
+    fn zero_step_timeout_points_at_the_timeout() {
+        let p = one(&format!(
+            "{GOOD}[[app.deploy.steps]]\nname = \"a\"\nrun = \"true\"\ntimeout = \"0\"\n"
+        ));
+        assert_eq!(p.key, "app[0].deploy.steps[0].timeout");
+        assert_eq!((p.line, p.column), (20, 11), "{p}");
     }
 }
