@@ -10,13 +10,16 @@
 //!    strings again.
 //!
 //! Beside the pipeline: [`defaults`] holds the value of every optional key
-//! (the validator applies them, the docs below name them).
+//! (the validator applies them, the docs below name them), and
+//! [`RestartSettings`] is the part of a `Config` a reload cannot apply to a
+//! running process, compared as a whole to say which keys need a restart.
 //!
 //! `bgproxy --check` runs steps 1 and 2 (plus the state file and token file
 //! checks) and prints the errors.
 
 pub mod defaults;
 mod file;
+mod restart;
 mod validate;
 
 use std::net::SocketAddr;
@@ -27,6 +30,7 @@ use std::time::Duration;
 use bgproxy_control::api::Color;
 
 pub use bgproxy_control::duration::parse_duration;
+pub use restart::RestartSettings;
 pub use validate::from_str;
 
 /// The validated configuration of the daemon.
@@ -171,7 +175,7 @@ pub struct ControlConfig {
 }
 
 /// `[metrics]`: the Prometheus endpoint.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
 }
@@ -265,7 +269,7 @@ impl Default for HealthConfig {
 }
 
 /// `[app.deploy]`: the steps `bgctl deploy` runs against the standby color.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeployConfig {
     pub steps: Vec<DeployStep>,
     /// How long a deploy waits for the standby to become healthy. Default
@@ -284,7 +288,7 @@ impl Default for DeployConfig {
 }
 
 /// One `[[app.deploy.steps]]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeployStep {
     pub name: String,
     /// A shell command line with `{app}`, `{color}`, `{host}`, `{port}`.
