@@ -10,6 +10,15 @@
 //! pingora's HTTP/1 session parses before reading the socket again, so
 //! nothing is lost and either path sees the request as the client sent it.
 //! HTTP/2 connections go to pingora-proxy whole.
+//!
+//! Deciding the path takes the routing (which app serves the Host, and
+//! whether its upstreams speak HTTP/1), so the front door loads the
+//! snapshot for such a request, and that load is the request's only one:
+//! the [`Routed`] it found goes with the request, to the lean loop as an
+//! argument, to pingora-proxy as the session's connection user context
+//! (delivered to `DataPlane::on_connection_reuse` before `request_filter`).
+//! Requests whose shape rules the lean loop out before the Host is looked
+//! at are not routed here; `request_filter` loads for them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,7 +37,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
 use crate::dataplane::hooks::DataPlane;
-use crate::dataplane::routing::Routing;
+use crate::dataplane::lean::LeanLoop;
+use crate::dataplane::routing::Routed;
 
 /// The most header bytes read before giving the request to pingora-proxy
 /// (which applies its own limit and answers 431/400 itself).
@@ -39,9 +49,8 @@ const MAX_LEAN_HEADERS: usize = 64;
 /// The front door's HTTP application: the lean loop, with pingora-proxy
 /// behind it.
 pub struct FrontDoor {
-    pub(super) proxy: Arc<HttpProxy<DataPlane>>,
-    pub(super) data: DataPlane,
-    pub(super) connector: Connector,
+    proxy: Arc<HttpProxy<DataPlane>>,
+    lean: LeanLoop,
     shutting_down: AtomicBool,
     shutdown: Notify,
 }
@@ -51,8 +60,7 @@ impl FrontDoor {
     pub fn new(proxy: HttpProxy<DataPlane>, data: DataPlane, connector: Connector) -> Self {
         FrontDoor {
             proxy: Arc::new(proxy),
-            data,
-            connector,
+            lean: LeanLoop::new(data, connector),
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
         }
@@ -123,15 +131,23 @@ pub fn shape(buf: &[u8], lean_app: impl FnOnce(&[u8]) -> bool) -> Shape {
     }
 }
 
-/// Whether the app `host` routes to forwards over HTTP/1 and does not
-/// redirect this connection to HTTPS (unknown hosts are pingora-proxy's:
-/// it answers their 404).
-fn lean_app(routing: &Routing, host: &[u8], tls: bool) -> bool {
-    let snapshot = routing.load();
-    snapshot.app_for_host(Some(host)).is_some_and(|app| {
-        let config = &snapshot.apps[app].config;
-        !config.h2 && (!config.redirect_https || tls)
-    })
+/// Whether the app a request was routed to forwards over HTTP/1 and does
+/// not redirect this connection to HTTPS (unknown hosts are pingora-proxy's:
+/// `request_filter` answers their 404 there).
+fn lean_app(routed: &Routed, tls: bool) -> bool {
+    routed
+        .route()
+        .is_some_and(|app| !app.config.h2 && (!app.config.redirect_https || tls))
+}
+
+/// A request head, read by the front door.
+struct Head {
+    /// The bytes read, handed on as the session's pipelined prefix.
+    bytes: BytesMut,
+    shape: Shape,
+    /// The routing loaded to decide the shape; `None` when the shape was
+    /// decided without it.
+    routed: Option<Routed>,
 }
 
 #[async_trait]
@@ -150,15 +166,30 @@ impl HttpServerApp for FrontDoor {
         let reuses = v1.get_keepalive_reuses_remaining();
         let mut stream = v1.into_inner();
         let tls = stream.get_ssl_digest().is_some();
-        let (head, shape) = self.read_head(&mut stream, keepalive, tls).await?;
-        if shape == Shape::Lean {
-            let mut session = Session::new_h1(stream);
-            prepare(session.as_downstream_mut(), head, keepalive, reuses);
-            return self.lean(session).await;
+        let Head {
+            bytes,
+            shape,
+            routed,
+        } = self.read_head(&mut stream, keepalive, tls).await?;
+        match (shape, routed) {
+            (Shape::Lean, Some(routed)) => {
+                let mut session = Session::new_h1(stream);
+                prepare(session.as_downstream_mut(), bytes, keepalive, reuses);
+                self.lean.serve(session, routed).await
+            }
+            (_, routed) => {
+                let mut session = ServerSession::new_http1(stream);
+                prepare(&mut session, bytes, keepalive, reuses);
+                if let Some(routed) = routed {
+                    // pingora-proxy takes this from the session and hands it
+                    // to `DataPlane::on_connection_reuse` before
+                    // `request_filter`: the request is routed by the
+                    // snapshot its path was chosen by, and loads no other.
+                    session.set_connection_user_context(Some(Box::new(routed)));
+                }
+                self.proxy.process_new_http(session, shutdown).await
+            }
         }
-        let mut session = ServerSession::new_http1(stream);
-        prepare(&mut session, head, keepalive, reuses);
-        self.proxy.process_new_http(session, shutdown).await
     }
 
     async fn http_cleanup(&self) {
@@ -201,15 +232,22 @@ impl FrontDoor {
         stream: &mut Stream,
         keepalive: Option<u64>,
         tls: bool,
-    ) -> Option<(BytesMut, Shape)> {
+    ) -> Option<Head> {
         // pingora's rule: a keep-alive connection waits its keep-alive
         // timeout (0: without limit), others the read timeout.
         let wait = match keepalive {
             Some(0) => None,
             Some(s) => Some(Duration::from_secs(s)),
-            None => Some(self.data.limits().client_timeout),
+            None => Some(self.lean.data().limits().client_timeout),
         };
         let mut buf = BytesMut::with_capacity(4096);
+        let head = |bytes, shape, routed| {
+            Some(Head {
+                bytes,
+                shape,
+                routed,
+            })
+        };
         loop {
             let stopping = self.shutdown.notified();
             if self.shutting_down.load(Ordering::Acquire) && buf.is_empty() {
@@ -233,13 +271,22 @@ impl FrontDoor {
                 Ok(0) | Err(_) if buf.is_empty() => return None,
                 // A half-sent header that ends or stalls: pingora-proxy's
                 // to answer (or close), as it would have been.
-                Ok(0) | Err(_) => return Some((buf, Shape::Other)),
+                Ok(0) | Err(_) => return head(buf, Shape::Other, None),
                 Ok(_) => {}
             }
-            match shape(&buf, |host| lean_app(self.data.routing(), host, tls)) {
+            // The routing is loaded only for a header complete and plain
+            // enough for the lean loop: the Host is its last question.
+            let mut routed = None;
+            let shape = shape(&buf, |host| {
+                let found = Routed::load(self.lean.data().routing(), Some(host));
+                let lean = lean_app(&found, tls);
+                routed = Some(found);
+                lean
+            });
+            match shape {
                 Shape::Partial if buf.len() < MAX_LEAN_HEADER => continue,
-                Shape::Partial => return Some((buf, Shape::Other)),
-                done => return Some((buf, done)),
+                Shape::Partial => return head(buf, Shape::Other, None),
+                done => return head(buf, done, routed),
             }
         }
     }
@@ -277,5 +324,31 @@ mod tests {
         ] {
             assert_eq!(lean(other), Shape::Other, "{other:?}");
         }
+    }
+
+    #[test]
+    fn the_lean_loop_takes_http1_apps_and_no_redirects_of_plain_http() {
+        use crate::dataplane::routing::testing::{app, snapshot};
+        let with = |name: &str, h2: bool, redirect_https: bool| {
+            let mut a = (*app(name, &[name], &[1], &[2])).clone();
+            a.h2 = h2;
+            a.redirect_https = redirect_https;
+            Arc::new(a)
+        };
+        let s = Arc::new(snapshot(
+            &[
+                with("plain", false, false),
+                with("h2", true, false),
+                with("secure", false, true),
+            ],
+            None,
+        ));
+        let lean =
+            |host: &str, tls: bool| lean_app(&Routed::by(s.clone(), Some(host.as_bytes())), tls);
+        assert!(lean("plain", false) && lean("plain", true));
+        assert!(!lean("h2", false) && !lean("h2", true), "HTTP/2 upstreams");
+        assert!(lean("secure", true), "served over TLS");
+        assert!(!lean("secure", false), "redirected: pingora-proxy's");
+        assert!(!lean("unknown", false), "404: pingora-proxy's");
     }
 }

@@ -1,16 +1,20 @@
 //! The data plane: pingora's `ProxyHttp` for the front door.
 //!
-//! Per request: `request_filter` loads the routing snapshot once and finds
-//! the app by Host (404 when none); `upstream_peer` asks the app for a color
-//! and the color's pool for an upstream; everything is carried in
-//! [`RequestCtx`], so later hooks never load the snapshot again. No lock and
-//! no I/O of ours on this path.
+//! Per request the routing snapshot is loaded once, and the app found by
+//! Host in it ([`Routed`]) is carried in [`RequestCtx`]: the front door
+//! loads it when it needs the app to choose the request's path, and hands
+//! it over (to the lean loop directly, to pingora-proxy through
+//! `on_connection_reuse`); otherwise `request_filter` loads it (404 when no
+//! app serves the host). `upstream_peer` asks the app for a color and the
+//! color's pool for an upstream; later hooks read the ctx and never load
+//! the snapshot again. No lock and no I/O of ours on this path.
 //!
 //! Failure policy: a connect failure is retried once on another upstream of
 //! the *same* color when the method is idempotent; if no upstream of the live
 //! color can take the request, the client gets a 502 with a short body. The
 //! standby is never used behind the operator's back.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,7 +33,7 @@ use tracing::{info, warn};
 
 use crate::config::LogConfig;
 use crate::dataplane::headers::add_forwarded_headers;
-use crate::dataplane::routing::{strip_port, Routing, Snapshot};
+use crate::dataplane::routing::{strip_port, AppRoute, Routed, Routing};
 use crate::dataplane::upgrades::{Registration, UpgradeConnector, Upgrades, WS_GOING_AWAY};
 use crate::metrics::Metrics;
 
@@ -206,9 +210,9 @@ impl AccessLog {
 /// What one request has been routed to.
 #[derive(Default)]
 pub struct RequestCtx {
-    /// The snapshot this request is routed by (loaded once).
-    snapshot: Option<Arc<Snapshot>>,
-    app: usize,
+    /// The snapshot this request is routed by and the app its Host matched:
+    /// loaded once, by the front door or by `request_filter`.
+    routed: Option<Routed>,
     color: Option<Color>,
     /// The upstream of the current attempt.
     upstream: Option<SocketAddr>,
@@ -227,8 +231,25 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn route(&self) -> Option<&crate::dataplane::routing::AppRoute> {
-        self.snapshot.as_ref().and_then(|s| s.apps.get(self.app))
+    /// The context of a request the front door has routed already: its hooks
+    /// use `routed` and load no snapshot of their own.
+    pub fn routed(routed: Routed) -> Self {
+        RequestCtx {
+            routed: Some(routed),
+            ..RequestCtx::default()
+        }
+    }
+
+    /// This request's routing: the one it was given, or else one load of
+    /// `routing` now, kept for every later call.
+    fn route_by(&mut self, routing: &Routing, host: Option<&[u8]>) -> &Routed {
+        self.routed
+            .get_or_insert_with(|| Routed::load(routing, host))
+    }
+
+    /// The app this request is routed to, if any.
+    fn route(&self) -> Option<&AppRoute> {
+        self.routed.as_ref().and_then(Routed::route)
     }
 }
 
@@ -258,6 +279,27 @@ impl ProxyHttp for DataPlane {
         RequestCtx::default()
     }
 
+    /// The front door's hand-over: a request it routed to choose its path,
+    /// then left to pingora-proxy (an `h2` app, a redirect, an unknown
+    /// host), carries that [`Routed`] as the session's connection user
+    /// context. pingora-proxy hands any such context to this hook before
+    /// `request_filter`, on a connection's first request too (despite the
+    /// name); bgproxy never persists one of its own
+    /// (`persist_connection_context` is left at `None`), so this is the
+    /// only kind there is. If it ever stopped coming, `request_filter`
+    /// would load the routing itself: a second load, still one snapshot
+    /// for every hook.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        handed_over: Box<dyn Any + Send + Sync>,
+    ) {
+        if let Ok(routed) = handed_over.downcast::<Routed>() {
+            ctx.routed = Some(*routed);
+        }
+    }
+
     /// No downstream modules: pingora's default adds a (disabled) response
     /// compression module, which still runs its filters on every request.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
@@ -269,15 +311,15 @@ impl ProxyHttp for DataPlane {
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.limits.client_idle_timeout.as_secs().max(1)));
         }
-        let snapshot = self.routing.load_full();
-        match snapshot.app_for_host(host_of(session.req_header())) {
-            Some(app) => {
+        let routed = ctx.route_by(&self.routing, host_of(session.req_header()));
+        match routed.route() {
+            Some(route) => {
                 if let Some(why) = self.headers_too_large(session.req_header()) {
                     let body = Bytes::from(format!("431 Request Header Fields Too Large: {why}\n"));
                     session.respond_error_with_body(431, body).await?;
                     return Ok(true);
                 }
-                let config = &snapshot.apps[app].config;
+                let config = &route.config;
                 let declared = session
                     .req_header()
                     .headers
@@ -300,10 +342,7 @@ impl ProxyHttp for DataPlane {
                     Some(self.limits.client_timeout)
                 };
                 session.as_downstream_mut().set_read_timeout(read_timeout);
-                let redirect = config.redirect_https && !is_tls(session);
-                ctx.app = app;
-                ctx.snapshot = Some(snapshot);
-                if redirect {
+                if config.redirect_https && !is_tls(session) {
                     self.redirect(session).await?;
                     return Ok(true);
                 }
@@ -565,5 +604,50 @@ impl ProxyHttp for DataPlane {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::routing::testing::{app, snapshot};
+    use crate::dataplane::routing::Snapshot;
+    use arc_swap::ArcSwap;
+
+    fn with_h2(h2: bool) -> Arc<Snapshot> {
+        let mut a = (*app("web", &["web.example"], &[1], &[2])).clone();
+        a.h2 = h2;
+        Arc::new(snapshot(&[Arc::new(a)], None))
+    }
+
+    #[test]
+    fn a_request_the_front_door_routed_keeps_its_snapshot_across_a_reload() {
+        let before = with_h2(false);
+        let routing: Routing = Arc::new(ArcSwap::new(before.clone()));
+        let host = Some(&b"web.example"[..]);
+        let mut ctx = RequestCtx::routed(Routed::by(before.clone(), host));
+        // A reload between the front door's look at the request and its
+        // hooks: the app now has HTTP/2 upstreams, which the lean loop
+        // cannot serve.
+        routing.store(with_h2(true));
+        let routed = ctx.route_by(&routing, host);
+        assert!(Arc::ptr_eq(&routed.snapshot, &before), "no second load");
+        assert!(!ctx.route().expect("routed to web").config.h2);
+    }
+
+    #[test]
+    fn a_request_routed_by_its_hooks_loads_once() {
+        let first = with_h2(false);
+        let routing: Routing = Arc::new(ArcSwap::new(first.clone()));
+        let host = Some(&b"web.example"[..]);
+        let mut ctx = RequestCtx::default();
+        assert_eq!(ctx.route_by(&routing, host).app, Some(0));
+        routing.store(with_h2(true));
+        assert!(Arc::ptr_eq(&ctx.route_by(&routing, host).snapshot, &first));
+        assert!(!ctx.route().expect("routed to web").config.h2);
+
+        let mut unknown = RequestCtx::default();
+        assert_eq!(unknown.route_by(&routing, Some(b"other")).app, None);
+        assert!(unknown.route().is_none());
     }
 }

@@ -8,16 +8,21 @@
 //! reach 0.90x HAProxy's requests per second against 0.80x.
 //!
 //! The front door (`front_door.rs`) decides which requests come here: no
-//! body, no upgrade, an app with HTTP/1 upstreams.
+//! body, no upgrade, an app with HTTP/1 upstreams that does not redirect
+//! them to HTTPS.
 //!
-//! The lean loop calls the same [`DataPlane`](crate::dataplane::hooks::DataPlane)
-//! hooks pingora-proxy calls, in the same order (`request_filter`,
-//! `upstream_peer`, `fail_to_connect`, `upstream_request_filter`,
-//! `response_filter`, `response_body_filter`, `fail_to_proxy`, `logging`),
-//! so routing, limits, retries, headers, drain, error pages, metrics and the
-//! access log are one code for both paths.
+//! The lean loop calls the same [`DataPlane`] hooks pingora-proxy calls, in
+//! the same order (`request_filter`, `upstream_peer`, `fail_to_connect`,
+//! `upstream_request_filter`, `response_filter`, `response_body_filter`,
+//! `fail_to_proxy`, `logging`), so routing, limits, retries, headers, drain,
+//! error pages, metrics and the access log are one code for both paths.
+//!
+//! A request comes with the routing the front door loaded to let it in
+//! ([`Routed`]): the loop serves it by that snapshot and loads no other, so
+//! a reload in between cannot hand it an app with HTTP/2 upstreams.
 
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession as ClientSession;
@@ -27,20 +32,43 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType};
 
-use crate::dataplane::front_door::FrontDoor;
-use crate::dataplane::hooks::RequestCtx;
+use crate::dataplane::hooks::{DataPlane, RequestCtx};
+use crate::dataplane::routing::Routed;
 
-impl FrontDoor {
-    /// One request through the lean loop, then the connection back to
-    /// pingora for the next one.
-    pub(super) async fn lean(&self, mut session: Session) -> Option<ReusedHttpStream> {
+/// The lean loop: pingora's HTTP/1 sessions and connection pool, driven by
+/// the [`DataPlane`] hooks. The front door holds one.
+pub struct LeanLoop {
+    data: DataPlane,
+    connector: Connector,
+}
+
+impl LeanLoop {
+    /// `data` is the data plane whose hooks it calls (a clone of the one
+    /// pingora-proxy runs); `connector` keeps the upstream connections.
+    pub fn new(data: DataPlane, connector: Connector) -> Self {
+        LeanLoop { data, connector }
+    }
+
+    /// The data plane whose hooks the loop calls.
+    pub fn data(&self) -> &DataPlane {
+        &self.data
+    }
+
+    /// Serves one request, routed by `routed` (the snapshot the front door
+    /// loaded to let it in, and the app it matched), then hands the
+    /// connection back to pingora for the next one. `None`: the connection
+    /// is closed (the client went away, or an error left it unusable).
+    pub async fn serve(&self, mut session: Session, routed: Routed) -> Option<ReusedHttpStream> {
         match session.read_request().await {
             Ok(true) => {}
             _ => return None,
         }
         let data = &self.data;
-        let mut ctx = data.new_ctx();
-        let error = self.serve(&mut session, &mut ctx).await.err();
+        // The front door's snapshot, not a new load: it decided that this
+        // request may come here (HTTP/1 upstreams), and a reload since then
+        // must not route it to an app the loop cannot serve.
+        let mut ctx = RequestCtx::routed(routed);
+        let error = self.forward(&mut session, &mut ctx).await.err();
         if let Some(e) = &error {
             if session.response_written().is_none() {
                 data.fail_to_proxy(&mut session, e, &mut ctx).await;
@@ -60,7 +88,10 @@ impl FrontDoor {
         }
     }
 
-    async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    /// The request to an upstream and its response back, with pingora-proxy's
+    /// retries: a refused connect as `fail_to_connect` decides, a pooled
+    /// connection the upstream had closed once more on a fresh one.
+    async fn forward(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let data = &self.data;
         if data.request_filter(session, ctx).await? {
             return Ok(()); // answered (404, 431, ...)

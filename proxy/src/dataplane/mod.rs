@@ -1,19 +1,21 @@
-//! The data plane: everything on a request's path. It reads the routing
-//! snapshot (one `ArcSwap::load` per request) and never waits on the control
-//! plane; nothing here imports `controlplane` or `daemon`.
+//! The data plane: everything on a request's path. Each request loads the
+//! routing snapshot once (one `ArcSwap` load, by the front door or else by
+//! `request_filter`) and carries it in its context to every later hook; the
+//! data plane never waits on the control plane, and nothing here imports
+//! `controlplane` or `daemon`.
 //!
 //! ```text
-//! front_door every request comes in here: plain HTTP/1 requests to the
-//!            lean loop, everything else (bodies, HTTP/2, upgrades) to
-//!            pingora-proxy
-//! lean       the lean loop: one plain HTTP/1 request on a straight line
-//! hooks      the ProxyHttp hooks both paths call: limits, routing, retries,
-//!            error pages, metrics and the access log
-//! headers    X-Forwarded-For/-Proto/-Host for the upstream
-//! routing    Snapshot -> AppRoute (by Host) -> color -> Pool::pick; the
-//!            per-upstream HealthCell the health checker writes
-//! upgrades   WebSocket connections: tracked per color, closed after drain
-//! tls        certificates by SNI, reloaded without a restart
+//! front_door  every request comes in here: plain HTTP/1 requests to the
+//!             lean loop, the rest (bodies, HTTP/2, upgrades) to pingora-proxy
+//! lean        the lean loop: one plain HTTP/1 request on a straight line
+//! hooks       the ProxyHttp hooks both paths call: limits, routing, retries,
+//!             error pages, metrics and the access log
+//! headers     X-Forwarded-For/-Proto/-Host for the upstream
+//! routing     Snapshot -> AppRoute (by Host) -> color -> Pool::pick; Routed,
+//!             one request's snapshot and app
+//! health_cell an upstream's observed health, written by the health checker
+//! upgrades    WebSocket connections: tracked per color, closed after drain
+//! tls         certificates by SNI, reloaded without a restart
 //! ```
 
 pub mod front_door;

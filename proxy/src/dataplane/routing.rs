@@ -297,6 +297,39 @@ impl Snapshot {
     }
 }
 
+/// One request's routing: the snapshot loaded for it and the app its Host
+/// matched there.
+///
+/// Built once per request, by the front door when it reads the request head
+/// or else by `request_filter`, and carried in the request's context: every
+/// later hook reads this snapshot, so a reload in the middle of a request
+/// cannot route one half of it by the old table and the other by the new.
+#[derive(Clone, Debug)]
+pub struct Routed {
+    pub snapshot: Arc<Snapshot>,
+    /// Index into `snapshot.apps`; `None` when no app serves the host.
+    pub app: Option<usize>,
+}
+
+impl Routed {
+    /// Loads `routing` (the one load of a request) and finds the app of
+    /// `host` in it.
+    pub fn load(routing: &Routing, host: Option<&[u8]>) -> Routed {
+        Routed::by(routing.load_full(), host)
+    }
+
+    /// The app of `host` in `snapshot` ([`Snapshot::app_for_host`]).
+    pub fn by(snapshot: Arc<Snapshot>, host: Option<&[u8]>) -> Routed {
+        let app = snapshot.app_for_host(host);
+        Routed { snapshot, app }
+    }
+
+    /// The routing of the matched app; `None` when no app serves the host.
+    pub fn route(&self) -> Option<&AppRoute> {
+        self.app.and_then(|i| self.snapshot.apps.get(i))
+    }
+}
+
 /// `example.net:8080` -> `example.net`; `[::1]:80` -> `[::1]`; a trailing
 /// dot is dropped too (`example.net.`).
 pub fn strip_port(host: &[u8]) -> &[u8] {
@@ -315,7 +348,46 @@ pub fn strip_port(host: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
+pub(crate) mod testing {
+    //! Apps and snapshots for the data plane's unit tests.
+
+    use super::*;
+
+    /// An app named `name` serving `hosts` (none: the default app), with
+    /// upstreams on 127.0.0.1 at the `blue` and `green` ports.
+    pub fn app(name: &str, hosts: &[&str], blue: &[u16], green: &[u16]) -> Arc<AppConfig> {
+        let addrs = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+                .collect()
+        };
+        Arc::new(AppConfig {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            initial_live: Color::Blue,
+            redirect_https: false,
+            max_body: 1 << 20,
+            connect_timeout: std::time::Duration::from_secs(1),
+            read_timeout: std::time::Duration::from_secs(1),
+            h2: false,
+            drain_timeout: None,
+            tunnel_timeout: None,
+            health: Default::default(),
+            pools: [addrs(blue), addrs(green)],
+            deploy: Default::default(),
+        })
+    }
+
+    /// The routing of `apps`, all live on blue.
+    pub fn snapshot(apps: &[Arc<AppConfig>], prev: Option<&Snapshot>) -> Snapshot {
+        Snapshot::build(1, apps, |_| Color::Blue, prev, &Metrics::new())
+    }
+}
+
+#[cfg(test)]
 mod tests {
+    use super::testing::{app, snapshot};
     use super::*;
 
     fn detached_gauge() -> prometheus::IntGauge {
@@ -386,34 +458,6 @@ mod tests {
         assert!(!p.all_up());
         p.upstreams[1].health.set(Health::Up);
         assert!(p.all_up());
-    }
-
-    fn app(name: &str, hosts: &[&str], blue: &[u16], green: &[u16]) -> Arc<AppConfig> {
-        let addrs = |ports: &[u16]| {
-            ports
-                .iter()
-                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-                .collect()
-        };
-        Arc::new(AppConfig {
-            name: name.into(),
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            initial_live: Color::Blue,
-            redirect_https: false,
-            max_body: 1 << 20,
-            connect_timeout: std::time::Duration::from_secs(1),
-            read_timeout: std::time::Duration::from_secs(1),
-            h2: false,
-            drain_timeout: None,
-            tunnel_timeout: None,
-            health: Default::default(),
-            pools: [addrs(blue), addrs(green)],
-            deploy: Default::default(),
-        })
-    }
-
-    fn snapshot(apps: &[Arc<AppConfig>], prev: Option<&Snapshot>) -> Snapshot {
-        Snapshot::build(1, apps, |_| Color::Blue, prev, &Metrics::new())
     }
 
     #[test]
