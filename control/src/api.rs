@@ -409,7 +409,8 @@ pub struct ReloadResponse {
     pub added: Vec<String>,
     /// Apps no longer served (their state record is kept).
     pub removed: Vec<String>,
-    /// Apps whose hosts, upstreams, health settings or deploy steps changed.
+    /// Apps any of whose settings changed (hosts, upstreams, health, limits,
+    /// deploy steps, ...).
     pub changed: Vec<String>,
     /// Changed settings that take effect only after a restart (listeners,
     /// threads, TLS files, ...), by config key.

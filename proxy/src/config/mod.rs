@@ -189,7 +189,7 @@ pub struct StateConfig {
 }
 
 /// One `[[app]]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AppConfig {
     pub name: String,
     /// Lowercase host names; empty for the default app.

@@ -383,7 +383,7 @@ impl Controller {
                     &snapshot.apps[index],
                     migrate,
                     &cmd.actor,
-                    &inner.config.state_dir(),
+                    &self.boot.state_dir(),
                     OffsetDateTime::now_utc(),
                 )?;
                 let (abort, aborted) = watch::channel(false);

@@ -228,81 +228,11 @@ pub fn reload_report(old: &Config, new: &Config, boot: &Config) -> ReloadRespons
         changed: new
             .apps
             .iter()
-            .filter(|a| old.app(&a.name).is_some_and(|o| !same_app(o, a)))
+            .filter(|a| old.app(&a.name).is_some_and(|o| o != *a))
             .map(|a| a.name.clone())
             .collect(),
-        restart_required: restart_required(boot, new),
+        restart_required: boot.restart_settings().changed(&new.restart_settings()),
     }
-}
-
-/// Whether two versions of an app route and check the same way.
-fn same_app(a: &AppConfig, b: &AppConfig) -> bool {
-    a.hosts == b.hosts
-        && a.pools == b.pools
-        && a.health == b.health
-        && a.initial_live == b.initial_live
-        && format!("{:?}", a.deploy) == format!("{:?}", b.deploy)
-}
-
-/// Settings a reload cannot apply to a running process.
-fn restart_required(old: &Config, new: &Config) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut check = |key: &str, changed: bool| {
-        if changed {
-            keys.push(key.to_string());
-        }
-    };
-    check("proxy.listen", old.proxy.listen != new.proxy.listen);
-    check("proxy.threads", old.proxy.threads != new.proxy.threads);
-    check(
-        "proxy.work_stealing",
-        old.proxy.work_stealing != new.proxy.work_stealing,
-    );
-    check(
-        "proxy.tls",
-        format!("{:?}", old.proxy.tls) != format!("{:?}", new.proxy.tls),
-    );
-    check(
-        "proxy.grace_period",
-        old.proxy.grace_period != new.proxy.grace_period,
-    );
-    check(
-        "proxy.shutdown_timeout",
-        old.proxy.shutdown_timeout != new.proxy.shutdown_timeout,
-    );
-    check(
-        "proxy.max_header_size",
-        old.proxy.max_header_size != new.proxy.max_header_size,
-    );
-    check(
-        "proxy.max_headers",
-        old.proxy.max_headers != new.proxy.max_headers,
-    );
-    check(
-        "proxy.client_timeout",
-        old.proxy.client_timeout != new.proxy.client_timeout,
-    );
-    check(
-        "proxy.client_idle_timeout",
-        old.proxy.client_idle_timeout != new.proxy.client_idle_timeout,
-    );
-    check("control.listen", old.control.listen != new.control.listen);
-    check(
-        "control.token_file",
-        old.control.token_file != new.control.token_file,
-    );
-    check(
-        "control.watch_config",
-        old.control.watch_config != new.control.watch_config,
-    );
-    check("control.nice", old.control.nice != new.control.nice);
-    check(
-        "metrics.listen",
-        format!("{:?}", old.metrics) != format!("{:?}", new.metrics),
-    );
-    check("state.path", old.state.path != new.state.path);
-    check("log", old.log != new.log);
-    keys
 }
 
 /// Status of every app of `snapshot`: live color and health from the
@@ -801,6 +731,23 @@ upstreams = ["127.0.0.1:6001"]
         // process still listens where it started.
         let report = reload_report(&moved, &moved, &w.config);
         assert_eq!(report.restart_required, ["proxy.listen"]);
+        // The key the hand-written list used to miss.
+        let buffered = config(&TWO_APPS.replace(
+            "listen = [\"127.0.0.1:18080\"]",
+            "listen = [\"127.0.0.1:18080\"]\nread_buffer = \"16KiB\"",
+        ));
+        let report = reload_report(&w.config, &buffered, &w.config);
+        assert_eq!(report.restart_required, ["proxy.read_buffer"]);
+    }
+
+    #[test]
+    fn reload_reports_an_app_whose_limits_alone_changed() {
+        let w = world();
+        let new =
+            config(&TWO_APPS.replace("name = \"api\"", "name = \"api\"\nmax_body = \"2MiB\""));
+        let report = reload_report(&w.config, &new, &w.config);
+        assert_eq!(report.changed, ["api"]);
+        assert!(report.restart_required.is_empty());
     }
 
     #[test]
