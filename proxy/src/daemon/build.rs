@@ -184,6 +184,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         controller.routing(),
         metrics.clone(),
         &config.log,
+        Limits::from(&config.proxy),
         draining.clone(),
         upgrades.clone(),
     )
@@ -194,13 +195,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             .as_ref()
             .and_then(|t| t.listen.first())
             .map(|a| a.port()),
-    )
-    .with_limits(Limits {
-        max_header_size: config.proxy.max_header_size,
-        max_headers: config.proxy.max_headers,
-        client_timeout: config.proxy.client_timeout,
-        client_idle_timeout: config.proxy.client_idle_timeout,
-    });
+    );
     // pingora-proxy serves what the lean loop leaves (lean.rs).
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, data.clone());
     // HTTP/2 client connections get the same idle limit as HTTP/1 ones.

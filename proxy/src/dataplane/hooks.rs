@@ -31,7 +31,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::{info, warn};
 
-use crate::config::LogConfig;
+use crate::config::{LogConfig, ProxyConfig};
 use crate::dataplane::headers::add_forwarded_headers;
 use crate::dataplane::routing::{strip_port, AppRoute, Routed, Routing};
 use crate::dataplane::upgrades::{Registration, UpgradeConnector, Upgrades, WS_GOING_AWAY};
@@ -52,25 +52,43 @@ pub struct DataPlane {
     upgrades: Arc<Upgrades>,
 }
 
-/// Front-door limits that apply to every app.
+/// Front-door limits that apply to every app: `[proxy]`'s keys of the same
+/// names (their defaults are the config layer's, `config/defaults.rs`).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Largest request header block; bigger gets 431.
     pub max_header_size: usize,
+    /// Most request headers; more gets 431.
     pub max_headers: usize,
+    /// Time allowed between two reads of a request (body); slower gets 408.
     pub client_timeout: Duration,
     /// Idle time allowed between two requests of a keep-alive connection
     /// (pingora counts whole seconds).
     pub client_idle_timeout: Duration,
 }
 
+impl From<&ProxyConfig> for Limits {
+    fn from(proxy: &ProxyConfig) -> Self {
+        Limits {
+            max_header_size: proxy.max_header_size,
+            max_headers: proxy.max_headers,
+            client_timeout: proxy.client_timeout,
+            client_idle_timeout: proxy.client_idle_timeout,
+        }
+    }
+}
+
 impl DataPlane {
-    /// `draining` is set when an upgrade or shutdown begins: from then on
-    /// every HTTP/1 response closes its connection, so no client reuses a
-    /// keep-alive connection that is about to be dropped (and races it).
+    /// A data plane routing by `routing`, with the front door's `limits`
+    /// (from the config: `Limits::from(&config.proxy)`). `draining` is set
+    /// when an upgrade or shutdown begins: from then on every HTTP/1
+    /// response closes its connection, so no client reuses a keep-alive
+    /// connection that is about to be dropped (and races it).
     pub fn new(
         routing: Routing,
         metrics: Arc<Metrics>,
         log: &LogConfig,
+        limits: Limits,
         draining: Arc<AtomicBool>,
         upgrades: Arc<Upgrades>,
     ) -> Self {
@@ -80,21 +98,9 @@ impl DataPlane {
             access: AccessLog::new(log),
             draining,
             https_port: None,
-            limits: Limits {
-                max_header_size: 32 * 1024,
-                max_headers: 100,
-                client_timeout: Duration::from_secs(60),
-                client_idle_timeout: Duration::from_secs(60),
-            },
+            limits,
             upgrades,
         }
-    }
-
-    /// The front door's limits (defaults: 32 KiB of headers, 100 headers,
-    /// 60s client timeout, 60s keep-alive idle timeout).
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
     }
 
     /// The routing table this data plane reads.
