@@ -196,7 +196,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             .and_then(|t| t.listen.first())
             .map(|a| a.port()),
     );
-    // pingora-proxy serves what the lean loop leaves (lean.rs).
+    // pingora-proxy serves what the lean loop leaves (front_door.rs).
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, data.clone());
     // HTTP/2 client connections get the same idle limit as HTTP/1 ones.
     let mut options = pingora::apps::HttpServerOptions::default();
