@@ -1,30 +1,47 @@
 //! Backends the tests start themselves, on 127.0.0.1 with a port the OS
-//! picks (the listener stays bound for the backend's life).
+//! picks; the port stays reserved for the backend's life, also after
+//! [`Backend::stop`] (connections are then refused, and no other test's
+//! listener can appear on it).
 //!
-//! - [`Backend`]: a small threaded HTTP/1.1 server (keep-alive) that answers
-//!   `/health` with a status the test controls (or hangs), `/slow/<ms>`
-//!   after a pause, a WebSocket upgrade with an echo, and any other path
-//!   with a JSON echo of what it received plus its color.
+//! - [`Backend`]: a small threaded HTTP/1.1 server (keep-alive). `/health`
+//!   answers a status the test controls (or hangs); `/slow/<ms>` answers
+//!   after a pause; `/hold/...` answers once the test releases it;
+//!   `/status/<code>` answers that status; a WebSocket upgrade gets an echo;
+//!   anything else a JSON echo of what it received (every header line, in
+//!   order) plus its color.
 //! - [`H2Backend`]: cleartext HTTP/2 only, for apps with `h2 = true`.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
+use crate::ports::Port;
 use crate::wait_until;
+
+/// How long a `/hold/...` request waits for [`Backend::release_held`] at
+/// most, so that a failing test cannot leave threads behind for ever.
+const HOLD_LIMIT: Duration = Duration::from_secs(60);
 
 struct BackendState {
     color: String,
     health_status: AtomicU16,
     health_hangs: AtomicBool,
+    /// Every `/health` answer: when it was written, and its status.
+    health_answers: Mutex<Vec<(Instant, u16)>>,
     stopped: AtomicBool,
     hits: AtomicU64,
+    /// Requests other than `/health` whose head was read (body or not).
+    heads: AtomicU64,
+    /// Requests other than `/health` read but not answered yet.
+    in_flight: AtomicU64,
+    /// Whether `/hold/...` requests may answer; with its condition variable.
+    released: Mutex<bool>,
+    release: Condvar,
     conns: Mutex<Vec<TcpStream>>,
 }
 
@@ -32,20 +49,29 @@ struct BackendState {
 pub struct Backend {
     pub addr: SocketAddr,
     state: Arc<BackendState>,
+    /// Keeps the port after [`Backend::stop`] drops the listener.
+    _port: Port,
 }
 
 impl Backend {
     /// Starts a backend of `color` (the name it answers with).
     pub fn start(color: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = Port::reserve();
+        // std binds with SO_REUSEADDR: it shares the reservation's port.
+        let listener = TcpListener::bind(port.addr()).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState {
             color: color.to_string(),
             health_status: AtomicU16::new(200),
             health_hangs: AtomicBool::new(false),
+            health_answers: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
             hits: AtomicU64::new(0),
+            heads: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            released: Mutex::new(false),
+            release: Condvar::new(),
             conns: Mutex::new(Vec::new()),
         });
         let st = state.clone();
@@ -65,7 +91,11 @@ impl Backend {
                 Err(_) => thread::sleep(Duration::from_millis(2)),
             }
         });
-        Backend { addr, state }
+        Backend {
+            addr,
+            state,
+            _port: port,
+        }
     }
 
     /// Makes `/health` answer `status`.
@@ -78,14 +108,40 @@ impl Backend {
         self.state.health_hangs.store(true, Ordering::SeqCst);
     }
 
+    /// How many `/health` answers had `status` so far.
+    pub fn health_answers(&self, status: u16) -> usize {
+        let answers = self.state.health_answers.lock().unwrap();
+        answers.iter().filter(|(_, s)| *s == status).count()
+    }
+
     /// Requests served other than `/health`.
     pub fn hits(&self) -> u64 {
         self.state.hits.load(Ordering::SeqCst)
     }
 
+    /// Requests other than `/health` whose head arrived, whether or not
+    /// their body did.
+    pub fn heads(&self) -> u64 {
+        self.state.heads.load(Ordering::SeqCst)
+    }
+
+    /// Requests other than `/health` received and not answered yet (held,
+    /// slow, or being answered).
+    pub fn in_flight(&self) -> u64 {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Lets every `/hold/...` request answer, those waiting and those to
+    /// come.
+    pub fn release_held(&self) {
+        *self.state.released.lock().unwrap() = true;
+        self.state.release.notify_all();
+    }
+
     /// Closes the port and every open connection: the backend is gone.
     pub fn stop(&self) {
         self.state.stopped.store(true, Ordering::SeqCst);
+        self.release_held();
         for c in self.state.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
@@ -99,6 +155,31 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The value of the first header line named `name` (lower case).
+fn header<'a>(lines: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    lines
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The echo's `headers`: a name that came on one line maps to its value, a
+/// name that came on several maps to the array of their values, so that a
+/// test comparing a header with one string fails on a duplicated line.
+fn headers_json(lines: &[(String, String)]) -> Value {
+    let mut map = Map::new();
+    for (k, v) in lines {
+        match map.get_mut(k) {
+            None => {
+                map.insert(k.clone(), Value::String(v.clone()));
+            }
+            Some(Value::Array(all)) => all.push(Value::String(v.clone())),
+            Some(first) => *first = json!([first.clone(), v]),
+        }
+    }
+    Value::Object(map)
 }
 
 fn serve(stream: TcpStream, st: Arc<BackendState>) {
@@ -117,7 +198,8 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
             parts.next().unwrap_or("").to_string(),
             parts.next().unwrap_or("").to_string(),
         );
-        let mut headers = BTreeMap::new();
+        // Every header line, in order, names in lower case.
+        let mut lines = Vec::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -128,22 +210,25 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
                 break;
             }
             if let Some((k, v)) = h.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                lines.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
-        if headers
-            .get("upgrade")
-            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
-        {
-            return websocket_echo(reader, &headers, &st);
+        if header(&lines, "upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+            return websocket_echo(reader, &lines, &st);
         }
-        let len: usize = headers
-            .get("content-length")
+        let health = target == "/health";
+        if !health {
+            st.heads.fetch_add(1, Ordering::SeqCst);
+        }
+        let len: usize = header(&lines, "content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let mut body = vec![0; len];
         if reader.read_exact(&mut body).is_err() {
             return;
+        }
+        if !health {
+            st.in_flight.fetch_add(1, Ordering::SeqCst);
         }
         if let Some(ms) = target
             .strip_prefix("/slow/")
@@ -151,7 +236,14 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
         {
             thread::sleep(Duration::from_millis(ms));
         }
-        let (status, payload) = if target == "/health" {
+        if target.starts_with("/hold/") {
+            let released = st.released.lock().unwrap();
+            let _ = st
+                .release
+                .wait_timeout_while(released, HOLD_LIMIT, |r| !*r)
+                .unwrap();
+        }
+        let (status, payload) = if health {
             if st.health_hangs.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_secs(3600));
             }
@@ -161,31 +253,41 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
             )
         } else {
             st.hits.fetch_add(1, Ordering::SeqCst);
+            let status = target
+                .strip_prefix("/status/")
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(200);
             let echo = json!({
                 "color": st.color,
                 "method": method,
                 "target": target,
-                "headers": headers,
+                "headers": headers_json(&lines),
+                "header_lines": lines,
                 "body": String::from_utf8_lossy(&body),
             });
-            (200, serde_json::to_vec(&echo).unwrap())
+            (status, serde_json::to_vec(&echo).unwrap())
         };
         let head = format!(
             "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\nX-Color: {}\r\n\r\n",
             payload.len(),
             st.color
         );
-        if out
+        if health {
+            // Recorded before the answer leaves: the checker cannot have
+            // seen an answer that is not counted yet.
+            let mut answers = st.health_answers.lock().unwrap();
+            answers.push((Instant::now(), status));
+        }
+        let written = out
             .write_all(head.as_bytes())
-            .and_then(|_| out.write_all(&payload))
-            .is_err()
-        {
+            .and_then(|_| out.write_all(&payload));
+        if !health {
+            st.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        if written.is_err() {
             return;
         }
-        if headers
-            .get("connection")
-            .is_some_and(|c| c.eq_ignore_ascii_case("close"))
-        {
+        if header(&lines, "connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) {
             return;
         }
     }
@@ -193,15 +295,8 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
 
 /// Completes a WebSocket handshake and echoes every text message back as
 /// `"<color>: <text>"` until the peer closes.
-fn websocket_echo(
-    reader: BufReader<TcpStream>,
-    headers: &BTreeMap<String, String>,
-    st: &BackendState,
-) {
-    let key = headers
-        .get("sec-websocket-key")
-        .cloned()
-        .unwrap_or_default();
+fn websocket_echo(reader: BufReader<TcpStream>, lines: &[(String, String)], st: &BackendState) {
+    let key = header(lines, "sec-websocket-key").unwrap_or_default();
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut stream = reader.into_inner();
     let head = format!(

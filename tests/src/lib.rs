@@ -6,10 +6,12 @@
 //! - [`daemon`]: the daemon under test. [`Daemon`] writes a config
 //!   ([`AppSpec`], [`Options`]) into a temp dir, runs `bgproxy`, waits for
 //!   its control API, kills it on drop; [`bin`] finds the binaries.
-//! - [`load`]: keep-alive load ([`Load`]), clients through the front door.
+//! - [`load`]: keep-alive load ([`Load`]) on raw connections that never
+//!   retry, recording every request ([`Sample`]).
 //! - [`ports`]: ports for the daemon's listeners, held until the test ends
 //!   ([`Port`]).
-//! - [`procfs`]: what `/proc` says about the daemon's threads.
+//! - [`procfs`]: what `/proc` says about the daemon (threads' nice values,
+//!   huge pages, Unix sockets).
 //! - [`wait`]: readiness ([`wait_until`]) by polling with a deadline, never a
 //!   bare sleep.
 //!
@@ -25,7 +27,7 @@ pub mod wait;
 
 pub use backends::{Backend, H2Backend};
 pub use daemon::{bin, AppSpec, Daemon, Options};
-pub use load::Load;
+pub use load::{Load, Report, Sample};
 pub use ports::Port;
-pub use procfs::{may_lower_nice_to_minus_10, thread_nices};
+pub use procfs::{may_lower_nice_to_minus_10, thp_enabled, thread_nices, unix_socket_listens};
 pub use wait::wait_until;

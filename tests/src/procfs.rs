@@ -1,5 +1,6 @@
 //! Readers of `/proc`: what the kernel says about a process and its threads
-//! (privileges, nice values), for the tests of the daemon's priorities.
+//! (privileges, nice values, transparent huge pages, listening Unix
+//! sockets).
 
 /// Whether this process may lower a thread's nice value to -10 (what the
 /// daemon started from it inherits): `CAP_SYS_NICE`, or an `RLIMIT_NICE`
@@ -46,4 +47,35 @@ pub fn thread_nices(pid: u32, name: &str) -> Vec<i32> {
         .collect();
     assert!(!found.is_empty(), "no thread named {name:?}: {all:?}");
     found
+}
+
+/// The `THP_enabled` flag of a process (`"self"` or a pid): 0 when
+/// transparent huge pages are off for it by `prctl(PR_SET_THP_DISABLE)`.
+/// The kernel prints the process's own flag, whatever the system-wide
+/// policy in `/sys/kernel/mm/transparent_hugepage/enabled` says.
+pub fn thp_enabled(pid: &str) -> u8 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled in /proc/{pid}/status"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Whether some process listens on the Unix socket at `path` (an entry of
+/// `/proc/net/unix` with that path and the accepting flag).
+pub fn unix_socket_listens(path: &std::path::Path) -> bool {
+    // __SO_ACCEPTCON in the Flags column: the socket listens.
+    const ACCEPTING: u32 = 0x10000;
+    let path = path.to_string_lossy();
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    // Num RefCount Protocol Flags Type St Inode [Path]
+    table.lines().skip(1).any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.len() >= 8
+            && cols[7] == path
+            && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & ACCEPTING != 0)
+    })
 }

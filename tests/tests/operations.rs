@@ -3,9 +3,9 @@
 //! that keeps a second daemon off a live state file.
 
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon, Load, Port};
+use bgproxy_e2e::{unix_socket_listens, wait_until, AppSpec, Backend, Daemon, Load, Port};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
@@ -27,7 +27,10 @@ fn reload_under_load_adds_upstream_and_app() {
     assert_eq!(d.switch("web", "green").0, 200);
 
     let load = Load::start(&d, "anything", 3);
-    thread::sleep(Duration::from_millis(300));
+    assert!(
+        load.wait_each_answered_since(Instant::now(), 5, T),
+        "load flows before the reload"
+    );
     let web2 = AppSpec::new("web", &[&b], &[&g1, &g2]);
     let api = AppSpec::new("api", &[&ab], &[&ag]).hosts(&["api.example"]);
     // Written in place: the file watcher may reload it too, which is fine.
@@ -35,8 +38,16 @@ fn reload_under_load_adds_upstream_and_app() {
     let (code, out, err) = d.bgctl(&["reload"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("configuration reloaded"), "{out}");
-    thread::sleep(Duration::from_millis(500));
-    let (sent, _) = load.finish();
+    let reloaded = Instant::now();
+    assert!(
+        wait_until(T, || g2.hits() > 0),
+        "the added upstream takes traffic"
+    );
+    assert!(
+        load.wait_each_answered_since(reloaded, 20, T),
+        "load goes on after the reload"
+    );
+    let report = load.finish();
 
     assert_eq!(
         d.color_of("api.example"),
@@ -45,9 +56,10 @@ fn reload_under_load_adds_upstream_and_app() {
     );
     assert_eq!(d.app("web")["live"], "green", "live color kept");
     assert_eq!(d.app("web")["switch_count"], 1);
-    assert!(
-        g2.hits() > 0,
-        "the added upstream takes traffic ({sent} requests sent)"
+    assert_eq!(
+        report.colors(),
+        ["green".to_string()].into(),
+        "live color kept"
     );
     assert!(
         d.wait_health("api", "green", "up", T),
@@ -165,22 +177,63 @@ fn config_file_change_reloads() {
         d.log()
     );
     assert_eq!(d.color_of("x.example"), "x-blue");
-    d.rewrite_config(&d.render(&[web]));
+    d.rewrite_config(&d.render(std::slice::from_ref(&web)));
     assert!(
         wait_until(T, || d.api("GET", "/v1/apps/x", None).0 == 404),
         "{}",
         d.log()
     );
-    let reloads = d
-        .metric("bgproxy_config_reloads_total{result=\"success\"}")
-        .unwrap();
-    // Same bytes again: no reload.
-    d.rewrite_config(&std::fs::read_to_string(&d.config).unwrap());
-    thread::sleep(Duration::from_millis(800));
-    assert_eq!(
+    let reloads = || {
         d.metric("bgproxy_config_reloads_total{result=\"success\"}")
-            .unwrap(),
-        reloads
+            .unwrap()
+    };
+    let before = reloads();
+
+    // Same bytes again: read, and not reloaded. Watch the daemon's read of
+    // the file (it reads once the change has been quiet for its debounce
+    // period), then make a real change: it must be the only reload. Had the
+    // same bytes been reloaded, that reload would come on top.
+    let same = std::fs::read_to_string(&d.config).unwrap();
+    let (tx, opened) = std::sync::mpsc::channel();
+    let name = d.config.file_name().unwrap().to_owned();
+    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if let Ok(e) = e {
+            if matches!(e.kind, notify::EventKind::Access(_))
+                && e.paths.iter().any(|p| p.file_name() == Some(&name))
+            {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .unwrap();
+    notify::Watcher::watch(
+        &mut watcher,
+        d.dir.path(),
+        notify::RecursiveMode::NonRecursive,
+    )
+    .unwrap();
+    d.rewrite_config(&same);
+    assert!(
+        opened.recv_timeout(T).is_ok(),
+        "the daemon read the rewritten file:\n{}",
+        d.log()
+    );
+    drop(watcher);
+    let (yb, yg) = (Backend::start("y-blue"), Backend::start("y-green"));
+    d.rewrite_config(&d.render(&[
+        web.clone(),
+        AppSpec::new("y", &[&yb], &[&yg]).hosts(&["y.example"]),
+    ]));
+    assert!(
+        wait_until(T, || d.api("GET", "/v1/apps/y", None).0 == 200),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        reloads(),
+        before + 1.0,
+        "only the real change was reloaded:\n{}",
+        d.log()
     );
 }
 
@@ -204,21 +257,42 @@ fn reload_reports_restart_required_settings() {
     );
 }
 
-/// SIGTERM with requests in flight: they complete, then the daemon exits 0.
+/// SIGTERM with requests in flight: the daemon waits for them (held by the
+/// backend until well after the signal), they complete, then it exits 0.
 #[test]
 fn sigterm_lets_in_flight_requests_finish() {
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
     let mut d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
-    // Each takes 900ms; SIGTERM comes 300ms in, well within grace_period (5s).
-    let url = format!("http://{}/slow/900", d.proxy);
+    let url = format!("http://{}/hold/term", d.proxy);
     let inflight: Vec<_> = (0..3)
         .map(|_| {
             let url = url.clone();
-            thread::spawn(move || reqwest::blocking::get(url).map(|r| r.status().as_u16()))
+            thread::spawn(move || {
+                reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap()
+                    .get(url)
+                    .send()
+                    .map(|r| r.status().as_u16())
+            })
         })
         .collect();
-    thread::sleep(Duration::from_millis(300));
+    assert!(
+        wait_until(T, || b.in_flight() == 3),
+        "the requests reach the backend"
+    );
     d.signal("TERM");
+    // The backend holds them for a second after the signal (grace_period
+    // is 5s): the daemon must still be there, waiting.
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(1)),
+        None,
+        "exited with requests in flight:\n{}",
+        d.log()
+    );
+    assert_eq!(b.in_flight(), 3, "none was cut short");
+    b.release_held();
     for t in inflight {
         assert_eq!(t.join().unwrap().expect("completed"), 200);
     }
@@ -283,11 +357,20 @@ fn graceful_upgrade_under_load_loses_nothing() {
     let old_pid = d.pid();
 
     let load = Load::start(&d, "x", 3);
-    thread::sleep(Duration::from_millis(300));
+    assert!(
+        load.wait_each_answered_since(Instant::now(), 5, T),
+        "load flows before the upgrade"
+    );
     let new = d.spawn_another(&["--upgrade"]);
     let new_pid = new.id();
-    // The new process waits (up to 5s) on the upgrade socket for the sockets.
-    thread::sleep(Duration::from_millis(500));
+    // The new process waits on the upgrade socket for the listeners.
+    let sock = d.state_dir().join("bgproxy-upgrade.sock");
+    assert!(
+        wait_until(T, || unix_socket_listens(&sock)),
+        "the new process listens on {}:\n{}",
+        sock.display(),
+        d.log()
+    );
     d.signal("QUIT");
     assert_eq!(
         d.wait_exit(Duration::from_secs(30)),
@@ -295,9 +378,12 @@ fn graceful_upgrade_under_load_loses_nothing() {
         "old process exits cleanly:\n{}",
         d.log()
     );
+    let old_gone = Instant::now();
     d.adopt(new);
-    // Traffic keeps flowing to the new process alone.
-    thread::sleep(Duration::from_millis(500));
+    assert!(
+        load.wait_each_answered_since(old_gone, 20, T),
+        "traffic flows to the new process alone"
+    );
     load.finish();
 
     assert_eq!(d.pid(), new_pid);

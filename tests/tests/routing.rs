@@ -1,45 +1,91 @@
 //! The data plane end to end: cutover under load, multi-app routing by Host,
 //! forwarding, retries and the 502 that never falls back to the standby.
 
+use std::collections::BTreeSet;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bgproxy_e2e::{AppSpec, Backend, Daemon, H2Backend, Load};
+use bgproxy_e2e::{AppSpec, Backend, Daemon, H2Backend, Load, Sample};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
 
 /// Several keep-alive clients send requests while the live color is switched
-/// dozens of times: zero failures, both colors served, and after the last
-/// switch every request goes to the final color.
+/// dozens of times: zero failures (the clients never retry), kept-alive
+/// connections follow the switches, and every request sent after the last
+/// switch was answered, on every connection, goes to the final color.
 #[test]
 fn flip_under_load_loses_nothing() {
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
     let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
     assert!(d.wait_health("web", "green", "up", T) && d.wait_health("web", "blue", "up", T));
 
-    let load = Load::start(&d, "any", 4);
-    let url = format!("http://{}/load", d.proxy);
-
+    const CLIENTS: usize = 4;
+    let load = Load::start(&d, "any", CLIENTS);
+    assert!(
+        load.wait_each_answered_since(Instant::now(), 5, T),
+        "every client is served before the switches"
+    );
     let mut to = "green";
     for _ in 0..40 {
         let (s, v) = d.switch("web", to);
         assert_eq!(s, 200, "{v}");
         to = if to == "green" { "blue" } else { "green" };
+        // Pacing, so that requests land between the switches.
         thread::sleep(Duration::from_millis(25));
     }
     // 40 switches from blue end on blue... make the final color green.
     let (s, v) = d.switch("web", "green");
     assert_eq!(s, 200, "{v}");
-    thread::sleep(Duration::from_millis(100));
-    let (_, colors) = load.finish();
-    assert_eq!(colors.len(), 2, "both colors served");
-    // Fresh and kept-alive connections alike now go to green.
-    let c = reqwest::blocking::Client::new();
-    for _ in 0..20 {
-        let r = c.get(&url).send().unwrap();
+    let switched = Instant::now();
+    assert!(
+        load.wait_each_answered_since(switched, 20, T),
+        "every client goes on being served after the last switch"
+    );
+    let report = load.finish();
+    assert_eq!(report.colors().len(), 2, "both colors served");
+
+    for client in 0..CLIENTS {
+        let mine: Vec<&Sample> = report
+            .samples
+            .iter()
+            .filter(|s| s.client == client)
+            .collect();
+        // Kept-alive connections were exercised: one of this client's
+        // connections was answered by both colors, and one carried requests
+        // from before the last switch to after it.
+        let conns: BTreeSet<u64> = mine.iter().map(|s| s.conn).collect();
+        let saw = |conn: u64, pred: &dyn Fn(&Sample) -> bool| {
+            mine.iter().any(|s| s.conn == conn && pred(s))
+        };
+        assert!(
+            conns.iter().any(|&c| saw(c, &|s| s.color() == Some("blue"))
+                && saw(c, &|s| s.color() == Some("green"))),
+            "client {client}: no connection followed a switch ({} connections)",
+            conns.len()
+        );
+        assert!(
+            conns
+                .iter()
+                .any(|&c| saw(c, &|s| s.sent < switched) && saw(c, &|s| s.sent >= switched)),
+            "client {client}: no connection lived across the last switch"
+        );
+        // After the last switch's answer, only the final color.
+        let late: Vec<&&Sample> = mine.iter().filter(|s| s.sent >= switched).collect();
+        let stale: Vec<&&&Sample> = late.iter().filter(|s| s.color() != Some("green")).collect();
+        assert!(
+            stale.is_empty(),
+            "client {client}: {} of {} requests sent after the last switch was answered \
+             went to the old color: {:?}",
+            stale.len(),
+            late.len(),
+            &stale[..stale.len().min(3)]
+        );
+    }
+    // Fresh connections too.
+    for _ in 0..5 {
+        let r = reqwest::blocking::get(format!("http://{}/fresh", d.proxy)).unwrap();
         assert_eq!(r.headers()["x-color"], "green");
-        assert_eq!(d.color_of("any"), "green");
     }
     assert_eq!(d.app("web")["switch_count"], 41);
 }
@@ -96,12 +142,26 @@ fn forwards_unchanged_with_x_forwarded_headers() {
     assert_eq!(echo["method"], "PUT");
     assert_eq!(echo["target"], "/cart/items?id=42&q=a%20b");
     assert_eq!(echo["body"], "the body");
-    let h = &echo["headers"];
-    assert_eq!(h["host"], "shop.example.net");
-    assert_eq!(h["x-custom"], "kept");
-    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.7, 127.0.0.1");
-    assert_eq!(h["x-forwarded-proto"], "http");
-    assert_eq!(h["x-forwarded-host"], "shop.example.net");
+    // Every header line the upstream got, in order: each of these exactly
+    // once (a second X-Forwarded-For line would be a second hop's claim).
+    let lines: Vec<(String, String)> =
+        serde_json::from_value(echo["header_lines"].clone()).unwrap();
+    let named = |name: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(named("host"), ["shop.example.net"], "{lines:?}");
+    assert_eq!(named("x-custom"), ["kept"], "{lines:?}");
+    assert_eq!(
+        named("x-forwarded-for"),
+        ["203.0.113.9, 198.51.100.7, 127.0.0.1"],
+        "{lines:?}"
+    );
+    assert_eq!(named("x-forwarded-proto"), ["http"], "{lines:?}");
+    assert_eq!(named("x-forwarded-host"), ["shop.example.net"], "{lines:?}");
 }
 
 /// An upstream that refuses connections: idempotent requests are retried on
