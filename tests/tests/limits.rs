@@ -3,17 +3,71 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bgproxy_e2e::{AppSpec, Backend, Daemon, Options};
+use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon, Options};
 
 fn daemon(b: &Backend, g: &Backend) -> Daemon {
-    let app = AppSpec::new("web", &[b], &[g]).keys("max_body = \"1KiB\"\nread_timeout = \"700ms\"");
+    daemon_with(b, g, "200ms", "700ms")
+}
+
+/// The limits' daemon with its own `client_timeout` and `read_timeout`.
+/// The front door has 2 threads: stalling more connections than that would
+/// stop everything if a stall held a thread.
+fn daemon_with(b: &Backend, g: &Backend, client_timeout: &str, read_timeout: &str) -> Daemon {
+    let app = AppSpec::new("web", &[b], &[g]).keys(&format!(
+        "max_body = \"1KiB\"\nread_timeout = \"{read_timeout}\""
+    ));
     let opts = Options {
-        proxy: "max_headers = 20\nmax_header_size = \"4KiB\"\nclient_timeout = \"200ms\"\nclient_idle_timeout = \"1s\"".into(),
+        proxy: format!(
+            "max_headers = 20\nmax_header_size = \"4KiB\"\nclient_timeout = \"{client_timeout}\"\nclient_idle_timeout = \"1s\""
+        ),
         ..Options::default()
     };
     Daemon::start_opts(&[app], opts)
+}
+
+/// How many stalled connections the stall tests hold: twice the front
+/// door's threads.
+const STALLS: usize = 4;
+
+/// Requests `n` times through the front door, each on a new connection,
+/// each answered 200 within `within`.
+fn served_promptly(d: &Daemon, n: usize, within: Duration) {
+    for i in 0..n {
+        let started = Instant::now();
+        let r = reqwest::blocking::Client::new()
+            .get(format!("http://{}/meanwhile/{i}", d.proxy))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            started.elapsed() < within,
+            "request {i} took {:?} during the stall",
+            started.elapsed()
+        );
+    }
+}
+
+/// Whether the proxy has answered nothing on `s` yet.
+fn unanswered(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1];
+    let silent = matches!(s.peek(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).unwrap();
+    silent
+}
+
+/// Reads the status code of the answer on `s`.
+fn status_of(s: &mut TcpStream) -> u16 {
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"))
 }
 
 /// Sends raw bytes, returns the status line's code.
@@ -24,13 +78,7 @@ fn raw(d: &Daemon, request: &[u8], then_wait: bool) -> u16 {
     if then_wait {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]).to_string();
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"))
+    status_of(&mut s)
 }
 
 fn still_serving(d: &Daemon) {
@@ -89,31 +137,89 @@ fn header_limits_431() {
     still_serving(&d);
 }
 
+/// Clients that promise a body and stall (more of them than the front door
+/// has threads) hold no thread: while they stall, others are served
+/// promptly; each stalled one gets its 408 once `client_timeout` has
+/// passed, not before.
 #[test]
 fn slow_client_body_408() {
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
-    let d = daemon(&b, &g);
-    // Promises 100 bytes, sends 10, then stalls past client_timeout.
-    let code = raw(
-        &d,
-        b"POST /slow-client HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
-        true,
+    // read_timeout above client_timeout: the upstream waits for the body too.
+    let d = daemon_with(&b, &g, "2s", "5s");
+    // Each promises 100 bytes and sends 10.
+    let mut stalled: Vec<(TcpStream, Instant)> = (0..STALLS)
+        .map(|_| {
+            let mut s = TcpStream::connect(d.proxy).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(
+                b"POST /slow-client HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+            )
+            .unwrap();
+            (s, Instant::now())
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || b.heads() >= STALLS as u64),
+        "the stalled requests are under way at the upstream"
     );
-    assert_eq!(code, 408);
+    served_promptly(&d, 5, Duration::from_secs(1));
+    assert!(
+        stalled.iter().all(|(s, _)| unanswered(s)),
+        "the others were served during the stall, not after it"
+    );
+    for (s, sent) in &mut stalled {
+        assert_eq!(status_of(s), 408);
+        let waited = sent.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
+            "408 after {waited:?}, client_timeout is 2s"
+        );
+    }
     still_serving(&d);
 }
 
+/// Upstreams that do not answer (more requests than the front door has
+/// threads) hold no thread: while they hang, others are served promptly;
+/// each gets its 504 once `read_timeout` has passed, not before.
 #[test]
 fn slow_upstream_504() {
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
-    let d = daemon(&b, &g);
-    let (s, body) = d.get("x", "/slow/1500");
-    assert_eq!(s, 504, "{body}");
-    assert!(body.contains("did not answer in time"));
+    let d = daemon_with(&b, &g, "200ms", "2s");
+    std::thread::scope(|scope| {
+        let hanging: Vec<_> = (0..STALLS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let sent = Instant::now();
+                    let (s, body) = d.get("x", "/slow/5000");
+                    (s, body, sent.elapsed())
+                })
+            })
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(10), || b.in_flight() >= STALLS as u64),
+            "the requests hang at the upstream"
+        );
+        served_promptly(&d, 5, Duration::from_secs(1));
+        assert!(
+            hanging.iter().all(|h| !h.is_finished()),
+            "the others were served during the stall, not after it"
+        );
+        for h in hanging {
+            let (s, body, waited) = h.join().unwrap();
+            assert_eq!(s, 504, "{body}");
+            assert!(body.contains("did not answer in time"), "{body}");
+            assert!(
+                waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+                "504 after {waited:?}, read_timeout is 2s"
+            );
+        }
+    });
     assert_eq!(d.get("x", "/slow/10").0, 200);
     still_serving(&d);
 }
 
+/// A kept-alive connection idle past `client_idle_timeout` (1s) is closed,
+/// and not before: measured from the last answer.
 #[test]
 fn idle_keepalive_connection_is_closed() {
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
@@ -122,29 +228,33 @@ fn idle_keepalive_connection_is_closed() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let request = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n";
     // A request well inside the idle timeout keeps the connection...
-    for _ in 0..2 {
+    let mut answered = Instant::now();
+    for round in 0..2 {
+        if round > 0 {
+            // Idle for a while, well inside the timeout.
+            std::thread::sleep(Duration::from_millis(300));
+        }
         s.write_all(request).unwrap();
         let mut buf = [0u8; 4096];
         let n = s.read(&mut buf).unwrap();
+        answered = Instant::now();
         assert!(
             buf[..n].starts_with(b"HTTP/1.1 200"),
             "{:?}",
             String::from_utf8_lossy(&buf[..n])
         );
-        std::thread::sleep(Duration::from_millis(300));
     }
     // ...then, idle past client_idle_timeout (1s), the proxy closes it.
-    let started = std::time::Instant::now();
     let mut buf = [0u8; 64];
     assert_eq!(
         s.read(&mut buf).unwrap(),
         0,
         "expected the proxy to close the idle connection"
     );
-    let waited = started.elapsed();
+    let idle = answered.elapsed();
     assert!(
-        waited < Duration::from_secs(5),
-        "closed only after {waited:?}"
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(5),
+        "closed after {idle:?} idle, client_idle_timeout is 1s"
     );
     still_serving(&d);
 }
