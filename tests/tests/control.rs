@@ -5,26 +5,72 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bgproxy_e2e::{
-    bin, may_lower_nice_to_minus_10, thread_nices, AppSpec, Backend, Daemon, Options,
+    bin, may_lower_nice_to_minus_10, thp_enabled, thread_nices, wait_until, AppSpec, Backend,
+    Daemon, Options,
 };
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(10);
 
-/// An upstream whose /health fails is marked down within `fall` intervals; a
-/// switch to it is refused with 409; `emergency` overrides and is recorded.
+/// Watches the health of `app`'s first `color` upstream (served by `b`)
+/// go from `from` to `to` while `b` answers its checks with `status`:
+/// returns the most checks answered `status` before a reading that still
+/// said `from`, and the checks answered `status` after the first reading
+/// that said `to`. Checks are sequential, so a reading of `from` taken after
+/// n such answers proves the checker held on after n - 1 of them at least,
+/// and after n once the next check is due.
+fn watch_transition(
+    d: &Daemon,
+    b: &Backend,
+    app: &str,
+    color: &str,
+    status: u16,
+    (from, to): (&str, &str),
+    base: usize,
+) -> (usize, usize) {
+    let (mut held_after, mut changed_after) = (0, None);
+    let done = wait_until(T, || {
+        let before = b.health_answers(status) - base;
+        let a = d.app(app);
+        let health = a["colors"][color]["upstreams"][0]["health"].clone();
+        let after = b.health_answers(status) - base;
+        if health == from {
+            held_after = held_after.max(before);
+            false
+        } else {
+            assert_eq!(health, to, "{a}");
+            changed_after = Some(after);
+            true
+        }
+    });
+    assert!(done, "{app} {color} never went {to}: {}", d.app(app));
+    (held_after, changed_after.unwrap())
+}
+
+/// An upstream whose /health fails is marked down after exactly `fall`
+/// failed checks in a row (up after the first and the second failure,
+/// down from the third); a switch to it is refused with 409; `emergency`
+/// overrides and is recorded; it is up again after exactly `rise` passes.
 #[test]
 fn health_gate_refuses_unhealthy_target_unless_emergency() {
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
-    let health = "interval = \"200ms\"\ntimeout = \"1s\"\nrise = 2\nfall = 3\n";
+    let health = "interval = \"300ms\"\ntimeout = \"1s\"\nrise = 2\nfall = 3\n";
     let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g]).health(health)]);
     assert!(d.wait_health("web", "green", "up", T));
     g.set_health(503);
     let since = Instant::now();
-    assert!(d.wait_health("web", "green", "down", T));
-    // fall = 3 checks 200ms apart, plus one interval of phase and slack.
+    let (held, fell) = watch_transition(&d, &g, "web", "green", 503, ("up", "down"), 0);
     assert!(
-        since.elapsed() < Duration::from_millis(3 * 200 + 200 + 800),
+        held >= 2,
+        "still up with 2 failed checks answered (fall = 3); seen up after {held} at most"
+    );
+    assert!(
+        fell >= 3,
+        "down only after 3 failed checks (fall = 3); seen down after {fell}"
+    );
+    // fall = 3 checks 300ms apart, plus one interval of phase and slack.
+    assert!(
+        since.elapsed() < Duration::from_millis(3 * 300 + 300 + 800),
         "{:?}",
         since.elapsed()
     );
@@ -52,8 +98,18 @@ fn health_gate_refuses_unhealthy_target_unless_emergency() {
     assert_eq!(h["history"][0]["kind"], "emergency");
 
     // Back up after `rise` passes; rollback is then a normal gated change.
+    // (No check answers 200 while /health answers 503: the base is stable.)
+    let base = g.health_answers(200);
     g.set_health(200);
-    assert!(d.wait_health("web", "green", "up", T));
+    let (held, rose) = watch_transition(&d, &g, "web", "green", 200, ("down", "up"), base);
+    assert!(
+        held >= 1,
+        "still down with 1 passed check answered (rise = 2); seen down after {held} at most"
+    );
+    assert!(
+        rose >= 2,
+        "up only after 2 passed checks (rise = 2); seen up after {rose}"
+    );
     let (s, v) = d.api("POST", "/v1/apps/web/rollback", None);
     assert_eq!(
         (s, &v["live"], &v["kind"]),
@@ -313,32 +369,33 @@ fn control_nice_lets_the_control_api_thread_outrank_the_data_plane() {
     assert!(stderr.contains("between -20 and 19"), "{stderr}");
 }
 
-/// The `THP_enabled` flag of a process (`self` or a pid): 0 when
-/// transparent huge pages are off for it.
-fn thp_enabled(pid: &str) -> u8 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("THP_enabled:"))
-        .unwrap_or_else(|| panic!("no THP_enabled in /proc/{pid}/status"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// The daemon runs on small pages (`proxy/src/memory.rs`): the first touch
-/// of a transparent huge page zeroes 2 MiB inside whichever switch or
-/// request touches it.
+/// The daemon runs on small pages (`proxy/src/daemon/memory.rs`): the
+/// first touch of a transparent huge page zeroes 2 MiB inside whichever
+/// switch or request touches it. `THP_enabled` in /proc/PID/status is the
+/// process's own `PR_SET_THP_DISABLE` flag, whatever the system-wide policy
+/// says, so the daemon's prctl shows even where huge pages are off for the
+/// whole system.
 #[test]
 fn daemon_runs_without_transparent_huge_pages() {
     if thp_enabled("self") == 0 {
-        // The daemon would inherit the flag: nothing to tell apart.
-        eprintln!("skipped: this test process already runs without transparent huge pages");
-        return;
+        // Inherited from whatever started the tests; the daemon would
+        // inherit it too and show nothing of its own. Clear it (for this
+        // test process only) so the daemon starts with huge pages allowed.
+        eprintln!("this test process inherited PR_SET_THP_DISABLE: clearing it");
+        rustix::thread::disable_transparent_huge_pages(false).unwrap();
     }
+    assert_eq!(
+        thp_enabled("self"),
+        1,
+        "the daemon must start with huge pages allowed"
+    );
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
     let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
-    assert_eq!(thp_enabled(&d.pid().to_string()), 0);
+    assert_eq!(
+        thp_enabled(&d.pid().to_string()),
+        0,
+        "the daemon turned them off"
+    );
     assert!(d.wait_health("web", "green", "up", T));
     assert_eq!(d.switch("web", "green").0, 200);
 }
