@@ -16,6 +16,18 @@ fn series(d: &Daemon) -> Vec<String> {
         .collect()
 }
 
+/// The label values of a series `name{k="v",...}`.
+fn label_values(series: &str) -> Vec<&str> {
+    let Some((_, labels)) = series.split_once('{') else {
+        return Vec::new();
+    };
+    labels
+        .trim_end_matches('}')
+        .split("\",")
+        .filter_map(|kv| kv.split_once("=\"").map(|(_, v)| v.trim_end_matches('"')))
+        .collect()
+}
+
 /// Counters by color, the live-color gauge flipping, the histogram, and the
 /// health gauge following a backend going down and up.
 #[test]
@@ -101,6 +113,89 @@ fn hostile_requests_do_not_grow_series() {
     assert_eq!(
         d.metric("bgproxy_requests_total{app=\"web\",code_class=\"2xx\",color=\"blue\"}"),
         Some(51.0)
+    );
+}
+
+/// Hostile input on routed requests does not create series either: Hosts
+/// that vary (to the default app, and to a named app in odd case and with
+/// ports), odd methods, and 4xx/5xx answers from the upstream and from the
+/// proxy itself. After a first round of it, a second round with all-new
+/// Hosts, methods, paths and status codes adds no series, and no label
+/// value is one a client or an upstream chose.
+#[test]
+fn hostile_routed_requests_do_not_grow_series() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let (ab, ag) = (Backend::start("any-blue"), Backend::start("any-green"));
+    let dead = Backend::start("dead-blue");
+    let dead_addr = dead.addr;
+    drop(dead); // stopped, its port kept: connections are refused
+    let mut dead_app = AppSpec::new("dead", &[], &[&g]).hosts(&["dead.example"]);
+    dead_app.blue = vec![dead_addr];
+    let d = Daemon::start(&[
+        AppSpec::new("web", &[&b], &[&g]).hosts(&["web.example"]),
+        AppSpec::new("any", &[&ab], &[&ag]),
+        dead_app,
+    ]);
+    let c = reqwest::blocking::Client::new();
+    let send = |method: &str, host: &str, path: &str| -> u16 {
+        c.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("http://{}{path}", d.proxy),
+        )
+        .header("Host", host)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+    };
+    let round = |r: usize, codes: &[u16], methods: &[&str]| {
+        for i in 0..20 {
+            let junk = format!("/r{r}/{i}/%2e%2e/{}", "x".repeat(i));
+            // Routed to the default app by any Host.
+            assert_eq!(
+                send("GET", &format!("attacker-{r}-{i}.example"), &junk),
+                200
+            );
+            // Routed to web whatever the case and port.
+            let host = format!("WeB.ExAmPlE:{}", 1000 + r * 100 + i);
+            assert_eq!(send("GET", &host, &junk), 200);
+            let method = methods[i % methods.len()];
+            assert_eq!(send(method, "web.example", &junk), 200, "{method}");
+            let code = codes[i % codes.len()];
+            assert_eq!(send("GET", "web.example", &format!("/status/{code}")), code);
+            assert_eq!(send("GET", "dead.example", &junk), 502);
+        }
+    };
+    round(1, &[404, 418, 500], &["PROPFIND", "X-ROUND1", "BREW"]);
+    let first = series(&d);
+    round(2, &[400, 451, 503, 299], &["M-SEARCH", "X-ROUND2", "PURGE"]);
+    let second = series(&d);
+    assert_eq!(first, second, "the set of series is fixed by the config");
+    for s in &second {
+        for value in label_values(s) {
+            let v = value.to_ascii_lowercase();
+            assert!(
+                ["attacker", "round", "example:", "propfind", "search", "/r1/"]
+                    .iter()
+                    .all(|chosen| !v.contains(chosen))
+                    && !["418", "451", "299", "400"].contains(&v.as_str()),
+                "a label carries what a client or upstream chose: {s}"
+            );
+        }
+    }
+    let total = |app: &str, class: &str, color: &str| {
+        d.metric(&format!(
+            "bgproxy_requests_total{{app=\"{app}\",code_class=\"{class}\",color=\"{color}\"}}"
+        ))
+    };
+    assert_eq!(total("any", "2xx", "blue"), Some(40.0));
+    assert_eq!(total("dead", "5xx", "blue"), Some(40.0));
+    // web: 40 varied Hosts, 40 odd methods, 5 answers of 299 (2xx), and the
+    // other 35 upstream answers, 4xx and 5xx.
+    assert_eq!(total("web", "2xx", "blue"), Some(85.0));
+    assert_eq!(
+        total("web", "4xx", "blue").unwrap_or(0.0) + total("web", "5xx", "blue").unwrap_or(0.0),
+        35.0
     );
 }
 
