@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bgproxy_e2e::{
     may_lower_nice_to_minus_10, thread_nices, wait_until, AppSpec, Backend, Daemon, Options,
@@ -188,7 +188,7 @@ fn concurrent_deploy_and_switch_gates_and_disconnect() {
     let marks = tempfile::tempdir().unwrap();
     let m = marks.path().display();
     let steps = [
-        step("slow", "sleep 2", ""),
+        step("slow", &format!("sleep 2 && touch {m}/slow-done"), ""),
         step("after", &format!("touch {m}/after"), ""),
     ]
     .concat();
@@ -229,6 +229,7 @@ fn concurrent_deploy_and_switch_gates_and_disconnect() {
 
     // An emergency switch onto the color under deploy aborts it.
     std::fs::remove_file(marks.path().join("after")).unwrap();
+    std::fs::remove_file(marks.path().join("slow-done")).unwrap();
     let runner = {
         let (addr, _) = (d.url(""), ());
         thread::spawn(move || {
@@ -240,6 +241,7 @@ fn concurrent_deploy_and_switch_gates_and_disconnect() {
         })
     };
     assert!(wait_until(T, || !d.app("web")["deploy"].is_null()));
+    let started = Instant::now();
     let (s, v) = d.api(
         "POST",
         "/v1/apps/web/switch",
@@ -249,10 +251,15 @@ fn concurrent_deploy_and_switch_gates_and_disconnect() {
     let stream = runner.join().unwrap();
     let done: Value = serde_json::from_str(stream.lines().last().unwrap()).unwrap();
     assert_eq!(done["result"], "aborted", "{stream}");
-    thread::sleep(Duration::from_millis(300));
+    // Nothing of the deploy goes on: past the moment the slow step would
+    // have finished (2s after it started) and the next one run, with a
+    // margin, neither left a mark.
+    let would_have_run = Duration::from_millis(2000 + 1500);
     assert!(
-        !marks.path().join("after").exists(),
-        "no step ran after the abort"
+        !wait_until(would_have_run.saturating_sub(started.elapsed()), || {
+            marks.path().join("slow-done").exists() || marks.path().join("after").exists()
+        }),
+        "the step under way was killed and no step ran after the abort"
     );
     assert_eq!(d.app("web")["live"], "green");
 }
@@ -298,16 +305,19 @@ fn steps_run_at_the_daemons_priority_not_control_nice() {
         },
     );
     assert!(d.wait_health("web", "green", "up", T));
+    // Without the privilege the control thread stays at 0 and the steps
+    // would run at 0 whatever the daemon did: nothing to tell apart.
+    assert!(
+        may_lower_nice_to_minus_10(),
+        "this test needs CAP_SYS_NICE or an RLIMIT_NICE soft limit of at least 30 \
+         (run it as root, or after `ulimit -e 30` where the hard limit allows)"
+    );
+    assert_eq!(
+        thread_nices(d.pid(), "control api"),
+        vec![-10],
+        "the control thread is raised"
+    );
     let (code, out, err) = d.bgctl(&["deploy"]);
     assert_eq!(code, 0, "{out}{err}");
-    if may_lower_nice_to_minus_10() {
-        assert_eq!(
-            thread_nices(d.pid(), "control api"),
-            vec![-10],
-            "the control thread is raised"
-        );
-    } else {
-        eprintln!("this process may not lower a nice value: the control thread stays at 0");
-    }
     assert_eq!(read(&marks.path().join("nice")).trim(), "0");
 }
