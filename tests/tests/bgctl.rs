@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bgproxy_e2e::{AppSpec, Backend, Daemon};
+use bgproxy_e2e::{bin, AppSpec, Backend, Daemon};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
@@ -177,4 +177,112 @@ fn two_apps_need_app_flag() {
     let (code, out, _) = d.bgctl(&["status"]);
     assert_eq!(code, 0);
     assert!(out.contains("APP shop") && out.contains("APP blog"));
+}
+
+/// Runs the real `bgctl` without a daemon; returns its stdout.
+fn bgctl_out(args: &[&str]) -> String {
+    let out = std::process::Command::new(bin("bgctl"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bgctl {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The first words of the lines of `section` ("Commands:", "Options:") of
+/// a `--help` text, as listed there.
+fn help_section(help: &str, section: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != section)
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| !w.starts_with('-') || w.starts_with("--"))
+        })
+        .map(|w| w.trim_end_matches(',').to_string())
+        .collect()
+}
+
+/// The bash completions, loaded into a real bash, complete every command
+/// `bgctl --help` lists, a command from its first letters, and every long
+/// option each command's `--help` lists.
+#[test]
+fn completions_for_bash_complete_every_command_and_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("bgctl.bash");
+    std::fs::write(&script, bgctl_out(&["completions", "bash"])).unwrap();
+    let commands = help_section(&bgctl_out(&["--help"]), "Commands:");
+    assert!(
+        commands.len() >= 7 && commands.contains(&"rollback".to_string()),
+        "{commands:?}"
+    );
+
+    // Each case: the words typed so far (the last one being completed).
+    let mut cases: Vec<(Vec<String>, Vec<String>)> =
+        vec![(vec!["bgctl".into(), String::new()], commands.clone())];
+    for cmd in commands.iter().filter(|c| *c != "help") {
+        // The shortest prefix no other command shares completes to it alone.
+        let prefix = (1..=cmd.len())
+            .map(|n| &cmd[..n])
+            .find(|p| commands.iter().filter(|c| c.starts_with(p)).count() == 1)
+            .unwrap();
+        cases.push((vec!["bgctl".into(), prefix.to_string()], vec![cmd.clone()]));
+        let options: Vec<String> = help_section(&bgctl_out(&[cmd, "--help"]), "Options:")
+            .into_iter()
+            .filter(|o| o.starts_with("--"))
+            .collect();
+        assert!(
+            options.contains(&"--help".to_string()),
+            "{cmd}: {options:?}"
+        );
+        cases.push((vec!["bgctl".into(), cmd.clone(), "--".into()], options));
+    }
+    let mut program = format!(
+        "source {}\ncomplete -p bgctl | grep -q -- '-F _bgctl' || echo NOT-REGISTERED\n",
+        script.display()
+    );
+    for (i, (words, _)) in cases.iter().enumerate() {
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        program.push_str(&format!(
+            "COMP_WORDS=({}); COMP_CWORD={}; COMPREPLY=(); _bgctl bgctl '{}' '{}'; echo \"{i}: ${{COMPREPLY[*]}}\"\n",
+            quoted.join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        ));
+    }
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !stdout.contains("NOT-REGISTERED"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replies: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| {
+            l.split_once(": ")
+                .map_or("", |(_, r)| r)
+                .split_whitespace()
+                .collect()
+        })
+        .collect();
+    assert_eq!(replies.len(), cases.len(), "{stdout}");
+    for ((words, expected), got) in cases.iter().zip(&replies) {
+        if words.last().unwrap().is_empty() || words.last().unwrap() == "--" {
+            for e in expected {
+                assert!(
+                    got.contains(&e.as_str()),
+                    "{words:?}: {e} missing from {got:?}"
+                );
+            }
+        } else {
+            assert_eq!(got, expected, "{words:?}");
+        }
+    }
 }

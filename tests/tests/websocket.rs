@@ -150,19 +150,82 @@ fn upgraded_connections_are_closed_after_drain_timeout() {
     );
 }
 
+/// A switch back to the old color inside `drain_timeout` cancels its drain:
+/// the connection on it stays. Beside it, an app with the same drain that
+/// does not switch back has its connection closed at the timeout, so the
+/// drain was due and would have fired.
 #[test]
 fn switching_back_inside_drain_timeout_keeps_the_connection() {
-    let (b, g) = (Backend::start("blue"), Backend::start("green"));
-    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g]).keys("drain_timeout = \"1s\"")]);
-    assert!(d.wait_health("web", "green", "up", T));
-    let (mut ws, _) = tungstenite::connect(format!("ws://{}/chat", d.proxy)).unwrap();
-    assert_eq!(echo(&mut ws, "a"), "blue: a");
-    assert_eq!(d.switch("web", "green").0, 200);
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(d.switch("web", "blue").0, 200);
-    // Blue is live again: well past the timeout, the connection is kept.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(echo(&mut ws, "b"), "blue: b");
+    let (b1, g1) = (Backend::start("blue"), Backend::start("green"));
+    let (b2, g2) = (Backend::start("blue"), Backend::start("green"));
+    let drain = "drain_timeout = \"2s\"";
+    let d = Daemon::start(&[
+        AppSpec::new("back", &[&b1], &[&g1])
+            .hosts(&["back.test"])
+            .keys(drain),
+        AppSpec::new("away", &[&b2], &[&g2])
+            .hosts(&["away.test"])
+            .keys(drain),
+    ]);
+    for app in ["back", "away"] {
+        assert!(d.wait_health(app, "green", "up", T));
+    }
+    let open = |host: &str| {
+        let req = tungstenite::http::Request::builder()
+            .uri(format!("ws://{}/chat", d.proxy))
+            .header("Host", host)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header(
+                "Sec-WebSocket-Key",
+                tungstenite::handshake::client::generate_key(),
+            )
+            .body(())
+            .unwrap();
+        tungstenite::connect(req).unwrap().0
+    };
+    let (mut back, mut away) = (open("back.test"), open("away.test"));
+    assert_eq!(echo(&mut back, "a"), "blue: a");
+    assert_eq!(echo(&mut away, "a"), "blue: a");
+
+    let switched = std::time::Instant::now();
+    assert_eq!(d.switch("back", "green").0, 200);
+    assert_eq!(d.switch("away", "green").0, 200);
+    // Some time into the drain, well inside it, "back" returns to blue.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.switch("back", "blue").0, 200);
+    assert!(
+        switched.elapsed() < Duration::from_millis(1500),
+        "the switch back came inside drain_timeout"
+    );
+
+    // "away" is closed when its drain is due...
+    set_read_timeout(&away, Duration::from_secs(10));
+    let close = loop {
+        match away.read() {
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    assert!(switched.elapsed() >= Duration::from_millis(1900));
+    // ...and "back", whose drain was cancelled, still talks to blue, also a
+    // while past the moment its drain would have fired.
+    assert_eq!(echo(&mut back, "b"), "blue: b");
+    let past = Duration::from_millis(2000 + 1000);
+    std::thread::sleep(past.saturating_sub(switched.elapsed()));
+    assert_eq!(echo(&mut back, "c"), "blue: c");
+    assert_eq!(d.app("back")["colors"]["blue"]["connections"], 1);
+    assert_eq!(
+        d.metric(r#"bgproxy_drained_connections_total{app="back",color="blue"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        d.metric(r#"bgproxy_drained_connections_total{app="away",color="blue"}"#),
+        Some(1.0)
+    );
 }
 
 /// Upgraded connections get `tunnel_timeout` as their idle limit, not the
