@@ -94,12 +94,24 @@ impl Load {
     /// Waits up to `timeout` until every client has had at least `n`
     /// requests answered with a 200 that were sent at or after `since`.
     pub fn wait_each_answered_since(&self, since: Instant, n: usize, timeout: Duration) -> bool {
+        self.wait_each(since, n, timeout, |s| s.color().is_some())
+    }
+
+    /// Waits up to `timeout` until every client has had at least `n`
+    /// requests sent at or after `since` for which `pred` holds.
+    pub fn wait_each(
+        &self,
+        since: Instant,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Sample) -> bool,
+    ) -> bool {
         wait_until(timeout, || {
             let samples = self.samples.lock().unwrap();
             (0..self.clients).all(|c| {
                 samples
                     .iter()
-                    .filter(|s| s.client == c && s.sent >= since && s.color().is_some())
+                    .filter(|s| s.client == c && s.sent >= since && pred(s))
                     .count()
                     >= n
             })

@@ -27,14 +27,22 @@ fn flip_under_load_loses_nothing() {
         "every client is served before the switches"
     );
     let mut to = "green";
-    for _ in 0..40 {
+    for _ in 0..39 {
         let (s, v) = d.switch("web", to);
         assert_eq!(s, 200, "{v}");
         to = if to == "green" { "blue" } else { "green" };
         // Pacing, so that requests land between the switches.
         thread::sleep(Duration::from_millis(25));
     }
-    // 40 switches from blue end on blue... make the final color green.
+    // 39 switches from blue end on green. Settle on blue, with every
+    // connection served by it, so that a request still routed by an older
+    // table after the final switch shows as blue, never green by chance.
+    let (s, v) = d.switch("web", "blue");
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        load.wait_each(Instant::now(), 3, T, |s| s.color() == Some("blue")),
+        "every client is served by blue"
+    );
     let (s, v) = d.switch("web", "green");
     assert_eq!(s, 200, "{v}");
     let switched = Instant::now();
