@@ -13,7 +13,7 @@
 //! copy. A crash between the answer and that sync can lose the audit line
 //! of a change the state file still records; it cannot lose the change.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,7 +58,12 @@ impl AuditLog {
     /// Opens (creates) `audit.log` in `dir` for appending.
     pub fn open(dir: &Path) -> std::io::Result<AuditLog> {
         let path = dir.join("audit.log");
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        // Never through a link (see `state_dir`).
+        let file = super::state_dir::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| super::state_dir::explain(e, &path))?;
         Ok(AuditLog {
             path,
             file: Arc::new(file),

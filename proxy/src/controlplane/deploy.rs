@@ -205,12 +205,20 @@ pub async fn run(
 ) -> DeployRecord {
     let started = Instant::now();
     let time = plan.started;
+    // A fresh file, never through a link (see `state_dir`): a name that is
+    // already taken is not written over.
     let log = plan
         .log_path
         .parent()
-        .map(std::fs::create_dir_all)
+        .map(super::state_dir::prepare_subdir)
         .transpose()
-        .and_then(|_| std::fs::File::create(&plan.log_path));
+        .and_then(|_| {
+            super::state_dir::options()
+                .write(true)
+                .create_new(true)
+                .open(&plan.log_path)
+                .map_err(|e| super::state_dir::explain(e, &plan.log_path))
+        });
     let log = match log {
         Ok(f) => Some(f),
         Err(e) => {

@@ -8,6 +8,7 @@
 //!             metrics -> audit
 //! rules       the decisions, pure: gates, targets, next state, reports
 //! state       the JSON state file: atomic writes, recovery from corruption
+//! state_dir   the state directory: created 0700, files opened O_NOFOLLOW
 //! audit       audit.log: one fsync'd JSON line per control action
 //! health      per upstream: pingora HTTP probe -> rise/fall Tracker -> HealthCell
 //! deploy      bgctl deploy: the configured steps against the STANDBY color
@@ -23,3 +24,4 @@ pub mod health;
 pub mod priority;
 pub mod rules;
 pub mod state;
+pub mod state_dir;

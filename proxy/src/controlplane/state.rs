@@ -22,9 +22,14 @@
 //! corrupt or unreadable one is moved aside as `state.json.corrupt-<time>`
 //! (never deleted), and the previous good copy is used where there is one.
 //! The front door comes up either way; the caller logs every [`Recovery`].
+//!
+//! Every file here is opened with `O_NOFOLLOW` ([`super::state_dir`]): a
+//! symbolic link planted as `state.json` is moved aside like a corrupt file
+//! (never read through), and one planted as the scratch file or the lock
+//! fails the write or the start with an error that names it.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, TryLockError};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -33,6 +38,8 @@ use std::time::{Duration, Instant};
 use bgproxy_control::api::{Color, DeployRecord, HistoryEntry};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use super::state_dir;
 
 /// The version this build writes. Every version ever written must stay
 /// loadable (see the compat test below).
@@ -220,13 +227,13 @@ impl StateStore {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
+        let mut file = state_dir::options()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(err)?;
+            .map_err(|e| err(state_dir::explain(e, &path)))?;
         let deadline = Instant::now() + wait;
         loop {
             match file.try_lock() {
@@ -239,10 +246,9 @@ impl StateStore {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(TryLockError::WouldBlock) => {
-                    let holder = fs::read_to_string(&path)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string();
+                    let holder = state_dir::read(&path)
+                        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                        .unwrap_or_default();
                     return Err(StateError::Locked {
                         path: self.path.clone(),
                         holder: if holder.is_empty() {
@@ -367,11 +373,12 @@ impl StateStore {
     /// if someone linked it) is replaced rather than written through.
     fn write_scratch(&self, bytes: &[u8]) -> std::io::Result<()> {
         let open = || {
-            OpenOptions::new()
+            state_dir::options()
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&self.tmp)
+                .map_err(|e| state_dir::explain(e, &self.tmp))
         };
         let mut f = open()?;
         if f.metadata()?.nlink() > 1 {
@@ -407,7 +414,7 @@ fn link_if_exists(from: &Path, to: &Path) -> std::io::Result<bool> {
 
 /// `Ok(None)` when the file does not exist.
 fn read(path: &Path) -> Result<Option<State>, StateError> {
-    let bytes = match fs::read(path) {
+    let bytes = match state_dir::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
@@ -622,6 +629,45 @@ mod tests {
         );
         drop(held);
         store.lock(Duration::ZERO).unwrap();
+    }
+
+    /// A link planted in place of a file is never followed: as the state
+    /// file it is moved aside and `.prev` used; as the scratch file or the
+    /// lock it fails the write, naming the link; its target is untouched.
+    #[test]
+    fn symlinks_are_refused_not_followed() {
+        let (dir, store, mut s) = fixture();
+        let victim = dir.path().join("victim");
+        let mut other = s.clone();
+        other.apps.get_mut("web").unwrap().live = Color::Green;
+        fs::write(&victim, serde_json::to_vec(&other).unwrap()).unwrap();
+        store.persist(&s).unwrap();
+        store.persist(&s).unwrap();
+        let path = dir.path().join("state.json");
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let (loaded, rec) = store.load();
+        assert_eq!(loaded, s, "recovered from .prev, not read through the link");
+        assert!(
+            rec[0].to_string().contains("is a symbolic link"),
+            "{}",
+            rec[0]
+        );
+
+        let tmp = dir.path().join("state.json.tmp");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let before = fs::read(&victim).unwrap();
+        s.apps.get_mut("web").unwrap().record(entry(Color::Green));
+        let e = store.persist(&s).unwrap_err().to_string();
+        assert!(e.contains("state.json.tmp is a symbolic link"), "{e}");
+        assert_eq!(fs::read(&victim).unwrap(), before);
+
+        let lock = dir.path().join("state.json.lock");
+        std::os::unix::fs::symlink(&victim, &lock).unwrap();
+        let e = store.lock(Duration::ZERO).unwrap_err().to_string();
+        assert!(e.contains("state.json.lock is a symbolic link"), "{e}");
+        assert_eq!(fs::read(&victim).unwrap(), before);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::controlplane::audit::AuditLog;
 use crate::controlplane::controller::Controller;
 use crate::controlplane::health::HealthService;
 use crate::controlplane::state::StateStore;
+use crate::controlplane::state_dir;
 use crate::daemon::lifecycle::LifecycleService;
 use crate::dataplane::front_door::FrontDoor;
 use crate::dataplane::hooks::{DataPlane, Limits};
@@ -127,8 +128,12 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         preflight_listeners(&config)?;
     }
     let state_dir = config.state_dir();
-    std::fs::create_dir_all(&state_dir)
+    // Created 0700; files in it are never opened through a link (state_dir.rs).
+    let loose = state_dir::prepare(&state_dir)
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    if let Some(warning) = loose {
+        warn!("{warning}");
+    }
 
     let conf = ServerConf {
         threads: config.proxy.threads,
