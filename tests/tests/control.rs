@@ -156,7 +156,10 @@ fn control_input_is_validated_and_changes_nothing() {
     assert!(d.wait_health("web", "green", "up", T));
     let c = reqwest::blocking::Client::new();
     let post = |auth: Option<&str>, body: &str| {
-        let mut r = c.post(d.url("/v1/apps/web/switch")).body(body.to_string());
+        let mut r = c
+            .post(d.url("/v1/apps/web/switch"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
         if let Some(a) = auth {
             r = r.header("Authorization", a);
         }

@@ -199,6 +199,7 @@ fn concurrent_deploy_and_switch_gates_and_disconnect() {
     {
         let mut resp = reqwest::blocking::Client::new()
             .post(d.url("/v1/apps/web/deploy"))
+            .header("Content-Type", "application/json")
             .body("{}")
             .send()
             .unwrap();

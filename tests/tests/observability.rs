@@ -209,6 +209,7 @@ fn audit_log_has_every_action_including_refused() {
     let post = |path: &str, token: &str, body: &str| {
         c.post(d.url(path))
             .bearer_auth(token)
+            .header("Content-Type", "application/json")
             .body(body.to_string())
             .send()
             .unwrap()

@@ -2,7 +2,8 @@
 //!
 //! A pingora `HttpServerApp` (not `ServeHttp`), so that a handler can stream
 //! its answer later (deploy progress). Flow per request: read the header ->
-//! route by method and path -> for mutating calls check the bearer token ->
+//! route by method and path -> for mutating calls check the `Origin`, the
+//! bearer token and the content type ([`super::api_guard`]) ->
 //! read the body (at most [`MAX_BODY`]) -> call the [`Controller`] -> answer
 //! JSON. Errors are `{"error": "...", "code": "..."}`.
 //!
@@ -28,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::debug;
 
+use super::api_guard;
 use super::change::{Attempt, Change, Command, ControlError};
 use super::controller::{Controller, Outcome};
 
@@ -111,7 +113,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl ControlApi {
+    /// Whether this request may change anything, in this order: its
+    /// `Origin`, its token (or loopback), and a body declared JSON (see
+    /// [`api_guard`]). The caller audits a refusal.
     fn authorize(&self, s: &ServerSession, client: Option<&str>) -> Result<(), Reply> {
+        let headers = &s.req_header().headers;
+        let refused = |r: api_guard::Refusal| Reply::error(r.status, r.code, r.message);
+        api_guard::origin(headers, server_addr(s)).map_err(refused)?;
+        self.authenticate(s, client)?;
+        api_guard::content_type(headers).map_err(refused)
+    }
+
+    fn authenticate(&self, s: &ServerSession, client: Option<&str>) -> Result<(), Reply> {
         match &self.auth {
             Auth::Token(token) => {
                 let given = s
@@ -132,7 +145,7 @@ impl ControlApi {
                 }
             }
             Auth::LoopbackOnly => match client.and_then(|c| c.parse::<IpAddr>().ok()) {
-                Some(ip) if ip.is_loopback() => Ok(()),
+                Some(ip) if api_guard::is_loopback(ip) => Ok(()),
                 _ => Err(Reply::error(
                     403,
                     "forbidden",
@@ -328,9 +341,19 @@ impl ControlApi {
 }
 
 /// The client's IP address, as the audit log records it.
+/// (An IPv4 client of a dual-stack listener as IPv4: `127.0.0.1`, not
+/// `::ffff:127.0.0.1`.)
 fn client_ip(s: &ServerSession) -> Option<String> {
     match s.client_addr() {
-        Some(PingoraAddr::Inet(a)) => Some(a.ip().to_string()),
+        Some(PingoraAddr::Inet(a)) => Some(a.ip().to_canonical().to_string()),
+        _ => None,
+    }
+}
+
+/// The address this connection reached, for the `Origin` check.
+fn server_addr(s: &ServerSession) -> Option<std::net::SocketAddr> {
+    match s.server_addr() {
+        Some(PingoraAddr::Inet(a)) => Some(*a),
         _ => None,
     }
 }

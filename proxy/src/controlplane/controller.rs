@@ -161,6 +161,8 @@ impl Controller {
         if inner.lock.take().is_some() {
             info!("state file released: no more changes accepted by this process");
         }
+        // Refusals counted and not written yet: the process may end soon.
+        self.audit.flush();
     }
 
     /// Decides and commits one change. When this returns `Ok`, the change is
@@ -193,9 +195,12 @@ impl Controller {
     }
 
     /// Records in the audit log a request refused before it became a
-    /// command (no or a wrong token, an unreadable body).
+    /// command (no or a wrong token, a forbidden origin, an unreadable
+    /// body): written in full up to a limit per client, then counted (see
+    /// [`super::audit`]).
     pub fn refused(&self, attempt: &Attempt, status: u16, code: &str, message: &str) {
-        self.audit(attempt, status, Some((code, message)));
+        self.audit
+            .refused(&audit_record(attempt, status, Some((code, message))));
     }
 
     /// Reloads the configuration from its file: parses and validates it
@@ -478,19 +483,29 @@ impl Controller {
     /// (`ok`, `deploy_failed`, `deploy_aborted`); a deploy start is not (its
     /// line is written when it ends, with the result).
     fn audit(&self, attempt: &Attempt, status: u16, error: Option<(&str, &str)>) {
-        self.audit.record(&AuditRecord {
-            time: OffsetDateTime::now_utc(),
-            action: attempt.action,
-            app: &attempt.app,
-            result: error.map_or("ok", |(code, _)| code),
-            status,
-            actor: &attempt.actor,
-            client: attempt.client.as_deref(),
-            reason: attempt.reason.as_deref(),
-            emergency: attempt.emergency,
-            to: attempt.to.map(|c| c.as_str()),
-            error: error.map(|(_, m)| m),
-        });
+        self.audit.record(&audit_record(attempt, status, error));
+    }
+}
+
+/// The audit record of `attempt`, answered `status` (and `error`: its code
+/// and message).
+fn audit_record<'a>(
+    attempt: &'a Attempt,
+    status: u16,
+    error: Option<(&'a str, &'a str)>,
+) -> AuditRecord<'a> {
+    AuditRecord {
+        time: OffsetDateTime::now_utc(),
+        action: attempt.action,
+        app: &attempt.app,
+        result: error.map_or("ok", |(code, _)| code),
+        status,
+        actor: &attempt.actor,
+        client: attempt.client.as_deref(),
+        reason: attempt.reason.as_deref(),
+        emergency: attempt.emergency,
+        to: attempt.to.map(|c| c.as_str()),
+        error: error.map(|(_, m)| m),
     }
 }
 

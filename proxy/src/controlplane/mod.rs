@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! api         /v1 HTTP/JSON -> a Command -> Controller::apply
+//! api_guard   what a mutating call must be: origin, content type, loopback
 //! change      the vocabulary: Change, Command, ControlError
 //! controller  the writer: decide (rules) -> commit: persist -> publish ->
 //!             metrics -> audit
@@ -16,6 +17,7 @@
 //! ```
 
 pub mod api;
+pub mod api_guard;
 pub mod audit;
 pub mod change;
 pub mod controller;
