@@ -262,7 +262,7 @@ fn check_rejects_bad_configs_with_key_and_line() {
         ),
         (
             good.replace("name = \"web\"", "name = \"web\"\ninitial_live = \"red\""),
-            "F:7:16: unknown variant `red`",
+            "F:7:16: app[0].initial_live: unknown variant `red`",
         ),
         (
             good.replace("[\"127.0.0.1:3001\"]", "[]"),

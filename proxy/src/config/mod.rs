@@ -19,6 +19,7 @@
 
 pub mod defaults;
 mod file;
+mod key_path;
 mod restart;
 mod validate;
 

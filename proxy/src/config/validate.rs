@@ -82,9 +82,12 @@ pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
         Ok(raw) => raw,
         Err(e) => {
             // toml gives a span for every error it reports today (a missing
-            // top-level table is 0..0: the top of the file).
+            // top-level table is 0..0: the top of the file), but no key:
+            // bad values (an unknown enum variant, a wrong type) get theirs
+            // from where they are.
             let span = e.span().unwrap_or(0..0);
-            p.at(span, "", e.message().trim_end().to_string());
+            let key = super::key_path::at(text, &span);
+            p.at(span, key, e.message().trim_end().to_string());
             return Err(ConfigError::Invalid(p.list));
         }
     };
