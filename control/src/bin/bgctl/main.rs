@@ -401,12 +401,20 @@ fn change(
     Ok(())
 }
 
-/// `user@host`, recorded as the actor in the history.
+/// `user@host`, recorded as the actor in the history; the user as
+/// [`user`] finds it.
 fn actor() -> String {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
+    let user = user(
+        |name| std::env::var(name).ok(),
+        || {
+            let uid = nix::unistd::getuid();
+            nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| format!("uid {uid}"))
+        },
+    );
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_string())
@@ -415,5 +423,40 @@ fn actor() -> String {
         user
     } else {
         format!("{user}@{host}")
+    }
+}
+
+/// Who runs bgctl: the user behind sudo (`$SUDO_USER`), else `$USER`, else
+/// `$LOGNAME`, else `of_uid` (the user name of the uid, which cron, systemd
+/// units or a root shell under tmux may leave in no variable). Empty
+/// variables do not count.
+fn user(var: impl Fn(&str) -> Option<String>, of_uid: impl FnOnce() -> String) -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|name| var(name).filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(of_uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user;
+
+    #[test]
+    fn user_prefers_sudo_then_env_then_uid() {
+        fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        }
+        let uid = || "root".to_string();
+        let all = [("SUDO_USER", "ann"), ("USER", "root"), ("LOGNAME", "x")];
+        assert_eq!(user(env(&all), uid), "ann");
+        assert_eq!(user(env(&[("USER", "bob"), ("LOGNAME", "x")]), uid), "bob");
+        assert_eq!(user(env(&[("LOGNAME", "carl")]), uid), "carl");
+        assert_eq!(user(env(&[("USER", " "), ("SUDO_USER", "")]), uid), "root");
+        assert_eq!(user(env(&[]), uid), "root");
     }
 }
