@@ -33,6 +33,8 @@ pub mod names {
     pub const PANIC_ROUTED_TOTAL: &str = "bgproxy_panic_routed_requests_total";
     pub const UPSTREAM_RETRIES_TOTAL: &str = "bgproxy_upstream_retries_total";
     pub const UNROUTED_TOTAL: &str = "bgproxy_unrouted_requests_total";
+    pub const CONNECTIONS_REFUSED_TOTAL: &str = "bgproxy_connections_refused_total";
+    pub const BENIGN_ERRORS_TOTAL: &str = "bgproxy_benign_errors_total";
     pub const DRAINED_CONNECTIONS_TOTAL: &str = "bgproxy_drained_connections_total";
 
     /// Every name above.
@@ -50,6 +52,8 @@ pub mod names {
         PANIC_ROUTED_TOTAL,
         UPSTREAM_RETRIES_TOTAL,
         UNROUTED_TOTAL,
+        CONNECTIONS_REFUSED_TOTAL,
+        BENIGN_ERRORS_TOTAL,
         DRAINED_CONNECTIONS_TOTAL,
     ];
 }
@@ -83,6 +87,10 @@ pub struct Metrics {
     retries: IntCounterVec,
     /// Requests for a Host no app serves (no labels on purpose).
     pub unrouted: IntCounter,
+    /// Client connections closed at once by a limit, by [`Refused`] reason.
+    refused: IntCounterVec,
+    /// Errors that need no operator (logged at debug), by [`Benign`] kind.
+    benign: IntCounterVec,
     drained: IntCounterVec,
 }
 
@@ -138,11 +146,19 @@ impl Metrics {
             panic_routed: counter(names::PANIC_ROUTED_TOTAL, "Requests sent to a live color whose upstreams were all down (panic routing).", &["app", "color"]),
             retries: counter(names::UPSTREAM_RETRIES_TOTAL, "Requests retried on another upstream of the same color after a refused connection.", &["app", "color"]),
             unrouted: register(&r, IntCounter::new(names::UNROUTED_TOTAL, "Requests for a Host that no app serves (answered 404).").expect("valid metric")),
+            refused: counter(names::CONNECTIONS_REFUSED_TOTAL, "Client connections closed as they came because a connection limit was reached, by limit.", &["reason"]),
+            benign: counter(names::BENIGN_ERRORS_TOTAL, "Errors that need no operator, logged at debug: clients that went away or stalled, client handshakes that failed, upstream pool races.", &["kind"]),
             drained: counter(names::DRAINED_CONNECTIONS_TOTAL, "Upgraded (WebSocket) connections closed because their color stayed standby for the app's drain_timeout.", &["app", "color"]),
             registry: r,
         };
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
+        }
+        for reason in Refused::ALL {
+            m.refused(reason);
+        }
+        for kind in Benign::ALL {
+            m.benign(kind);
         }
         #[cfg(target_os = "linux")]
         {
@@ -196,6 +212,17 @@ impl Metrics {
         self.set_live(app, live);
     }
 
+    /// The counter of client connections refused for `reason` (resolve it
+    /// once and keep it: counting is then one atomic add).
+    pub fn refused(&self, reason: Refused) -> IntCounter {
+        self.refused.with_label_values(&[reason.as_str()])
+    }
+
+    /// The counter of benign errors of `kind` (resolve it once and keep it).
+    pub fn benign(&self, kind: Benign) -> IntCounter {
+        self.benign.with_label_values(&[kind.as_str()])
+    }
+
     /// Counts `n` upgraded connections of `app`'s `color` ended by the drain.
     pub fn drained(&self, app: &str, color: Color, n: u64) {
         self.drained
@@ -234,6 +261,68 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Why a client connection was refused: the `reason` label of
+/// `bgproxy_connections_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// `proxy.max_connections` connections were open.
+    MaxConnections,
+    /// `proxy.max_connections_per_ip` connections from the client's address
+    /// were open.
+    MaxConnectionsPerIp,
+}
+
+impl Refused {
+    /// Every reason, for creating the series at 0.
+    pub const ALL: [Refused; 2] = [Refused::MaxConnections, Refused::MaxConnectionsPerIp];
+
+    /// The label value: the config key's last part.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::MaxConnections => "max_connections",
+            Refused::MaxConnectionsPerIp => "max_connections_per_ip",
+        }
+    }
+}
+
+/// An error that needs no operator, so it is logged at debug, not error:
+/// the `kind` label of `bgproxy_benign_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Benign {
+    /// A client closed or reset its connection in the middle of a request.
+    ClientDisconnect,
+    /// A client stopped sending in the middle of a request (it got a 408).
+    ClientTimeout,
+    /// A client's TLS or HTTP/2 handshake failed: it closed or reset the
+    /// connection (browsers do so with spare connections), or sent no
+    /// valid HTTP/2 preface.
+    ClientHandshake,
+    /// pingora's upstream connection pool lost a race for an idle
+    /// connection (`failed to acquire reusable stream`): a new connection is
+    /// opened instead, nothing fails.
+    UpstreamPoolRace,
+}
+
+impl Benign {
+    /// Every kind, for creating the series at 0.
+    pub const ALL: [Benign; 4] = [
+        Benign::ClientDisconnect,
+        Benign::ClientTimeout,
+        Benign::ClientHandshake,
+        Benign::UpstreamPoolRace,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Benign::ClientDisconnect => "client_disconnect",
+            Benign::ClientTimeout => "client_timeout",
+            Benign::ClientHandshake => "client_handshake",
+            Benign::UpstreamPoolRace => "upstream_pool_race",
+        }
     }
 }
 
@@ -320,6 +409,24 @@ mod tests {
             r#"bgproxy_live_color{app="web",color="blue"} 0"#,
             r#"bgproxy_switches_total{app="web",kind="emergency"} 1"#,
             r#"bgproxy_config_reloads_total{result="failure"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn refusals_and_benign_errors_are_there_from_the_start() {
+        let m = Metrics::new();
+        m.refused(Refused::MaxConnectionsPerIp).inc();
+        m.benign(Benign::UpstreamPoolRace).inc_by(2);
+        let text = String::from_utf8(m.render()).unwrap();
+        for line in [
+            r#"bgproxy_connections_refused_total{reason="max_connections"} 0"#,
+            r#"bgproxy_connections_refused_total{reason="max_connections_per_ip"} 1"#,
+            r#"bgproxy_benign_errors_total{kind="client_disconnect"} 0"#,
+            r#"bgproxy_benign_errors_total{kind="client_timeout"} 0"#,
+            r#"bgproxy_benign_errors_total{kind="client_handshake"} 0"#,
+            r#"bgproxy_benign_errors_total{kind="upstream_pool_race"} 2"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
