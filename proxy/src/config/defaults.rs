@@ -56,6 +56,13 @@ pub const READ_BUFFER: usize = 0;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// `proxy.client_idle_timeout`.
 pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `proxy.request_header_timeout`: like HAProxy's `timeout http-request`.
+pub const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `proxy.max_connections`: client connections open at once.
+pub const MAX_CONNECTIONS: usize = 20_000;
+/// `proxy.max_connections_per_ip`: client connections open at once from
+/// one address.
+pub const MAX_CONNECTIONS_PER_IP: usize = 1_000;
 
 // [control]
 

@@ -42,6 +42,9 @@ pub struct FileProxy {
     pub client_timeout: Option<Spanned<String>>,
     pub client_idle_timeout: Option<Spanned<String>>,
     pub read_buffer: Option<Spanned<String>>,
+    pub request_header_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

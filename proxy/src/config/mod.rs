@@ -135,6 +135,16 @@ pub struct ProxyConfig {
     /// idle between two requests before it is closed (HTTP/1.1: whole
     /// seconds). Default [`defaults::CLIENT_IDLE_TIMEOUT`].
     pub client_idle_timeout: Duration,
+    /// How long a client may take to send a whole request head (request
+    /// line and headers), counted from its first byte; slower gets 408 and
+    /// the connection is closed. Default [`defaults::REQUEST_HEADER_TIMEOUT`].
+    pub request_header_timeout: Duration,
+    /// Client connections open at once; more are closed as they come.
+    /// Default [`defaults::MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Client connections open at once from one address; more are closed
+    /// as they come. Default [`defaults::MAX_CONNECTIONS_PER_IP`].
+    pub max_connections_per_ip: usize,
 }
 
 /// `[proxy.tls]`: the HTTPS listeners and their certificates.

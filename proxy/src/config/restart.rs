@@ -91,6 +91,14 @@ restart_settings! {
         config.proxy.client_idle_timeout;
     /// Set on each plain listener when it is added.
     "proxy.read_buffer" => proxy_read_buffer: usize = config.proxy.read_buffer;
+    /// A front door limit.
+    "proxy.request_header_timeout" => proxy_request_header_timeout: Duration =
+        config.proxy.request_header_timeout;
+    /// The front door's connection gate is built once, at start.
+    "proxy.max_connections" => proxy_max_connections: usize = config.proxy.max_connections;
+    /// The front door's connection gate is built once, at start.
+    "proxy.max_connections_per_ip" => proxy_max_connections_per_ip: usize =
+        config.proxy.max_connections_per_ip;
     /// The control API's listener.
     "control.listen" => control_listen: SocketAddr = config.control.listen;
     /// The token is read once at start.
@@ -205,6 +213,13 @@ upstreams = ["127.0.0.1:3002"]
             c.proxy.client_idle_timeout += Duration::from_secs(1)
         }),
         ("proxy.read_buffer", |c| c.proxy.read_buffer = 16 * 1024),
+        ("proxy.request_header_timeout", |c| {
+            c.proxy.request_header_timeout += Duration::from_secs(1)
+        }),
+        ("proxy.max_connections", |c| c.proxy.max_connections += 1),
+        ("proxy.max_connections_per_ip", |c| {
+            c.proxy.max_connections_per_ip += 1
+        }),
         ("control.listen", |c| {
             c.control.listen = addr("127.0.0.1:9999")
         }),
@@ -341,6 +356,9 @@ upstreams = ["127.0.0.1:3002"]
             read_buffer: _,         // restart
             client_timeout: _,      // restart
             client_idle_timeout: _, // restart
+            request_header_timeout: _, // restart
+            max_connections: _,        // restart
+            max_connections_per_ip: _, // restart
         } = proxy;
         let ControlConfig {
             listen: _,       // restart

@@ -288,6 +288,24 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             );
         }
     }
+    let request_header_timeout = positive(
+        &fp.request_header_timeout,
+        defaults::REQUEST_HEADER_TIMEOUT,
+        "proxy.request_header_timeout",
+        p,
+    );
+    let max_connections = connections(
+        &fp.max_connections,
+        defaults::MAX_CONNECTIONS,
+        "proxy.max_connections",
+        p,
+    );
+    let max_connections_per_ip = connections(
+        &fp.max_connections_per_ip,
+        defaults::MAX_CONNECTIONS_PER_IP,
+        "proxy.max_connections_per_ip",
+        p,
+    );
     Config {
         path: file.to_path_buf(),
         proxy: ProxyConfig {
@@ -302,6 +320,9 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             client_timeout,
             client_idle_timeout,
             read_buffer,
+            request_header_timeout,
+            max_connections,
+            max_connections_per_ip,
         },
         control,
         metrics,
@@ -875,6 +896,28 @@ fn positive(
     d
 }
 
+/// A connection limit: a whole number from 1 to [`MAX_CONNECTIONS_LIMIT`].
+fn connections(v: &Option<Spanned<i64>>, default: usize, key: &str, p: &mut Problems<'_>) -> usize {
+    match v {
+        None => default,
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => n,
+            _ => {
+                p.at(
+                    n.span(),
+                    key,
+                    format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
+                );
+                default
+            }
+        },
+    }
+}
+
+/// The largest connection limit accepted: well above what one process can
+/// hold open (file descriptors).
+const MAX_CONNECTIONS_LIMIT: usize = 10_000_000;
+
 /// Parses a size: bytes, or a whole number with `KiB`, `MiB` or `GiB`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -1369,5 +1412,36 @@ upstreams = ["127.0.0.1:3002"]
         ));
         assert_eq!(p.key, "app[0].deploy.steps[0].timeout");
         assert_eq!((p.line, p.column), (20, 11), "{p}");
+    }
+
+    #[test]
+    fn front_door_limits_have_defaults_and_bounds() {
+        let c = from_str(GOOD, Path::new("t.toml")).unwrap();
+        assert_eq!(c.proxy.request_header_timeout, Duration::from_secs(10));
+        assert_eq!(
+            (c.proxy.max_connections, c.proxy.max_connections_per_ip),
+            (20_000, 1_000)
+        );
+        let set = GOOD.replace(
+            "listen = [\"127.0.0.1:8080\"]",
+            "listen = [\"127.0.0.1:8080\"]\nrequest_header_timeout = \"2s\"\nmax_connections = 5\nmax_connections_per_ip = 2",
+        );
+        let c = from_str(&set, Path::new("t.toml")).unwrap();
+        assert_eq!(c.proxy.request_header_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (c.proxy.max_connections, c.proxy.max_connections_per_ip),
+            (5, 2)
+        );
+        for (line, key) in [
+            ("request_header_timeout = \"0\"", "proxy.request_header_timeout"),
+            ("max_connections = 0", "proxy.max_connections"),
+            ("max_connections_per_ip = -1", "proxy.max_connections_per_ip"),
+        ] {
+            let p = one(&GOOD.replace(
+                "listen = [\"127.0.0.1:8080\"]",
+                &format!("listen = [\"127.0.0.1:8080\"]\n{line}"),
+            ));
+            assert_eq!((p.key.as_str(), p.line), (key, 4), "{p}");
+        }
     }
 }
