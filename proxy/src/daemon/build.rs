@@ -26,6 +26,7 @@ use crate::controlplane::health::HealthService;
 use crate::controlplane::state::StateStore;
 use crate::controlplane::state_dir;
 use crate::daemon::lifecycle::LifecycleService;
+use crate::dataplane::connections::{Gate, Tally};
 use crate::dataplane::front_door::FrontDoor;
 use crate::dataplane::hooks::{DataPlane, Limits};
 use crate::dataplane::tls::CertStore;
@@ -210,7 +211,13 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     let connector = pingora::connectors::http::Connector::new(Some(
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
     ));
-    let mut front = Service::new("front door".into(), FrontDoor::new(proxy, data, connector));
+    // Every client connection passes the connection limits first.
+    let tally = Tally::new(
+        config.proxy.max_connections,
+        config.proxy.max_connections_per_ip,
+    );
+    let door = Gate::new(FrontDoor::new(proxy, data, connector), tally, &metrics);
+    let mut front = Service::new("front door".into(), door);
     for addr in &config.proxy.listen {
         front.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr.to_string())

@@ -5,6 +5,7 @@
 //! `controlplane` or `daemon`.
 //!
 //! ```text
+//! connections the connection limits, in all and per client address
 //! front_door  every request comes in here: plain HTTP/1 requests to the
 //!             lean loop, the rest (bodies, HTTP/2, upgrades) to pingora-proxy
 //! lean        the lean loop: one plain HTTP/1 request on a straight line
@@ -18,6 +19,7 @@
 //! tls         certificates by SNI, reloaded without a restart
 //! ```
 
+pub mod connections;
 pub mod front_door;
 pub mod headers;
 pub mod health_cell;
