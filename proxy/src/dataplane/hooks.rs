@@ -31,9 +31,13 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::{info, warn};
 
-use crate::config::{LogConfig, ProxyConfig};
+use crate::config::{LogConfig, ProxyConfig, Secret};
 use crate::dataplane::headers::add_forwarded_headers;
-use crate::dataplane::routing::{strip_port, AppRoute, Routed, Routing};
+use crate::dataplane::mirror::{self, MirrorBody, Mirrorer};
+use crate::dataplane::preview::{
+    self, Digest, Endpoint, Strip, Verdict, COLOR_HEADER, PREVIEW_HEADER,
+};
+use crate::dataplane::routing::{strip_port, AppRoute, Pick, Routed, Routing};
 use crate::dataplane::upgrades::{Registration, UpgradeConnector, Upgrades, WS_GOING_AWAY};
 use crate::metrics::Metrics;
 
@@ -50,6 +54,11 @@ pub struct DataPlane {
     limits: Limits,
     /// Upgraded connections, for the drain after a switch.
     upgrades: Arc<Upgrades>,
+    /// The digest of the process's verify secret: a preview token for every
+    /// app (the controller's verify checks send it).
+    verify: Option<Digest>,
+    /// Sends the copies of mirrored requests.
+    mirrorer: Arc<Mirrorer>,
 }
 
 /// Front-door limits that apply to every app: `[proxy]`'s keys of the same
@@ -100,7 +109,18 @@ impl DataPlane {
             https_port: None,
             limits,
             upgrades,
+            verify: None,
+            mirrorer: Arc::new(Mirrorer::default()),
         }
+    }
+
+    /// Makes `secret` (the process's verify secret, also handed to the
+    /// controller) a valid `X-Bgproxy-Preview` token for every app, whether
+    /// or not the app has a preview token of its own. Without it only apps'
+    /// own tokens are.
+    pub fn with_verify_secret(mut self, secret: &Secret) -> Self {
+        self.verify = Some(Digest::of(secret.as_bytes()));
+        self
     }
 
     /// The routing table this data plane reads.
@@ -173,6 +193,129 @@ impl DataPlane {
         resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
         session.write_response_header(Box::new(resp), true).await
     }
+
+    /// Before a routed request goes upstream (`preview.rs`, `mirror.rs`): a
+    /// color host pins its color; else the preview paths are answered, a
+    /// preview header or cookie pins the standby (403 when it is not
+    /// valid, 503 when no upstream of the standby is `up`: never the live
+    /// color instead); else the request may be sampled for mirroring.
+    /// `Ok(true)` when answered here.
+    async fn preview_and_mirror(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let Some(route) = ctx.routed.as_ref().and_then(Routed::route) else {
+            return Ok(false);
+        };
+        let host_color = ctx.routed.as_ref().and_then(|r| r.host_color);
+        let req = session.req_header();
+        let key = route.preview.as_deref();
+        let (verdict, strip) = preview::judge(req, key, self.verify.as_ref());
+        ctx.strip = strip;
+        if let Some(color) = host_color {
+            ctx.pinned = Some(color);
+            return Ok(false);
+        }
+        if let Some(endpoint) = key.and_then(|k| preview::endpoint(req, k)) {
+            let cookie = key.map(|k| k.cookie().to_string());
+            self.preview_endpoint(session, endpoint, cookie.as_deref())
+                .await?;
+            return Ok(true);
+        }
+        match verdict {
+            Verdict::None => {
+                if mirror::sample(&route.config.mirror, req) {
+                    ctx.mirror = Some(MirrorBody::default());
+                }
+                Ok(false)
+            }
+            Verdict::Refused(why) => {
+                let body = Bytes::from(format!("403 Forbidden: {why}\n"));
+                session.respond_error_with_body(403, body).await?;
+                Ok(true)
+            }
+            Verdict::Standby => {
+                let color = route.live.other();
+                let pool = route.pool(color);
+                pool.metrics.preview.inc();
+                if !pool.any_up() {
+                    let body = Bytes::from(format!(
+                        "503 Service Unavailable: preview of app '{}': no upstream of the standby color ({color}) is up\n",
+                        route.name
+                    ));
+                    session.respond_error_with_body(503, body).await?;
+                    return Ok(true);
+                }
+                ctx.pinned = Some(color);
+                ctx.preview = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Answers a preview path: a 302 to `/` setting (`cookie`) or clearing
+    /// the preview cookie, 403 for a wrong token, 405 for a method other
+    /// than GET or HEAD.
+    async fn preview_endpoint(
+        &self,
+        session: &mut Session,
+        endpoint: Endpoint,
+        cookie: Option<&str>,
+    ) -> Result<()> {
+        let tls = is_tls(session);
+        let set_cookie = match endpoint {
+            Endpoint::On => preview::set_cookie(cookie, tls),
+            Endpoint::Off => preview::set_cookie(None, tls),
+            Endpoint::WrongToken => {
+                let body = Bytes::from_static(b"403 Forbidden: wrong or missing preview token\n");
+                return session.respond_error_with_body(403, body).await;
+            }
+            Endpoint::Method => {
+                let mut resp = pingora::http::ResponseHeader::build(405, Some(2))?;
+                resp.insert_header(http::header::ALLOW, "GET, HEAD")?;
+                resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+                return session.write_response_header(Box::new(resp), true).await;
+            }
+        };
+        let mut resp = pingora::http::ResponseHeader::build(302, Some(4))?;
+        resp.insert_header(http::header::LOCATION, "/")?;
+        resp.insert_header(http::header::SET_COOKIE, set_cookie)?;
+        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+        session.write_response_header(Box::new(resp), true).await
+    }
+
+    /// Sends the copy of a request sampled for mirroring, once its live
+    /// answer was written whole (`status`, no error), when it went to the
+    /// live color. Never waits: the copy runs on its own task.
+    fn mirror(
+        &self,
+        session: &Session,
+        e: Option<&Error>,
+        status: Option<u16>,
+        body: MirrorBody,
+        ctx: &RequestCtx,
+    ) {
+        let (None, Some(live_status), Some(route)) = (e, status, ctx.route()) else {
+            return;
+        };
+        if ctx.pinned.is_some() || ctx.color != Some(route.live) {
+            return;
+        }
+        let client = match session.client_addr() {
+            Some(PingoraAddr::Inet(a)) => Some(a.ip()),
+            _ => None,
+        };
+        let copy = mirror::Copy {
+            req: session.req_header(),
+            body,
+            live_status,
+            client,
+            proto: if is_tls(session) { "https" } else { "http" },
+        };
+        self.mirrorer.send(route, copy);
+    }
 }
 
 /// Which requests get an access log line: none, all, or an evenly spaced
@@ -234,6 +377,15 @@ pub struct RequestCtx {
     upgrade: Option<Arc<UpgradeConnector>>,
     /// The upgraded connection, registered for the drain.
     upgraded: Option<Registration>,
+    /// The color a preview or a color host sends this request to, whatever
+    /// is live; its answer names it in `X-Bgproxy-Color`.
+    pinned: Option<Color>,
+    /// Pinned by a preview: only `up` upstreams of that color may take it.
+    preview: bool,
+    /// The preview header or cookie to remove before the upstream.
+    strip: Strip,
+    /// Sampled for mirroring: the copy of the body so far.
+    mirror: Option<MirrorBody>,
 }
 
 impl RequestCtx {
@@ -352,7 +504,7 @@ impl ProxyHttp for DataPlane {
                     self.redirect(session).await?;
                     return Ok(true);
                 }
-                Ok(false)
+                self.preview_and_mirror(session, ctx).await
             }
             None => {
                 self.metrics.unrouted.inc();
@@ -373,11 +525,24 @@ impl ProxyHttp for DataPlane {
         let route = ctx.route().ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "request was not routed to an app")
         })?;
-        let color = route.color_for(session.req_header());
+        // A preview or a color host: that color, whatever is live.
+        let color = match ctx.pinned {
+            Some(pinned) => pinned,
+            None => route.color_for(session.req_header()),
+        };
         // On the retry, skip the upstream that just refused.
         let exclude = if ctx.retried { ctx.upstream } else { None };
         let pool = route.pool(color);
-        let pick = pool.pick(exclude).ok_or_else(|| {
+        let pick = if ctx.preview {
+            // A preview never lands on an upstream that is not known `up`.
+            pool.pick_up(exclude).map(|upstream| Pick {
+                upstream,
+                panic: false,
+            })
+        } else {
+            pool.pick(exclude)
+        };
+        let pick = pick.ok_or_else(|| {
             let mut e = Error::explain(
                 ErrorType::ConnectNoRoute,
                 "no other upstream of the live color to try",
@@ -455,6 +620,16 @@ impl ProxyHttp for DataPlane {
             _ => None,
         };
         let proto = if is_tls(session) { "https" } else { "http" };
+        // bgproxy's own: the preview header and cookie never reach an app.
+        if ctx.strip.header {
+            upstream_request.remove_header(&PREVIEW_HEADER);
+        }
+        if ctx.strip.cookie {
+            match preview::strip_preview_cookie(session.req_header()) {
+                Some(rest) => upstream_request.insert_header(http::header::COOKIE, rest)?,
+                None => drop(upstream_request.remove_header(&http::header::COOKIE)),
+            }
+        }
         add_forwarded_headers(upstream_request, client, proto)
     }
 
@@ -473,6 +648,16 @@ impl ProxyHttp for DataPlane {
                 ErrorType::HTTPStatus(413),
                 format!("request body over the limit of {limit} bytes"),
             );
+        }
+        if let (Some(copy), Some(chunk)) = (ctx.mirror.as_mut(), body.as_ref()) {
+            let max = ctx
+                .routed
+                .as_ref()
+                .and_then(Routed::route)
+                .map_or(0, |r| r.config.mirror.max_body);
+            if !copy.push(chunk, max) {
+                ctx.mirror = None; // too large to copy
+            }
         }
         Ok(())
     }
@@ -497,6 +682,9 @@ impl ProxyHttp for DataPlane {
         if self.draining.load(Ordering::Relaxed) && !session.as_downstream().is_http2() {
             session.set_keepalive(None);
             upstream_response.insert_header(http::header::CONNECTION, "close")?;
+        }
+        if let (Some(_), Some(color)) = (ctx.pinned, ctx.color) {
+            upstream_response.insert_header(COLOR_HEADER.clone(), color.as_str())?;
         }
         Ok(())
     }
@@ -524,6 +712,7 @@ impl ProxyHttp for DataPlane {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map(|r| r.status.as_u16());
         let elapsed = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
+        let copy = ctx.mirror.take();
         let (app, color) = match (ctx.route(), ctx.color) {
             (Some(route), Some(color)) => {
                 let m = &route.pool(color).metrics;
@@ -535,6 +724,9 @@ impl ProxyHttp for DataPlane {
             }
             (route, _) => (route.map(|r| &r.name), None),
         };
+        if let Some(body) = copy {
+            self.mirror(session, e, status, body, ctx);
+        }
         if !self.access.sample() {
             return;
         }

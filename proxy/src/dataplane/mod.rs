@@ -16,6 +16,8 @@
 //!             one request's snapshot and app
 //! health_cell an upstream's observed health, written by the health checker
 //! upgrades    WebSocket connections: tracked per color, closed after drain
+//! preview     preview by header and cookie (the standby), its token and paths
+//! mirror      copies of sampled live requests to the standby, fire and forget
 //! tls         certificates by SNI, reloaded without a restart
 //! ```
 
@@ -25,6 +27,8 @@ pub mod headers;
 pub mod health_cell;
 pub mod hooks;
 pub mod lean;
+pub mod mirror;
+pub mod preview;
 pub mod routing;
 pub mod tls;
 pub mod upgrades;

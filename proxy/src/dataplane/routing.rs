@@ -22,6 +22,8 @@ use bgproxy_control::api::{Color, Health};
 
 use crate::config::AppConfig;
 use crate::dataplane::health_cell::HealthCell;
+use crate::dataplane::mirror::MirrorState;
+use crate::dataplane::preview::PreviewKey;
 use crate::metrics::{Metrics, PoolMetrics};
 
 /// The shared, swappable routing table.
@@ -129,6 +131,25 @@ impl Pool {
             && self.panicking.swap(panic, Ordering::Relaxed) != panic
     }
 
+    /// Round-robin over the upstreams observed `up` only, skipping
+    /// `exclude`: for preview requests, which never fall back on a guess.
+    /// `None` when no upstream is `up`.
+    pub fn pick_up(&self, exclude: Option<SocketAddr>) -> Option<&Arc<Upstream>> {
+        let n = self.upstreams.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.upstreams[(start.wrapping_add(i)) % n])
+            .find(|u| Some(u.addr) != exclude && u.health.get() == Health::Up)
+    }
+
+    /// True when at least one upstream is observed `up`.
+    pub fn any_up(&self) -> bool {
+        self.upstreams.iter().any(|u| u.health.get() == Health::Up)
+    }
+
     /// True when every upstream is observed `up`: the health gate of a switch.
     pub fn all_up(&self) -> bool {
         self.upstreams.iter().all(|u| u.health.get() == Health::Up)
@@ -145,6 +166,11 @@ pub struct AppRoute {
     /// The app's validated config (hosts, health, deploy steps), as of the
     /// config this snapshot was built from.
     pub config: Arc<AppConfig>,
+    /// The preview token's digest and cookie; `None` without
+    /// `[app.preview] token_file`.
+    pub preview: Option<Arc<PreviewKey>>,
+    /// Copies in flight and their counters, kept across snapshots.
+    pub mirror: Arc<MirrorState>,
 }
 
 impl AppRoute {
@@ -169,8 +195,9 @@ pub struct Snapshot {
     /// Increases with every published change.
     pub generation: u64,
     pub apps: Vec<AppRoute>,
-    /// Lowercase host name -> index into `apps`.
-    hosts: HashMap<Box<str>, usize>,
+    /// Lowercase host name -> index into `apps`, and the color a color
+    /// host (`[app.preview] blue_hosts`/`green_hosts`) pins.
+    hosts: HashMap<Box<str>, (usize, Option<Color>)>,
     /// The app without hosts, if any.
     default_app: Option<usize>,
 }
@@ -186,7 +213,12 @@ impl Snapshot {
                 default_app = Some(i);
             }
             for h in &app.config.hosts {
-                table.insert(h.as_str().into(), i);
+                table.insert(h.as_str().into(), (i, None));
+            }
+            for color in Color::ALL {
+                for h in &app.config.preview.hosts[color.index()] {
+                    table.insert(h.as_str().into(), (i, Some(color)));
+                }
             }
         }
         Snapshot {
@@ -236,11 +268,21 @@ impl Snapshot {
                         .collect();
                     Arc::new(Pool::new(c, upstreams, metrics.pool(&app.name, c)))
                 });
+                let mirror = old.map_or_else(
+                    || Arc::new(MirrorState::new(metrics, &app.name)),
+                    |o| o.mirror.clone(),
+                );
                 AppRoute {
                     name: app.name.as_str().into(),
                     live: live(&app.name),
                     pools,
                     config: app.clone(),
+                    preview: app
+                        .preview
+                        .token
+                        .as_ref()
+                        .map(|t| Arc::new(PreviewKey::new(&app.name, t))),
+                    mirror,
                 }
             })
             .collect();
@@ -276,8 +318,15 @@ impl Snapshot {
     /// Allocation-free: lowercase hosts hit directly, others are lowercased
     /// into a stack buffer.
     pub fn app_for_host(&self, host: Option<&[u8]>) -> Option<usize> {
+        self.route_for_host(host).map(|(app, _)| app)
+    }
+
+    /// [`Snapshot::app_for_host`], and the color `host` pins when it is one
+    /// of the app's color hosts.
+    pub fn route_for_host(&self, host: Option<&[u8]>) -> Option<(usize, Option<Color>)> {
+        let default = self.default_app.map(|app| (app, None));
         let Some(host) = host else {
-            return self.default_app;
+            return default;
         };
         let host = strip_port(host);
         let found = match std::str::from_utf8(host) {
@@ -293,7 +342,7 @@ impl Snapshot {
             }
             _ => None,
         };
-        found.or(self.default_app)
+        found.or(default)
     }
 }
 
@@ -309,6 +358,8 @@ pub struct Routed {
     pub snapshot: Arc<Snapshot>,
     /// Index into `snapshot.apps`; `None` when no app serves the host.
     pub app: Option<usize>,
+    /// The color the Host pins (a color host), whatever is live.
+    pub host_color: Option<Color>,
 }
 
 impl Routed {
@@ -320,8 +371,12 @@ impl Routed {
 
     /// The app of `host` in `snapshot` ([`Snapshot::app_for_host`]).
     pub fn by(snapshot: Arc<Snapshot>, host: Option<&[u8]>) -> Routed {
-        let app = snapshot.app_for_host(host);
-        Routed { snapshot, app }
+        let (app, host_color) = snapshot.route_for_host(host).unzip();
+        Routed {
+            snapshot,
+            app,
+            host_color: host_color.flatten(),
+        }
     }
 
     /// The routing of the matched app; `None` when no app serves the host.
@@ -516,10 +571,55 @@ mod tests {
         assert_eq!(s.app_for_host(Some(b"b.example")), None);
         assert_eq!(s.app_for_host(Some(b"[::1]:80")), None);
         let s2 = s.with_live(0, Color::Green);
+        assert!(Arc::ptr_eq(&s.apps[0].mirror, &s2.apps[0].mirror));
         assert_eq!(
             (s2.generation, s2.apps[0].live, s.apps[0].live),
             (s.generation + 1, Color::Green, Color::Blue)
         );
         assert!(Arc::ptr_eq(&s.apps[0].pools[0], &s2.apps[0].pools[0]));
+    }
+
+    #[test]
+    fn color_hosts_pin_their_color_and_preview_picks_only_up() {
+        let mut a = (*app("a", &["a.example"], &[1, 2], &[3])).clone();
+        a.preview.hosts = [
+            vec!["blue.a.example".into()],
+            vec!["green.a.example".into()],
+        ];
+        let s1 = snapshot(&[Arc::new(a.clone()), app("b", &[], &[4], &[5])], None);
+        assert_eq!(s1.route_for_host(Some(b"a.example")), Some((0, None)));
+        assert_eq!(
+            s1.route_for_host(Some(b"Green.A.example:80")),
+            Some((0, Some(Color::Green)))
+        );
+        assert_eq!(
+            s1.route_for_host(Some(b"blue.a.example")),
+            Some((0, Some(Color::Blue)))
+        );
+        assert_eq!(s1.route_for_host(Some(b"other")), Some((1, None)));
+        let routed = Routed::by(
+            Arc::new(s1.with_live(0, Color::Green)),
+            Some(b"blue.a.example"),
+        );
+        assert_eq!(
+            (routed.app, routed.host_color),
+            (Some(0), Some(Color::Blue))
+        );
+
+        // The mirror state outlives a reload, like the pools.
+        let s2 = snapshot(&[Arc::new(a)], Some(&s1));
+        assert!(Arc::ptr_eq(&s1.apps[0].mirror, &s2.apps[0].mirror));
+
+        let blue = s2.apps[0].pool(Color::Blue);
+        assert!(
+            blue.pick_up(None).is_none() && !blue.any_up(),
+            "unknown is not up"
+        );
+        blue.upstreams[1].health.set(Health::Up);
+        assert!(blue.any_up());
+        for _ in 0..3 {
+            assert_eq!(blue.pick_up(None).unwrap().addr.port(), 2);
+        }
+        assert!(blue.pick_up(Some(blue.upstreams[1].addr)).is_none());
     }
 }

@@ -36,6 +36,8 @@ pub mod names {
     pub const CONNECTIONS_REFUSED_TOTAL: &str = "bgproxy_connections_refused_total";
     pub const BENIGN_ERRORS_TOTAL: &str = "bgproxy_benign_errors_total";
     pub const DRAINED_CONNECTIONS_TOTAL: &str = "bgproxy_drained_connections_total";
+    pub const PREVIEW_REQUESTS_TOTAL: &str = "bgproxy_preview_requests_total";
+    pub const MIRRORED_REQUESTS_TOTAL: &str = "bgproxy_mirrored_requests_total";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -55,6 +57,8 @@ pub mod names {
         CONNECTIONS_REFUSED_TOTAL,
         BENIGN_ERRORS_TOTAL,
         DRAINED_CONNECTIONS_TOTAL,
+        PREVIEW_REQUESTS_TOTAL,
+        MIRRORED_REQUESTS_TOTAL,
     ];
 }
 
@@ -92,6 +96,8 @@ pub struct Metrics {
     /// Errors that need no operator (logged at debug), by [`Benign`] kind.
     benign: IntCounterVec,
     drained: IntCounterVec,
+    preview: IntCounterVec,
+    mirrored: IntCounterVec,
 }
 
 fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -149,6 +155,8 @@ impl Metrics {
             refused: counter(names::CONNECTIONS_REFUSED_TOTAL, "Client connections closed as they came because a connection limit was reached, by limit.", &["reason"]),
             benign: counter(names::BENIGN_ERRORS_TOTAL, "Errors that need no operator, logged at debug: clients that went away or stalled, client handshakes that failed, upstream pool races.", &["kind"]),
             drained: counter(names::DRAINED_CONNECTIONS_TOTAL, "Upgraded (WebSocket) connections closed because their color stayed standby for the app's drain_timeout.", &["app", "color"]),
+            preview: counter(names::PREVIEW_REQUESTS_TOTAL, "Preview requests (a valid X-Bgproxy-Preview token or preview cookie), by app and the color they were sent to.", &["app", "color"]),
+            mirrored: counter(names::MIRRORED_REQUESTS_TOTAL, "Copies of live requests sent to the standby ([app.mirror]), by app and result: ok, error, dropped (max_in_flight reached), mismatch (status class differs from the live answer).", &["app", "result"]),
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -186,7 +194,14 @@ impl Metrics {
             active: self.active.with_label_values(&[app, c]),
             panic_routed: self.panic_routed.with_label_values(&[app, c]),
             retries: self.retries.with_label_values(&[app, c]),
+            preview: self.preview.with_label_values(&[app, c]),
         }
+    }
+
+    /// The counter of `app`'s mirrored requests with `result` (resolve it
+    /// once and keep it).
+    pub fn mirrored(&self, app: &str, result: MirrorResult) -> IntCounter {
+        self.mirrored.with_label_values(&[app, result.as_str()])
     }
 
     /// The health gauge of one upstream.
@@ -208,6 +223,9 @@ impl Metrics {
         }
         for color in Color::ALL {
             self.drained.with_label_values(&[app, color.as_str()]);
+        }
+        for result in MirrorResult::ALL {
+            self.mirrored(app, result);
         }
         self.set_live(app, live);
     }
@@ -326,6 +344,40 @@ impl Benign {
     }
 }
 
+/// What became of a copy of a live request: the `result` label of
+/// `bgproxy_mirrored_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MirrorResult {
+    /// The standby answered, in the live answer's status class.
+    Ok,
+    /// The copy failed: no connection, a timeout, a broken answer.
+    Error,
+    /// Not sent: `max_in_flight` copies of the app were out already.
+    Dropped,
+    /// The standby answered in another status class than the live color.
+    Mismatch,
+}
+
+impl MirrorResult {
+    /// Every result, in the order of their discriminants.
+    pub const ALL: [MirrorResult; 4] = [
+        MirrorResult::Ok,
+        MirrorResult::Error,
+        MirrorResult::Dropped,
+        MirrorResult::Mismatch,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorResult::Ok => "ok",
+            MirrorResult::Error => "error",
+            MirrorResult::Dropped => "dropped",
+            MirrorResult::Mismatch => "mismatch",
+        }
+    }
+}
+
 /// Pre-resolved handles of one app's color: recording is atomic adds only.
 #[derive(Clone, Debug)]
 pub struct PoolMetrics {
@@ -337,6 +389,8 @@ pub struct PoolMetrics {
     pub panic_routed: IntCounter,
     /// Retries on another upstream.
     pub retries: IntCounter,
+    /// Preview requests sent to this color.
+    pub preview: IntCounter,
 }
 
 impl PoolMetrics {
