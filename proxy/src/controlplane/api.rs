@@ -413,6 +413,10 @@ impl ControlApi {
     /// client goes away it runs to the end all the same (and is audited and
     /// recorded when it ends).
     async fn deploy(&self, s: &mut ServerSession, app: &str) {
+        // The connection ends with this answer, refusals included: say so
+        // (`Connection: close`), or a client would send its next request on
+        // a connection about to close.
+        s.set_keepalive(None);
         let mut attempt = Attempt {
             action: "deploy",
             app: app.to_string(),
