@@ -44,6 +44,11 @@ pub fn snapshot(apps: usize, hosts: usize) -> Snapshot {
                 health: HealthConfig::default(),
                 pools: [addrs(3000), addrs(4000)],
                 deploy: DeployConfig::default(),
+                rollout: Default::default(),
+                analysis: Default::default(),
+                preview: Default::default(),
+                mirror: Default::default(),
+                verify: Vec::new(),
             })
         })
         .collect();

@@ -107,8 +107,14 @@ pub enum SwitchKind {
     Rollback,
     /// A switch or rollback that skipped the health gate.
     Emergency,
-    /// Made by bgproxy itself (reserved for automatic failover).
+    /// Made by bgproxy itself: a rollback after a failed analysis, or a
+    /// rollout aborted by its analysis.
     Automatic,
+    /// A rollout reached 100%: the new color is live.
+    Canary,
+    /// An operator aborted a rollout: the new color's share went back to 0,
+    /// the live color did not change.
+    Abort,
 }
 
 impl fmt::Display for SwitchKind {
@@ -118,6 +124,8 @@ impl fmt::Display for SwitchKind {
             SwitchKind::Rollback => "rollback",
             SwitchKind::Emergency => "emergency",
             SwitchKind::Automatic => "automatic",
+            SwitchKind::Canary => "canary",
+            SwitchKind::Abort => "abort",
         })
     }
 }
@@ -157,15 +165,95 @@ pub struct SwitchRequest {
 }
 
 /// Body of `POST /v1/apps/{app}/rollback` (may be empty).
+pub type RollbackRequest = ActionRequest;
+
+/// Body of a call that names no color: `rollback`, `promote`, `abort`,
+/// `pause`, `resume` (may be empty).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RollbackRequest {
+pub struct ActionRequest {
     #[serde(default)]
     pub emergency: bool,
     #[serde(default)]
     pub reason: Option<String>,
     #[serde(default)]
     pub actor: Option<String>,
+}
+
+/// Body of `POST /v1/apps/{app}/canary`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryRequest {
+    /// The new color: the standby.
+    pub to: Color,
+    /// Its share at each step (default: the app's `[app.rollout] steps`).
+    #[serde(default)]
+    pub steps: Option<Vec<u32>>,
+    /// Time at each step, like `1m` (default: `[app.rollout] step_interval`).
+    #[serde(default)]
+    pub step_interval: Option<String>,
+    /// Skip the health gate (and end a deploy running on `to`).
+    #[serde(default)]
+    pub emergency: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+}
+
+/// Body of `POST /v1/apps/{app}/weight`: hold `to` at `percent`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightRequest {
+    pub to: Color,
+    /// 0-100.
+    pub percent: u32,
+    #[serde(default)]
+    pub emergency: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+}
+
+/// Answer of `canary`, `weight`, `promote`, `abort`, `pause`, `resume`:
+/// where the app stands after the change (durable and in force).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutResponse {
+    pub app: String,
+    pub live: Color,
+    pub weights: Weights,
+    /// The rollout after the change, or null when it ended.
+    pub rollout: Option<RolloutStatus>,
+    /// When the change made a color live (promote, a last step of 100%).
+    #[serde(default)]
+    pub switch: Option<SwitchResponse>,
+}
+
+/// One `[[app.verify]]` check run against a color.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerifyCheckResult {
+    pub name: String,
+    pub path: String,
+    pub ok: bool,
+    /// The status answered, when there was an answer.
+    pub status: Option<u16>,
+    pub duration_ms: f64,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Answer of `POST /v1/apps/{app}/verify`: the app's checks against its
+/// standby, through the proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerifyResponse {
+    pub app: String,
+    /// The color checked (the standby).
+    pub color: Color,
+    /// Every check passed (true when none is configured).
+    pub passed: bool,
+    pub checks: Vec<VerifyCheckResult>,
 }
 
 /// Answer of a switch or rollback that was carried out: the change is durable
@@ -240,6 +328,134 @@ pub struct AppStatus {
     /// The deploy in progress, or null.
     pub deploy: Option<DeployStatus>,
     pub colors: Colors,
+    /// Each color's share of the app's requests, in percent (summing to 100).
+    #[serde(default)]
+    pub weights: Weights,
+    /// The rollout in progress (or a share held by `weight`), or null.
+    #[serde(default)]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Each color's share of an app's requests, in percent; they sum to 100.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Weights {
+    pub blue: u8,
+    pub green: u8,
+}
+
+impl Weights {
+    /// `percent` to `to`, the rest to the other color.
+    pub fn new(to: Color, percent: u8) -> Weights {
+        let percent = percent.min(100);
+        match to {
+            Color::Blue => Weights {
+                blue: percent,
+                green: 100 - percent,
+            },
+            Color::Green => Weights {
+                blue: 100 - percent,
+                green: percent,
+            },
+        }
+    }
+
+    /// The share of `color`.
+    pub fn of(&self, color: Color) -> u8 {
+        match color {
+            Color::Blue => self.blue,
+            Color::Green => self.green,
+        }
+    }
+}
+
+/// Where a rollout stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutState {
+    /// Moving through its steps: analysed at the end of each.
+    Running,
+    /// Holding its share, waiting for `promote`, `abort` or `resume` (after
+    /// too many inconclusive windows, a failed one without `auto_rollback`,
+    /// `pause`, or a share set by `weight`).
+    Paused,
+}
+
+impl fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+        })
+    }
+}
+
+/// The verdict on one analysis window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnalysisResult {
+    Pass,
+    Fail,
+    /// Too few requests to the new color to judge.
+    Inconclusive,
+}
+
+impl AnalysisResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnalysisResult::Pass => "pass",
+            AnalysisResult::Fail => "fail",
+            AnalysisResult::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// One analysis window of the new color, from bgproxy's own counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisStatus {
+    pub result: AnalysisResult,
+    /// Responses of the new color in the window.
+    pub requests: u64,
+    /// Its 5xx responses / its responses (0 without responses).
+    pub error_ratio: f64,
+    /// Its p99 latency in the window, when it had responses.
+    pub p99_ms: Option<f64>,
+    /// The old color's p99 in the same window (during the watch after a
+    /// switch: over the `interval` before the switch), when it had any.
+    pub baseline_p99_ms: Option<f64>,
+    /// Why, in words (`error ratio 0.21 > 0.05`).
+    #[serde(default)]
+    pub detail: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A rollout: the new color's share of requests moving through `steps`.
+/// Persisted in the state file as it is shown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    /// The new color (the standby when the rollout started).
+    pub to: Color,
+    pub state: RolloutState,
+    /// 0-based index into `steps` of the step in force.
+    pub step: usize,
+    /// The new color's share at each step, increasing, ending at 100; empty
+    /// for a share set by `weight`.
+    pub steps: Vec<u8>,
+    /// The new color's share now.
+    pub percent: u8,
+    /// When the step in force began (or resumed).
+    #[serde(with = "time::serde::rfc3339")]
+    pub step_started: OffsetDateTime,
+    /// How long each step runs before its analysis, in milliseconds.
+    pub step_interval_ms: u64,
+    /// Inconclusive windows in a row at this step.
+    #[serde(default)]
+    pub inconclusive: u32,
+    pub last_analysis: Option<AnalysisStatus>,
+    /// Who started it, and why.
+    pub actor: String,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// `GET /v1/status`.

@@ -130,3 +130,42 @@ pub const DEPLOY_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 /// `app.deploy.steps[].migrate`: the step runs on every deploy.
 pub const STEP_MIGRATE: bool = false;
+
+// [app.rollout]
+
+/// `app.rollout.steps`: the new color's share at each step of a canary.
+pub const ROLLOUT_STEPS: [u8; 4] = [10, 25, 50, 100];
+/// `app.rollout.step_interval`.
+pub const STEP_INTERVAL: Duration = Duration::from_secs(60);
+/// `app.rollout.sticky`.
+pub const STICKY: super::Sticky = super::Sticky::Cookie;
+
+// [app.analysis]
+
+/// `app.analysis.interval`: the window of the watch after a switch.
+pub const ANALYSIS_INTERVAL: Duration = Duration::from_secs(60);
+/// `app.analysis.min_requests`: fewer in a window is inconclusive.
+pub const MIN_REQUESTS: u64 = 50;
+/// `app.analysis.max_error_ratio`.
+pub const MAX_ERROR_RATIO: f64 = 0.05;
+/// `app.analysis.max_latency_ratio`.
+pub const MAX_LATENCY_RATIO: f64 = 2.0;
+/// `app.analysis.max_inconclusive`.
+pub const MAX_INCONCLUSIVE: u32 = 3;
+/// `app.analysis.watch`: off.
+pub const WATCH: Duration = Duration::ZERO;
+/// `app.analysis.auto_rollback`.
+pub const AUTO_ROLLBACK: bool = false;
+
+// [app.mirror], [[app.verify]]
+
+/// `app.mirror.percent`: no copies.
+pub const MIRROR_PERCENT: u8 = 0;
+/// `app.mirror.methods`.
+pub const MIRROR_METHODS: [&str; 2] = ["GET", "HEAD"];
+/// `app.mirror.max_body`.
+pub const MIRROR_MAX_BODY: u64 = 64 * 1024;
+/// `app.mirror.max_in_flight`.
+pub const MIRROR_MAX_IN_FLIGHT: usize = 100;
+/// `app.verify[].expect_status`.
+pub const VERIFY_EXPECT_STATUS: u16 = 200;

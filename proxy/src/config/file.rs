@@ -104,6 +104,60 @@ pub struct FileApp {
     pub blue: Spanned<FilePool>,
     pub green: Spanned<FilePool>,
     pub deploy: Option<FileDeploy>,
+    pub rollout: Option<FileRollout>,
+    pub analysis: Option<FileAnalysis>,
+    pub preview: Option<FilePreview>,
+    pub mirror: Option<FileMirror>,
+    #[serde(default)]
+    pub verify: Vec<Spanned<FileVerify>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePreview {
+    pub token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub blue_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub green_hosts: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMirror {
+    pub percent: Option<Spanned<i64>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub max_body: Option<Spanned<String>>,
+    pub max_in_flight: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVerify {
+    pub name: Spanned<String>,
+    pub path: Spanned<String>,
+    pub expect_status: Option<Spanned<i64>>,
+    pub expect_body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRollout {
+    pub steps: Option<Spanned<Vec<Spanned<String>>>>,
+    pub step_interval: Option<Spanned<String>>,
+    pub sticky: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAnalysis {
+    pub interval: Option<Spanned<String>>,
+    pub min_requests: Option<Spanned<i64>>,
+    pub max_error_ratio: Option<Spanned<f64>>,
+    pub max_latency_ratio: Option<Spanned<f64>>,
+    pub max_inconclusive: Option<Spanned<i64>>,
+    pub watch: Option<Spanned<String>>,
+    pub auto_rollback: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,6 +21,8 @@ pub mod defaults;
 mod file;
 mod key_path;
 mod restart;
+pub mod preview;
+pub mod rollout;
 mod validate;
 
 use std::net::SocketAddr;
@@ -32,6 +34,8 @@ use bgproxy_control::api::Color;
 
 pub use bgproxy_control::duration::parse_duration;
 pub use restart::RestartSettings;
+pub use preview::{MirrorConfig, PreviewConfig, Secret, VerifyCheck};
+pub use rollout::{AnalysisConfig, RolloutConfig, Sticky};
 pub use validate::from_str;
 
 /// The validated configuration of the daemon.
@@ -237,6 +241,12 @@ pub struct AppConfig {
     /// Upstreams per color, indexed by [`Color::index`].
     pub pools: [Vec<SocketAddr>; 2],
     pub deploy: DeployConfig,
+    pub rollout: RolloutConfig,
+    pub analysis: AnalysisConfig,
+    pub preview: PreviewConfig,
+    pub mirror: MirrorConfig,
+    /// `[[app.verify]]`: checks of the standby before a switch.
+    pub verify: Vec<VerifyCheck>,
 }
 
 impl AppConfig {

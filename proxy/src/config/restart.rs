@@ -385,6 +385,11 @@ upstreams = ["127.0.0.1:3002"]
                 health: _,
                 pools: _,
                 deploy: _,
+                rollout: _,
+                analysis: _,
+                preview: _,
+                mirror: _,
+                verify: _,
             } = app;
         }
     }

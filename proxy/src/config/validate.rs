@@ -502,32 +502,10 @@ fn apps(
         }
         let mut app_hosts = Vec::new();
         for (j, h) in a.hosts.iter().enumerate() {
-            let host = h.get_ref().trim().to_ascii_lowercase();
-            if !valid_host(&host) {
-                p.at(
-                    h.span(),
-                    format!("{k}.hosts[{j}]"),
-                    format!(
-                        "invalid host name '{}': a DNS name without port or scheme",
-                        h.get_ref()
-                    ),
-                );
-                continue;
+            let key = format!("{k}.hosts[{j}]");
+            if let Some(host) = claim_host(&mut hosts, h, &key, &format!("app '{name}'"), p) {
+                app_hosts.push(host);
             }
-            match hosts.get(&host) {
-                Some((owner, span)) => {
-                    let line = p.line(span);
-                    p.at(
-                        h.span(),
-                        format!("{k}.hosts[{j}]"),
-                        format!("host '{host}' is already routed to app '{owner}' (line {line})"),
-                    );
-                }
-                None => {
-                    hosts.insert(host.clone(), (name.clone(), h.span()));
-                }
-            }
-            app_hosts.push(host);
         }
         if a.hosts.is_empty() {
             // An app without hosts has no `hosts` key to point at: its
@@ -576,6 +554,11 @@ fn apps(
             }
         }
         let deploy = deploy(a.deploy.as_ref(), &k, p);
+        let rollout = rollout(a.rollout.as_ref(), &k, p);
+        let analysis = analysis(a.analysis.as_ref(), &k, p);
+        let preview = preview(a.preview.as_ref(), &k, &name, base, &mut hosts, p);
+        let mirror = mirror(a.mirror.as_ref(), &k, p);
+        let verify = verify(&a.verify, &k, p);
         let _ = base;
         out.push(AppConfig {
             name,
@@ -611,6 +594,11 @@ fn apps(
             health,
             pools: [strip(blue), strip(green)],
             deploy,
+            rollout,
+            analysis,
+            preview,
+            mirror,
+            verify,
         });
     }
     out
@@ -633,6 +621,258 @@ fn valid_host(host: &str) -> bool {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
         })
+}
+
+/// Checks a host name and claims it for `owner`: a host is routed to one
+/// place only. Returns it lowercase when valid and free.
+fn claim_host(
+    hosts: &mut HashMap<String, (String, Range<usize>)>,
+    h: &Spanned<String>,
+    key: &str,
+    owner: &str,
+    p: &mut Problems<'_>,
+) -> Option<String> {
+    let host = h.get_ref().trim().to_ascii_lowercase();
+    if !valid_host(&host) {
+        p.at(
+            h.span(),
+            key,
+            format!(
+                "invalid host name '{}': a DNS name without port or scheme",
+                h.get_ref()
+            ),
+        );
+        return None;
+    }
+    if let Some((first, span)) = hosts.get(&host) {
+        let line = p.line(span);
+        p.at(
+            h.span(),
+            key,
+            format!("host '{host}' is already routed to {first} (line {line})"),
+        );
+        return None;
+    }
+    hosts.insert(host.clone(), (owner.to_string(), h.span()));
+    Some(host)
+}
+
+fn preview(
+    raw: Option<&FilePreview>,
+    k: &str,
+    app: &str,
+    base: &Path,
+    hosts: &mut HashMap<String, (String, Range<usize>)>,
+    p: &mut Problems<'_>,
+) -> PreviewConfig {
+    let mut out = PreviewConfig::default();
+    let Some(raw) = raw else { return out };
+    if let Some(f) = &raw.token_file {
+        let key = format!("{k}.preview.token_file");
+        let path = existing_file(f, base, &key, p);
+        if path.is_file() {
+            match preview::read_token(&path, &key) {
+                Ok(t) => out.token = Some(Secret::new(t)),
+                Err(m) => p.at(f.span(), &key, m),
+            }
+        }
+        out.token_file = Some(path);
+    }
+    for color in Color::ALL {
+        let (list, field) = match color {
+            Color::Blue => (&raw.blue_hosts, "blue_hosts"),
+            Color::Green => (&raw.green_hosts, "green_hosts"),
+        };
+        for (j, h) in list.iter().enumerate() {
+            let key = format!("{k}.preview.{field}[{j}]");
+            let owner = format!("app '{app}' ({color} only)");
+            if let Some(host) = claim_host(hosts, h, &key, &owner, p) {
+                out.hosts[color.index()].push(host);
+            }
+        }
+    }
+    out
+}
+
+fn mirror(raw: Option<&FileMirror>, k: &str, p: &mut Problems<'_>) -> MirrorConfig {
+    let mut m = MirrorConfig::default();
+    let Some(raw) = raw else { return m };
+    if let Some(v) = &raw.percent {
+        match u8::try_from(*v.get_ref()) {
+            Ok(n) if n <= 100 => m.percent = n,
+            _ => p.at(
+                v.span(),
+                format!("{k}.mirror.percent"),
+                "must be a share between 0 and 100",
+            ),
+        }
+    }
+    if let Some(methods) = &raw.methods {
+        m.methods.clear();
+        for (j, v) in methods.iter().enumerate() {
+            let method = v.get_ref().trim().to_ascii_uppercase();
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                p.at(
+                    v.span(),
+                    format!("{k}.mirror.methods[{j}]"),
+                    format!("invalid method '{}': like \"GET\"", v.get_ref()),
+                );
+            } else {
+                m.methods.push(method);
+            }
+        }
+    }
+    m.max_body = size_or(&raw.max_body, m.max_body, &format!("{k}.mirror.max_body"), p);
+    if let Some(v) = &raw.max_in_flight {
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if (1..=100_000).contains(&n) => m.max_in_flight = n,
+            _ => p.at(
+                v.span(),
+                format!("{k}.mirror.max_in_flight"),
+                "must be between 1 and 100000",
+            ),
+        }
+    }
+    m
+}
+
+fn verify(raw: &[Spanned<FileVerify>], k: &str, p: &mut Problems<'_>) -> Vec<VerifyCheck> {
+    let mut out: Vec<VerifyCheck> = Vec::new();
+    for (j, c) in raw.iter().enumerate() {
+        let c = c.get_ref();
+        let key = format!("{k}.verify[{j}]");
+        let name = c.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            p.at(c.name.span(), format!("{key}.name"), "must not be empty");
+        } else if out.iter().any(|o| o.name == name) {
+            p.at(
+                c.name.span(),
+                format!("{key}.name"),
+                format!("duplicate check name '{name}': give each check its own name"),
+            );
+        }
+        let path = c.path.get_ref().clone();
+        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+            p.at(
+                c.path.span(),
+                format!("{key}.path"),
+                "must start with '/' and contain no spaces",
+            );
+        }
+        let mut expect_status = defaults::VERIFY_EXPECT_STATUS;
+        if let Some(s) = &c.expect_status {
+            match u16::try_from(*s.get_ref()) {
+                Ok(code) if (100..=599).contains(&code) => expect_status = code,
+                _ => p.at(
+                    s.span(),
+                    format!("{key}.expect_status"),
+                    "must be an HTTP status between 100 and 599",
+                ),
+            }
+        }
+        out.push(VerifyCheck {
+            name,
+            path,
+            expect_status,
+            expect_body: c.expect_body.clone(),
+        });
+    }
+    out
+}
+
+fn rollout(raw: Option<&FileRollout>, k: &str, p: &mut Problems<'_>) -> RolloutConfig {
+    let mut r = RolloutConfig::default();
+    let Some(raw) = raw else { return r };
+    if let Some(list) = &raw.steps {
+        let key = format!("{k}.rollout.steps");
+        let mut shares = Vec::new();
+        for (j, s) in list.get_ref().iter().enumerate() {
+            let text = s.get_ref().trim();
+            match text.strip_suffix('%').unwrap_or(text).trim().parse::<u32>() {
+                Ok(n) => shares.push(n),
+                Err(_) => p.at(
+                    s.span(),
+                    format!("{key}[{j}]"),
+                    format!("invalid share '{text}': expected a percent like \"25%\""),
+                ),
+            }
+        }
+        if shares.len() == list.get_ref().len() {
+            match rollout::steps(&shares) {
+                Ok(steps) => r.steps = steps,
+                Err(m) => p.at(list.span(), key, m),
+            }
+        }
+    }
+    r.step_interval = positive(
+        &raw.step_interval,
+        r.step_interval,
+        &format!("{k}.rollout.step_interval"),
+        p,
+    );
+    if let Some(s) = &raw.sticky {
+        match s.get_ref().parse::<Sticky>() {
+            Ok(m) => r.sticky = m,
+            Err(m) => p.at(s.span(), format!("{k}.rollout.sticky"), m),
+        }
+    }
+    r
+}
+
+fn analysis(raw: Option<&FileAnalysis>, k: &str, p: &mut Problems<'_>) -> AnalysisConfig {
+    let mut a = AnalysisConfig::default();
+    let Some(raw) = raw else { return a };
+    a.interval = positive(
+        &raw.interval,
+        a.interval,
+        &format!("{k}.analysis.interval"),
+        p,
+    );
+    if let Some(n) = &raw.min_requests {
+        match u64::try_from(*n.get_ref()) {
+            Ok(v) if v >= 1 => a.min_requests = v,
+            _ => p.at(
+                n.span(),
+                format!("{k}.analysis.min_requests"),
+                "must be at least 1",
+            ),
+        }
+    }
+    if let Some(n) = &raw.max_inconclusive {
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if (1..=1000).contains(&v) => a.max_inconclusive = v,
+            _ => p.at(
+                n.span(),
+                format!("{k}.analysis.max_inconclusive"),
+                "must be between 1 and 1000",
+            ),
+        }
+    }
+    if let Some(r) = &raw.max_error_ratio {
+        match *r.get_ref() {
+            v if (0.0..=1.0).contains(&v) => a.max_error_ratio = v,
+            _ => p.at(
+                r.span(),
+                format!("{k}.analysis.max_error_ratio"),
+                "must be a ratio between 0 and 1, like 0.05",
+            ),
+        }
+    }
+    if let Some(r) = &raw.max_latency_ratio {
+        match *r.get_ref() {
+            v if v.is_finite() && v >= 1.0 => a.max_latency_ratio = v,
+            _ => p.at(
+                r.span(),
+                format!("{k}.analysis.max_latency_ratio"),
+                "must be at least 1.0 (the new color's p99 / the old color's)",
+            ),
+        }
+    }
+    a.watch = dur_or(&raw.watch, a.watch, &format!("{k}.analysis.watch"), p);
+    if let Some(b) = raw.auto_rollback {
+        a.auto_rollback = b;
+    }
+    a
 }
 
 fn health(raw: Option<&FileHealth>, k: &str, p: &mut Problems<'_>) -> HealthConfig {

@@ -11,6 +11,12 @@
 //! - `GET /v1/status`, `GET /v1/apps/{app}`, `GET /v1/apps/{app}/history[?limit=N]`
 //! - `POST /v1/apps/{app}/switch` `{"to","emergency","reason","actor"}`
 //! - `POST /v1/apps/{app}/rollback` `{"emergency","reason","actor"}` (body optional)
+//! - `POST /v1/apps/{app}/canary` `{"to","steps","step_interval","emergency","reason","actor"}`
+//! - `POST /v1/apps/{app}/weight` `{"to","percent","emergency","reason","actor"}`
+//! - `POST /v1/apps/{app}/verify`: runs the app's `[[app.verify]]` checks
+//!   against the standby and answers each result
+//! - `POST /v1/apps/{app}/promote|abort|pause|resume` `{"emergency","reason","actor"}`
+//!   (body optional); these and `canary`/`weight` answer a `RolloutResponse`
 //! - `POST /v1/reload`: reload the config file
 //! - `POST /v1/apps/{app}/deploy` `{"migrate","actor"}`: streams NDJSON events
 
@@ -18,7 +24,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bgproxy_control::api::{ApiError, DeployRequest, RollbackRequest, SwitchRequest};
+use bgproxy_control::api::{
+    ActionRequest, ApiError, CanaryRequest, DeployRequest, RolloutResponse, SwitchRequest,
+    WeightRequest, Weights,
+};
+use bgproxy_control::duration::parse_duration;
 use bytes::Bytes;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
@@ -247,31 +257,60 @@ impl ControlApi {
                     Err(e) => Reply::from_control(e),
                 }
             }
-            ["v1", "apps", app, action @ ("switch" | "rollback")] if post => {
+            ["v1", "apps", app, "verify"] if post => {
+                // Sends requests through the front door: as guarded as a
+                // change, though it changes nothing.
+                if let Err(r) = self.authorize(s, client.as_deref()) {
+                    return r;
+                }
+                match self.controller.verify(app).await {
+                    Ok(report) => Reply::json(200, &report),
+                    Err(e) => Reply::from_control(e),
+                }
+            }
+            ["v1", "apps", app, action] if post && CHANGES.contains(action) => {
                 let mut attempt = Attempt {
-                    action: if *action == "switch" {
-                        "switch"
-                    } else {
-                        "rollback"
-                    },
+                    action: CHANGES
+                        .iter()
+                        .find(|c| *c == action)
+                        .copied()
+                        .unwrap_or("?"),
                     app: app.to_string(),
                     actor: "unknown".into(),
                     client,
                     ..Attempt::default()
                 };
-                match self.switch_command(s, app, &mut attempt).await {
-                    Ok(cmd) => match self.controller.apply(cmd).await {
-                        Ok(Outcome::Switched(done)) => Reply::json(200, &done),
-                        Ok(_) => Reply::error(500, "internal", "unexpected outcome of a switch"),
-                        Err(e) => Reply::from_control(e),
-                    },
-                    Err(r) => self.refuse(&attempt, r),
+                let cmd = match self.change_command(s, app, &mut attempt).await {
+                    Ok(cmd) => cmd,
+                    Err(r) => return self.refuse(&attempt, r),
+                };
+                let switch_call = matches!(cmd.change, Change::Switch { .. } | Change::Rollback);
+                match self.controller.apply(cmd).await {
+                    Ok(Outcome::Switched(done)) if switch_call => Reply::json(200, &done),
+                    Ok(Outcome::Switched(done)) => Reply::json(
+                        200,
+                        &RolloutResponse {
+                            app: done.app.clone(),
+                            live: done.live,
+                            weights: Weights::new(done.live, 100),
+                            rollout: None,
+                            switch: Some(done),
+                        },
+                    ),
+                    Ok(Outcome::Rollout(r)) => Reply::json(200, &r),
+                    Ok(_) => Reply::error(500, "internal", "unexpected outcome of a change"),
+                    Err(e) => Reply::from_control(e),
                 }
             }
+            ["v1", "apps", _, action] if CHANGES.contains(action) => Reply::error(
+                405,
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}"),
+            ),
             ["v1", "status"]
             | ["v1", "reload"]
             | ["v1", "apps", _]
-            | ["v1", "apps", _, "history" | "switch" | "rollback" | "deploy"] => Reply::error(
+            | ["v1", "apps", _, "history" | "deploy" | "verify"] => Reply::error(
                 405,
                 "method_not_allowed",
                 format!("{method} is not allowed on {path}"),
@@ -293,9 +332,10 @@ impl ControlApi {
         reply
     }
 
-    /// A switch or rollback request as a command: authorise, read and parse
-    /// the body. `attempt` learns what was understood, for the audit.
-    async fn switch_command(
+    /// A change request as a command: authorise, read and parse the body
+    /// of `attempt.action`. `attempt` learns what was understood, for the
+    /// audit.
+    async fn change_command(
         &self,
         s: &mut ServerSession,
         app: &str,
@@ -303,35 +343,78 @@ impl ControlApi {
     ) -> Result<Command, Reply> {
         self.authorize(s, attempt.client.as_deref())?;
         let body = Self::body(s).await?;
-        let cmd = if attempt.action == "switch" {
+        let needs_body = |example: &str| {
             if body.iter().all(u8::is_ascii_whitespace) {
-                return Err(Reply::error(
+                Err(Reply::error(
                     400,
                     "bad_request",
-                    "switch needs a JSON body like {\"to\": \"green\"}",
-                ));
+                    format!("{} needs a JSON body like {example}", attempt.action),
+                ))
+            } else {
+                Ok(())
             }
-            let r = serde_json::from_slice::<SwitchRequest>(&body)
-                .map_err(|e| Reply::error(400, "bad_request", format!("invalid JSON body: {e}")))?;
-            attempt.to = Some(r.to);
-            command(
-                app,
-                Change::Switch { to: r.to },
-                r.emergency,
-                r.reason,
-                r.actor,
-                attempt.client.clone(),
-            )
-        } else {
-            let r = Self::parse::<RollbackRequest>(&body)?;
-            command(
-                app,
-                Change::Rollback,
-                r.emergency,
-                r.reason,
-                r.actor,
-                attempt.client.clone(),
-            )
+        };
+        let json = |e: serde_json::Error| {
+            Reply::error(400, "bad_request", format!("invalid JSON body: {e}"))
+        };
+        let client = attempt.client.clone();
+        let cmd = match attempt.action {
+            "switch" => {
+                needs_body(r#"{"to": "green"}"#)?;
+                let r = serde_json::from_slice::<SwitchRequest>(&body).map_err(json)?;
+                attempt.to = Some(r.to);
+                command(
+                    app,
+                    Change::Switch { to: r.to },
+                    r.emergency,
+                    r.reason,
+                    r.actor,
+                    client,
+                )
+            }
+            "canary" => {
+                needs_body(r#"{"to": "green", "steps": [10, 25, 50, 100]}"#)?;
+                let r = serde_json::from_slice::<CanaryRequest>(&body).map_err(json)?;
+                attempt.to = Some(r.to);
+                let step_interval = match r.step_interval.as_deref().map(parse_duration) {
+                    None => None,
+                    Some(Ok(d)) => Some(d),
+                    Some(Err(e)) => {
+                        return Err(Reply::error(
+                            400,
+                            "bad_request",
+                            format!("step_interval: {e}"),
+                        ))
+                    }
+                };
+                let change = Change::Canary {
+                    to: r.to,
+                    steps: r.steps,
+                    step_interval,
+                };
+                command(app, change, r.emergency, r.reason, r.actor, client)
+            }
+            "weight" => {
+                needs_body(r#"{"to": "green", "percent": 25}"#)?;
+                let r = serde_json::from_slice::<WeightRequest>(&body).map_err(json)?;
+                attempt.to = Some(r.to);
+                let change = Change::Weight {
+                    to: r.to,
+                    percent: r.percent,
+                };
+                command(app, change, r.emergency, r.reason, r.actor, client)
+            }
+            action => {
+                let r = Self::parse::<ActionRequest>(&body)?;
+                let change = match action {
+                    "rollback" => Change::Rollback,
+                    "promote" => Change::Promote,
+                    "abort" => Change::Abort,
+                    "pause" => Change::Pause,
+                    _ => Change::Resume,
+                };
+                command(app, change, r.emergency, r.reason, r.actor, client)
+            }
         };
         attempt.actor.clone_from(&cmd.actor);
         attempt.reason.clone_from(&cmd.reason);
@@ -339,6 +422,11 @@ impl ControlApi {
         Ok(cmd)
     }
 }
+
+/// The calls that change an app, each `POST /v1/apps/{app}/<call>`.
+const CHANGES: [&str; 8] = [
+    "switch", "rollback", "canary", "weight", "promote", "abort", "pause", "resume",
+];
 
 /// The client's IP address, as the audit log records it.
 /// (An IPv4 client of a dual-stack listener as IPv4: `127.0.0.1`, not

@@ -11,7 +11,10 @@
 
 use std::sync::Arc;
 
-use bgproxy_control::api::{Color, DeployRecord};
+use std::time::Duration;
+
+use bgproxy_control::api::{AnalysisStatus, Color, DeployRecord};
+use time::OffsetDateTime;
 
 use super::state::StateError;
 use crate::config::Config;
@@ -29,6 +32,35 @@ pub enum Change {
     DeployStarted { migrate: bool },
     /// A deploy ended: record it in the app's history.
     DeployFinished(Box<DeployRecord>),
+    /// Start a rollout of `to`: steps and interval from the app's
+    /// `[app.rollout]` when not given.
+    Canary {
+        to: Color,
+        steps: Option<Vec<u32>>,
+        step_interval: Option<Duration>,
+    },
+    /// Hold `to` at `percent` of the requests (0 aborts, 100 promotes).
+    Weight { to: Color, percent: u32 },
+    /// Make the rollout's new color live now.
+    Promote,
+    /// Put the new color's share back to 0; the live color stays.
+    Abort,
+    /// Hold the rollout at its step.
+    Pause,
+    /// Go on with a paused rollout: its step starts anew.
+    Resume,
+    /// bgproxy's own: the analysis at the end of a rollout step. Refused as
+    /// stale when the rollout moved on since the window began.
+    StepAnalysed {
+        step: usize,
+        step_started: OffsetDateTime,
+        analysis: Box<AnalysisStatus>,
+    },
+    /// bgproxy's own: one window of the watch after the switch at `since`.
+    WatchAnalysed {
+        since: OffsetDateTime,
+        analysis: Box<AnalysisStatus>,
+    },
 }
 
 impl Change {
@@ -39,6 +71,13 @@ impl Change {
             Change::Rollback => "rollback",
             Change::Reload(_) => "reload",
             Change::DeployStarted { .. } | Change::DeployFinished(_) => "deploy",
+            Change::Canary { .. } => "canary",
+            Change::Weight { .. } => "weight",
+            Change::Promote => "promote",
+            Change::Abort => "abort",
+            Change::Pause => "pause",
+            Change::Resume => "resume",
+            Change::StepAnalysed { .. } | Change::WatchAnalysed { .. } => "analysis",
         }
     }
 }
@@ -81,7 +120,9 @@ impl Command {
             reason: self.reason.clone(),
             emergency: self.emergency,
             to: match &self.change {
-                Change::Switch { to } => Some(*to),
+                Change::Switch { to } | Change::Canary { to, .. } | Change::Weight { to, .. } => {
+                    Some(*to)
+                }
                 Change::DeployFinished(r) => Some(r.color),
                 _ => None,
             },
@@ -134,6 +175,21 @@ pub enum ControlError {
         color: Color,
         detail: String,
     },
+    #[error("a rollout of app '{app}' is running ({detail}): promote or abort it first, or use emergency to end it")]
+    RolloutRunning { app: String, detail: String },
+    #[error("app '{0}' has no rollout: start one with canary, or set a share with weight")]
+    NoRollout(String),
+    #[error("the rollout of app '{app}' {detail}")]
+    RolloutState { app: String, detail: String },
+    #[error("not applied: {0}")]
+    Stale(String),
+    #[error("refusing to make {color} of app '{app}' take traffic: verify check '{check}' failed ({detail}); fix the standby, or use emergency to skip the checks")]
+    VerifyFailed {
+        app: String,
+        color: Color,
+        check: String,
+        detail: String,
+    },
 }
 
 impl ControlError {
@@ -144,7 +200,12 @@ impl ControlError {
             ControlError::AlreadyLive { .. }
             | ControlError::TargetUnhealthy { .. }
             | ControlError::NothingToRollBack(_)
-            | ControlError::DeployRunning { .. } => 409,
+            | ControlError::DeployRunning { .. }
+            | ControlError::RolloutRunning { .. }
+            | ControlError::NoRollout(_)
+            | ControlError::RolloutState { .. }
+            | ControlError::Stale(_)
+            | ControlError::VerifyFailed { .. } => 409,
             ControlError::Persist(_) => 500,
             ControlError::BadRequest(_) | ControlError::InvalidConfig(_) => 400,
             ControlError::ShuttingDown => 503,
@@ -163,6 +224,11 @@ impl ControlError {
             ControlError::InvalidConfig(_) => "invalid_config",
             ControlError::ShuttingDown => "shutting_down",
             ControlError::DeployRunning { .. } => "deploy_running",
+            ControlError::RolloutRunning { .. } => "rollout_running",
+            ControlError::NoRollout(_) => "no_rollout",
+            ControlError::RolloutState { .. } => "rollout_state",
+            ControlError::Stale(_) => "stale",
+            ControlError::VerifyFailed { .. } => "verify_failed",
         }
     }
 }

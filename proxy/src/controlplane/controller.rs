@@ -36,20 +36,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bgproxy_control::api::{
-    AppStatus, DeployEvent, DeployResult, DeployStatus, HistoryResponse, ReloadResponse,
-    StatusResponse, SwitchResponse,
+    AnalysisResult, AppStatus, Color, DeployEvent, DeployResult, DeployStatus, HistoryResponse,
+    ReloadResponse, RolloutResponse, StatusResponse, SwitchKind, SwitchResponse, VerifyResponse,
+    Weights,
 };
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, Mutex};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::audit::{AuditLog, AuditRecord};
 use super::change::{Attempt, Change, Command, ControlError};
 use super::deploy::{self, DeployPlan};
 use super::rules::{self, Decision};
 use super::state::{State, StateError, StateLock, StateStore};
+use super::verify::{self, Verifier};
 use crate::config::{AppConfig, Config, ConfigError};
-use crate::dataplane::routing::{Routing, Snapshot};
+use crate::dataplane::routing::{Routing, Snapshot, Split};
 use crate::metrics::Metrics;
 
 /// What a committed command produced.
@@ -62,6 +64,10 @@ pub enum Outcome {
     DeployStarted(mpsc::UnboundedReceiver<DeployEvent>),
     /// A finished deploy is recorded.
     DeployRecorded,
+    /// A rollout started, moved, paused, resumed or ended.
+    Rollout(RolloutResponse),
+    /// An analysis window changed nothing.
+    Observed,
 }
 
 /// What the writer lock protects.
@@ -88,6 +94,7 @@ pub struct Controller {
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
     audit: AuditLog,
+    verifier: Verifier,
     generation: watch::Sender<u64>,
     /// The configuration the process started with: listeners, threads and
     /// the like stay as they were then, whatever reloads came since.
@@ -106,6 +113,7 @@ impl Controller {
         store: StateStore,
         metrics: Arc<Metrics>,
         audit: AuditLog,
+        verifier: Verifier,
         lock_wait: Duration,
     ) -> Result<Self, StateError> {
         let lock = store.lock(lock_wait)?;
@@ -120,12 +128,13 @@ impl Controller {
         let snapshot = Snapshot::build(
             1,
             &app_configs(&config),
-            |a| state.apps[a].live,
+            |a| split_of(&state, a),
             None,
             &metrics,
         );
         for app in &snapshot.apps {
             metrics.register_app(&app.name, app.live);
+            metrics.set_weights(&app.name, app.weights());
         }
         Ok(Controller {
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
@@ -139,6 +148,7 @@ impl Controller {
             boot: config,
             metrics,
             audit,
+            verifier,
             generation: watch::channel(1).0,
         })
     }
@@ -169,15 +179,24 @@ impl Controller {
     /// on disk and the data plane routes by it; either way it is audited.
     pub async fn apply(self: &Arc<Self>, cmd: Command) -> Result<Outcome, ControlError> {
         let started = Instant::now();
-        let mut inner = self.inner.lock().await;
-        let result = self
-            .decide(&inner, &cmd)
-            .and_then(|decision| self.commit(&mut inner, &cmd, decision, started));
-        drop(inner);
+        // Verify checks are I/O (HTTP through the front door): they run
+        // before the decision, outside the writer lock.
+        let result = match self.verify_gate(&cmd).await {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let mut inner = self.inner.lock().await;
+                self.decide(&inner, &cmd)
+                    .and_then(|decision| self.commit(&mut inner, &cmd, decision, started))
+            }
+        };
         let mut attempt = cmd.attempt();
         match (&result, &cmd.change) {
             // Audited when it ends, with its result.
             (Ok(Outcome::DeployStarted(_)), _) => {}
+            // An analysis that changed nothing, or that came too late:
+            // nothing to audit.
+            (Ok(Outcome::Observed), _) => {}
+            (Err(ControlError::Stale(why)), _) => debug!(app = %cmd.app, "{why}"),
             (Ok(_), Change::DeployFinished(record)) => {
                 let error = deploy_result_code(record.result)
                     .map(|code| (code, record.error.as_deref().unwrap_or_default()));
@@ -192,6 +211,41 @@ impl Controller {
             (Err(e), _) => self.failed(&cmd, e),
         }
         result
+    }
+
+    /// Runs the app's verify checks against its standby (`bgctl verify`).
+    pub async fn verify(&self, app: &str) -> Result<VerifyResponse, ControlError> {
+        let snapshot = self.routing.load_full();
+        let route = snapshot
+            .app(app)
+            .ok_or_else(|| ControlError::UnknownApp(app.to_string()))?;
+        Ok(self.verifier.run(route).await)
+    }
+
+    /// A switch, canary or promote (not in an emergency) of an app with
+    /// `[[app.verify]]` checks needs them all to pass against the standby.
+    async fn verify_gate(&self, cmd: &Command) -> Result<(), ControlError> {
+        let gated = matches!(
+            cmd.change,
+            Change::Switch { .. } | Change::Canary { .. } | Change::Promote
+        );
+        let snapshot = self.routing.load_full();
+        let Some(route) = snapshot.app(&cmd.app).filter(|_| gated && !cmd.emergency) else {
+            return Ok(());
+        };
+        if route.config.verify.is_empty() {
+            return Ok(());
+        }
+        let report = self.verifier.run(route).await;
+        match verify::first_failure(&report) {
+            None => Ok(()),
+            Some((check, detail)) => Err(ControlError::VerifyFailed {
+                app: cmd.app.clone(),
+                color: report.color,
+                check,
+                detail,
+            }),
+        }
     }
 
     /// Records in the audit log a request refused before it became a
@@ -250,6 +304,12 @@ impl Controller {
             .into_iter()
             .find(|a| a.name == name)
             .ok_or_else(|| ControlError::UnknownApp(name.to_string()))
+    }
+
+    /// What the rollout driver reads of every app.
+    pub async fn views(&self) -> Vec<rules::AppView> {
+        let inner = self.inner.lock().await;
+        rules::views(&self.routing.load(), &inner.state)
     }
 
     /// The app's history, newest last; the `limit` most recent entries.
@@ -325,17 +385,18 @@ impl Controller {
                 index,
                 entry,
                 abort_deploy,
+                verdict,
             } => {
                 let snapshot = self.routing.load();
                 self.publish(snapshot.with_live(index, entry.to));
                 if abort_deploy {
-                    if let Some(d) = inner.deploys.get(&cmd.app) {
-                        warn!(app = %cmd.app, "emergency switch to {}: aborting the deploy {}", entry.to, d.status.id);
-                        d.abort.send_replace(true);
-                    }
+                    self.abort_deploy(inner, &cmd.app, entry.to);
                 }
                 self.metrics.set_live(&cmd.app, entry.to);
+                self.metrics
+                    .set_weights(&cmd.app, Weights::new(entry.to, 100));
                 self.metrics.switched(&cmd.app, entry.kind);
+                self.count_analysis(&cmd.app, verdict, entry.kind);
                 let switch_count = inner.state.apps[&cmd.app].switch_count;
                 info!(
                     app = %cmd.app, from = %entry.from, to = %entry.to, kind = %entry.kind,
@@ -353,19 +414,76 @@ impl Controller {
                     duration_ms: started.elapsed().as_secs_f64() * 1000.0,
                 }))
             }
+            Decision::Rollout {
+                index,
+                rollout,
+                event,
+                abort_deploy,
+                verdict,
+            } => {
+                let snapshot = self.routing.load();
+                let live = snapshot.apps[index].live;
+                let split = Split {
+                    live,
+                    canary: rollout.as_ref().map_or(0, |r| r.percent),
+                };
+                self.publish(snapshot.with_split(index, split));
+                if abort_deploy {
+                    self.abort_deploy(inner, &cmd.app, live.other());
+                }
+                let weights = Weights::new(live.other(), split.canary);
+                self.metrics.set_weights(&cmd.app, weights);
+                let kind = event.as_ref().map_or(SwitchKind::Switch, |e| e.kind);
+                self.count_analysis(&cmd.app, verdict, kind);
+                match (&rollout, &event) {
+                    (Some(r), _) => match r.last_analysis.as_ref().filter(|_| verdict.is_some()) {
+                        Some(a) => info!(
+                            app = %cmd.app, result = a.result.as_str(),
+                            "rollout: {} (analysis: {})", rules::describe(r), a.detail
+                        ),
+                        None => info!(
+                            app = %cmd.app, actor = %cmd.actor, "rollout: {}", rules::describe(r)
+                        ),
+                    },
+                    (None, Some(e)) => warn!(
+                        app = %cmd.app, actor = %e.actor, kind = %e.kind,
+                        reason = e.reason.as_deref().unwrap_or(""),
+                        "rollout of {} aborted: {live} keeps every request", e.from
+                    ),
+                    (None, None) => {}
+                }
+                Ok(Outcome::Rollout(RolloutResponse {
+                    app: cmd.app.clone(),
+                    live,
+                    weights,
+                    rollout,
+                    switch: None,
+                }))
+            }
+            Decision::Observed { verdict, detail } => {
+                self.count_analysis(&cmd.app, Some(verdict), SwitchKind::Switch);
+                match verdict {
+                    AnalysisResult::Fail => {
+                        error!(app = %cmd.app, "analysis of the live color failed: {detail}")
+                    }
+                    _ => info!(app = %cmd.app, "analysis: {}: {detail}", verdict.as_str()),
+                }
+                Ok(Outcome::Observed)
+            }
             Decision::Reload { config, mut report } => {
                 let current = self.routing.load_full();
                 let state = &inner.state;
                 let snapshot = Snapshot::build(
                     current.generation + 1,
                     &app_configs(&config),
-                    |a| state.apps[a].live,
+                    |a| split_of(state, a),
                     Some(&current),
                     &self.metrics,
                 );
                 report.generation = snapshot.generation;
                 for app in &snapshot.apps {
                     self.metrics.register_app(&app.name, app.live);
+                    self.metrics.set_weights(&app.name, app.weights());
                 }
                 inner.config = config;
                 self.publish(snapshot);
@@ -406,6 +524,34 @@ impl Controller {
                 Ok(Outcome::DeployStarted(stream))
             }
             Decision::DeployFinished(_) => Ok(Outcome::DeployRecorded),
+        }
+    }
+
+    /// An emergency change onto a color under deploy aborts that deploy:
+    /// its steps must never run against traffic.
+    fn abort_deploy(&self, inner: &Inner, app: &str, color: Color) {
+        if let Some(d) = inner.deploys.get(app).filter(|d| d.status.color == color) {
+            warn!(
+                app,
+                "emergency change onto {color}: aborting the deploy {}", d.status.id
+            );
+            d.abort.send_replace(true);
+        }
+    }
+
+    /// Counts an analysis verdict, and a change bgproxy made on its own.
+    fn count_analysis(&self, app: &str, verdict: Option<AnalysisResult>, kind: SwitchKind) {
+        if let Some(v) = verdict {
+            self.metrics
+                .analysis
+                .with_label_values(&[app, v.as_str()])
+                .inc();
+        }
+        if kind == SwitchKind::Automatic {
+            self.metrics
+                .automatic_rollbacks
+                .with_label_values(&[app])
+                .inc();
         }
     }
 
@@ -515,6 +661,16 @@ fn deploy_result_code(result: DeployResult) -> Option<&'static str> {
         DeployResult::Success => None,
         DeployResult::Aborted => Some("deploy_aborted"),
         DeployResult::Failed => Some("deploy_failed"),
+    }
+}
+
+/// An app's live color and rollout share, from the state (every configured
+/// app has a record: `merge_new_apps` ran first).
+fn split_of(state: &State, app: &str) -> Split {
+    let record = &state.apps[app];
+    Split {
+        live: record.live,
+        canary: record.rollout.as_ref().map_or(0, |r| r.percent),
     }
 }
 

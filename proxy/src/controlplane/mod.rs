@@ -14,8 +14,12 @@
 //! health      per upstream: pingora HTTP probe -> rise/fall Tracker -> HealthCell
 //! deploy      bgctl deploy: the configured steps against the STANDBY color
 //! priority    control.nice: the control API thread may outrank the data plane
+//! analysis    a window of a color's own counters -> pass / fail / inconclusive
+//! rollout     the driver: ends rollout steps and watch windows, submits verdicts
+//! verify      [[app.verify]] checks against the standby, through the front door
 //! ```
 
+pub mod analysis;
 pub mod api;
 pub mod api_guard;
 pub mod audit;
@@ -24,6 +28,8 @@ pub mod controller;
 pub mod deploy;
 pub mod health;
 pub mod priority;
+pub mod rollout;
 pub mod rules;
 pub mod state;
 pub mod state_dir;
+pub mod verify;

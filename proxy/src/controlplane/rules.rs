@@ -18,8 +18,9 @@
 use std::sync::Arc;
 
 use bgproxy_control::api::{
-    AppStatus, Color, ColorStatus, Colors, DeployRecord, DeployStatus, Health, HistoryEntry,
-    HistoryResponse, ReloadResponse, StatusResponse, SwitchKind, UpstreamStatus,
+    AnalysisResult, AnalysisStatus, AppStatus, Color, ColorStatus, Colors, DeployRecord,
+    DeployStatus, Health, HistoryEntry, HistoryResponse, ReloadResponse, RolloutState,
+    RolloutStatus, StatusResponse, SwitchKind, UpstreamStatus,
 };
 use time::OffsetDateTime;
 
@@ -29,15 +30,36 @@ use crate::config::{AppConfig, Config};
 use crate::dataplane::routing::{AppRoute, Snapshot};
 
 /// What a command was decided to do; the controller commits it.
+// One lives per change, on the stack of `apply`: boxing the rollout
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Decision {
-    /// Make `entry.to` live for the app at `index` of the snapshot.
+    /// Make `entry.to` live for the app at `index` of the snapshot (a
+    /// switch of any kind; it ends any rollout).
     Switch {
         index: usize,
         entry: HistoryEntry,
         /// An emergency switch onto a color under deploy aborts the deploy:
         /// its steps must never run against the live color.
         abort_deploy: bool,
+        /// The analysis that led to it, to be counted.
+        verdict: Option<AnalysisResult>,
+    },
+    /// The app's rollout becomes `rollout` (`None`: it ended); the live
+    /// color stays.
+    Rollout {
+        index: usize,
+        rollout: Option<RolloutStatus>,
+        /// A history entry that is not a switch (an abort).
+        event: Option<HistoryEntry>,
+        abort_deploy: bool,
+        verdict: Option<AnalysisResult>,
+    },
+    /// An analysis window that changes nothing (counted and logged).
+    Observed {
+        verdict: AnalysisResult,
+        detail: String,
     },
     /// Put `config` in force; `report` says what it changes (its
     /// `generation` is filled in by the commit).
@@ -63,25 +85,63 @@ pub fn decide(
     cmd: &Command,
     now: OffsetDateTime,
 ) -> Result<Decision, ControlError> {
+    let ctx = Ctx {
+        snapshot,
+        state,
+        deploy,
+        cmd,
+        now,
+    };
     match &cmd.change {
-        Change::Switch { to } => switch(snapshot, deploy, cmd, *to, SwitchKind::Switch, now),
+        Change::Switch { to } => {
+            ctx.no_rollout_unless_emergency()?;
+            ctx.switch(*to, SwitchKind::Switch)
+        }
         Change::Rollback => {
             app_index(snapshot, &cmd.app)?;
+            ctx.no_rollout_unless_emergency()?;
             let to = rollback_target(state, &cmd.app)
                 .ok_or_else(|| ControlError::NothingToRollBack(cmd.app.clone()))?;
-            switch(snapshot, deploy, cmd, to, SwitchKind::Rollback, now)
+            ctx.switch(to, SwitchKind::Rollback)
         }
         Change::Reload(new) => Ok(Decision::Reload {
             config: new.clone(),
             report: reload_report(config, new, boot),
         }),
         Change::DeployStarted { migrate } => {
-            deploy_gate(snapshot, deploy, &cmd.app).map(|index| Decision::Deploy {
+            let index = deploy_gate(snapshot, deploy, &cmd.app)?;
+            // The standby is the rollout's new color: never deploy under
+            // live traffic.
+            if let Some(r) = ctx.rollout() {
+                return Err(ControlError::RolloutRunning {
+                    app: cmd.app.clone(),
+                    detail: describe(r),
+                });
+            }
+            Ok(Decision::Deploy {
                 index,
                 migrate: *migrate,
             })
         }
         Change::DeployFinished(record) => Ok(Decision::DeployFinished(record.clone())),
+        Change::Canary {
+            to,
+            steps,
+            step_interval,
+        } => ctx.canary(*to, steps.as_deref(), *step_interval),
+        Change::Weight { to, percent } => ctx.weight(*to, *percent),
+        Change::Promote => {
+            let r = ctx.existing_rollout()?;
+            ctx.switch(r.to, SwitchKind::Canary)
+        }
+        Change::Abort => ctx.abort(SwitchKind::Abort, None),
+        Change::Pause | Change::Resume => ctx.pause_or_resume(),
+        Change::StepAnalysed {
+            step,
+            step_started,
+            analysis,
+        } => ctx.step_analysed(*step, *step_started, analysis),
+        Change::WatchAnalysed { since, analysis } => ctx.watch_analysed(*since, analysis),
     }
 }
 
@@ -91,72 +151,459 @@ fn app_index(snapshot: &Snapshot, app: &str) -> Result<usize, ControlError> {
         .ok_or_else(|| ControlError::UnknownApp(app.to_string()))
 }
 
-/// The gates of a switch or rollback to `to`.
-pub fn switch(
-    snapshot: &Snapshot,
-    deploy: Option<&DeployStatus>,
-    cmd: &Command,
-    to: Color,
-    kind: SwitchKind,
+/// What every rule reads.
+struct Ctx<'a> {
+    snapshot: &'a Snapshot,
+    state: &'a State,
+    deploy: Option<&'a DeployStatus>,
+    cmd: &'a Command,
     now: OffsetDateTime,
-) -> Result<Decision, ControlError> {
-    let index = app_index(snapshot, &cmd.app)?;
-    let route = &snapshot.apps[index];
-    if to == route.live {
-        return Err(ControlError::AlreadyLive {
-            app: cmd.app.clone(),
-            color: to,
-        });
+}
+
+impl Ctx<'_> {
+    fn route(&self) -> Result<(usize, &AppRoute), ControlError> {
+        let index = app_index(self.snapshot, &self.cmd.app)?;
+        Ok((index, &self.snapshot.apps[index]))
     }
-    if !cmd.emergency {
-        let pool = route.pool(to);
-        if !pool.all_up() {
-            let detail = pool
-                .upstreams
-                .iter()
-                .filter(|u| u.health.get() != Health::Up)
-                .map(|u| format!("{} is {}", u.name, u.health.get()))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(ControlError::TargetUnhealthy {
-                app: cmd.app.clone(),
-                color: to,
-                detail,
-            });
+
+    fn rollout(&self) -> Option<&RolloutStatus> {
+        self.state
+            .apps
+            .get(&self.cmd.app)
+            .and_then(|a| a.rollout.as_ref())
+    }
+
+    fn existing_rollout(&self) -> Result<&RolloutStatus, ControlError> {
+        self.route()?;
+        self.rollout()
+            .ok_or_else(|| ControlError::NoRollout(self.cmd.app.clone()))
+    }
+
+    /// A switch or rollback during a rollout needs emergency (which ends it).
+    fn no_rollout_unless_emergency(&self) -> Result<(), ControlError> {
+        match self.rollout() {
+            Some(r) if !self.cmd.emergency => Err(ControlError::RolloutRunning {
+                app: self.cmd.app.clone(),
+                detail: describe(r),
+            }),
+            _ => Ok(()),
         }
     }
-    let on_target = deploy.filter(|d| d.color == to);
-    if let Some(d) = on_target.filter(|_| !cmd.emergency) {
-        return Err(ControlError::DeployRunning {
-            app: cmd.app.clone(),
-            color: d.color,
-            detail: progress(d),
-        });
+
+    /// The health gate: every upstream of `to` observed up, unless
+    /// emergency.
+    fn healthy(&self, route: &AppRoute, to: Color) -> Result<(), ControlError> {
+        if self.cmd.emergency {
+            return Ok(());
+        }
+        unhealthy(route, to).map_or(Ok(()), |detail| {
+            Err(ControlError::TargetUnhealthy {
+                app: self.cmd.app.clone(),
+                color: to,
+                detail,
+            })
+        })
     }
-    Ok(Decision::Switch {
-        index,
-        entry: HistoryEntry {
-            time: now,
-            from: route.live,
+
+    /// The deploy gate: no deploy running on `to`, unless emergency (which
+    /// aborts it). Answers whether a deploy is to be aborted.
+    fn no_deploy_on(&self, to: Color) -> Result<bool, ControlError> {
+        let on_target = self.deploy.filter(|d| d.color == to);
+        match on_target {
+            Some(d) if !self.cmd.emergency => Err(ControlError::DeployRunning {
+                app: self.cmd.app.clone(),
+                color: d.color,
+                detail: progress(d),
+            }),
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
+    }
+
+    fn entry(
+        &self,
+        from: Color,
+        to: Color,
+        kind: SwitchKind,
+        reason: Option<String>,
+    ) -> HistoryEntry {
+        HistoryEntry {
+            time: self.now,
+            from,
             to,
-            kind: if cmd.emergency {
-                SwitchKind::Emergency
-            } else {
-                kind
+            kind,
+            reason,
+            actor: self.cmd.actor.clone(),
+            client: self.cmd.client.clone(),
+        }
+    }
+
+    /// The gates of a switch, rollback or promotion to `to`.
+    fn switch(&self, to: Color, kind: SwitchKind) -> Result<Decision, ControlError> {
+        let (index, route) = self.route()?;
+        if to == route.live {
+            return Err(ControlError::AlreadyLive {
+                app: self.cmd.app.clone(),
+                color: to,
+            });
+        }
+        self.healthy(route, to)?;
+        let abort_deploy = self.no_deploy_on(to)?;
+        let kind = if self.cmd.emergency {
+            SwitchKind::Emergency
+        } else {
+            kind
+        };
+        Ok(Decision::Switch {
+            index,
+            entry: self.entry(route.live, to, kind, self.cmd.reason.clone()),
+            abort_deploy,
+            verdict: None,
+        })
+    }
+
+    /// Starts a rollout of `to` through `steps` (or the app's).
+    fn canary(
+        &self,
+        to: Color,
+        steps: Option<&[u32]>,
+        step_interval: Option<std::time::Duration>,
+    ) -> Result<Decision, ControlError> {
+        let (index, route) = self.route()?;
+        if let Some(r) = self.rollout() {
+            return Err(ControlError::RolloutRunning {
+                app: self.cmd.app.clone(),
+                detail: describe(r),
+            });
+        }
+        if to == route.live {
+            return Err(ControlError::AlreadyLive {
+                app: self.cmd.app.clone(),
+                color: to,
+            });
+        }
+        let steps = match steps {
+            Some(s) => crate::config::rollout::steps(s)
+                .map_err(|e| ControlError::BadRequest(format!("steps: {e}")))?,
+            None => route.config.rollout.steps.clone(),
+        };
+        let interval = step_interval.unwrap_or(route.config.rollout.step_interval);
+        if interval.is_zero() {
+            return Err(ControlError::BadRequest(
+                "step_interval must be more than 0, like \"1m\"".into(),
+            ));
+        }
+        self.healthy(route, to)?;
+        let abort_deploy = self.no_deploy_on(to)?;
+        if steps[0] == 100 {
+            // Straight to 100%: the rollout completes as it starts.
+            return self.switch(to, SwitchKind::Canary);
+        }
+        Ok(Decision::Rollout {
+            index,
+            rollout: Some(RolloutStatus {
+                to,
+                state: RolloutState::Running,
+                step: 0,
+                percent: steps[0],
+                steps,
+                step_started: self.now,
+                step_interval_ms: interval.as_millis() as u64,
+                inconclusive: 0,
+                last_analysis: None,
+                actor: self.cmd.actor.clone(),
+                reason: self.cmd.reason.clone(),
+            }),
+            event: None,
+            abort_deploy,
+            verdict: None,
+        })
+    }
+
+    /// Holds `to` at `percent`: 0 aborts, 100 promotes.
+    fn weight(&self, to: Color, percent: u32) -> Result<Decision, ControlError> {
+        let (index, route) = self.route()?;
+        if percent > 100 {
+            return Err(ControlError::BadRequest(format!(
+                "percent must be between 0 and 100, not {percent}"
+            )));
+        }
+        if to == route.live {
+            return Err(ControlError::BadRequest(format!(
+                "{to} is live: weight sets the share of the standby; for {to} at {percent}% ask for {} at {}%",
+                to.other(),
+                100 - percent
+            )));
+        }
+        match percent {
+            0 => self.abort(SwitchKind::Abort, None),
+            100 => self.switch(to, SwitchKind::Canary),
+            p => {
+                self.healthy(route, to)?;
+                let abort_deploy = self.no_deploy_on(to)?;
+                let rollout = match self.rollout() {
+                    Some(r) => RolloutStatus {
+                        percent: p as u8,
+                        state: RolloutState::Paused,
+                        ..r.clone()
+                    },
+                    None => RolloutStatus {
+                        to,
+                        state: RolloutState::Paused,
+                        step: 0,
+                        steps: Vec::new(),
+                        percent: p as u8,
+                        step_started: self.now,
+                        step_interval_ms: route.config.rollout.step_interval.as_millis() as u64,
+                        inconclusive: 0,
+                        last_analysis: None,
+                        actor: self.cmd.actor.clone(),
+                        reason: self.cmd.reason.clone(),
+                    },
+                };
+                Ok(Decision::Rollout {
+                    index,
+                    rollout: Some(rollout),
+                    event: None,
+                    abort_deploy,
+                    verdict: None,
+                })
+            }
+        }
+    }
+
+    /// Ends the rollout: the new color's share back to 0, recorded as
+    /// `kind` (`abort`, or `automatic` with the numbers in `reason`).
+    fn abort(&self, kind: SwitchKind, reason: Option<String>) -> Result<Decision, ControlError> {
+        let r = self.existing_rollout()?;
+        let (index, route) = self.route()?;
+        let reason = reason.or_else(|| self.cmd.reason.clone());
+        Ok(Decision::Rollout {
+            index,
+            rollout: None,
+            event: Some(self.entry(r.to, route.live, kind, reason)),
+            abort_deploy: false,
+            verdict: None,
+        })
+    }
+
+    fn pause_or_resume(&self) -> Result<Decision, ControlError> {
+        let r = self.existing_rollout()?;
+        let (index, _) = self.route()?;
+        let state_error = |detail: &str| ControlError::RolloutState {
+            app: self.cmd.app.clone(),
+            detail: detail.to_string(),
+        };
+        let next = match (&self.cmd.change, r.state) {
+            (Change::Pause, RolloutState::Paused) => return Err(state_error("is paused already")),
+            (Change::Pause, _) => RolloutStatus {
+                state: RolloutState::Paused,
+                ..r.clone()
             },
-            reason: cmd.reason.clone(),
-            actor: cmd.actor.clone(),
-            client: cmd.client.clone(),
-        },
-        abort_deploy: on_target.is_some(),
+            (_, RolloutState::Running) => return Err(state_error("is running, not paused")),
+            _ if r.steps.is_empty() => return Err(state_error(
+                "holds a share set by weight and has no steps to go on with: promote or abort it",
+            )),
+            // The step starts anew: its window begins now.
+            _ => RolloutStatus {
+                state: RolloutState::Running,
+                step_started: self.now,
+                inconclusive: 0,
+                ..r.clone()
+            },
+        };
+        Ok(Decision::Rollout {
+            index,
+            rollout: Some(next),
+            event: None,
+            abort_deploy: false,
+            verdict: None,
+        })
+    }
+
+    /// The end of a rollout step: pass -> the next step (entering 100%
+    /// completes the rollout: a switch); inconclusive -> the step again, or
+    /// paused after `max_inconclusive` in a row; fail -> aborted with
+    /// `auto_rollback`, else paused.
+    fn step_analysed(
+        &self,
+        step: usize,
+        step_started: OffsetDateTime,
+        analysis: &AnalysisStatus,
+    ) -> Result<Decision, ControlError> {
+        let (index, route) = self.route()?;
+        let r = self
+            .rollout()
+            .filter(|r| {
+                r.state == RolloutState::Running && r.step == step && r.step_started == step_started
+            })
+            .ok_or_else(|| {
+                ControlError::Stale(format!(
+                    "the rollout of app '{}' moved on since step {} began",
+                    self.cmd.app,
+                    step + 1
+                ))
+            })?;
+        let rules = &route.config.analysis;
+        let verdict = Some(analysis.result);
+        let mut next = RolloutStatus {
+            last_analysis: Some(analysis.clone()),
+            ..r.clone()
+        };
+        match analysis.result {
+            AnalysisResult::Pass => {
+                let n = step + 1;
+                if n >= r.steps.len() || r.steps[n] == 100 {
+                    if let Some(detail) = unhealthy(route, r.to) {
+                        // Completing would switch to a color not all up:
+                        // hold for a human instead.
+                        next.state = RolloutState::Paused;
+                        next.last_analysis = Some(AnalysisStatus {
+                            detail: format!("{}; not completed: {detail}", analysis.detail),
+                            ..analysis.clone()
+                        });
+                    } else {
+                        let reason = match &r.reason {
+                            Some(why) => format!("{why} (every step passed)"),
+                            None => "every step passed".into(),
+                        };
+                        return Ok(Decision::Switch {
+                            index,
+                            entry: self.entry(route.live, r.to, SwitchKind::Canary, Some(reason)),
+                            abort_deploy: false,
+                            verdict,
+                        });
+                    }
+                } else {
+                    next.step = n;
+                    next.percent = r.steps[n];
+                    next.step_started = self.now;
+                    next.inconclusive = 0;
+                }
+            }
+            AnalysisResult::Inconclusive => {
+                next.inconclusive += 1;
+                if next.inconclusive >= rules.max_inconclusive {
+                    next.state = RolloutState::Paused;
+                } else {
+                    next.step_started = self.now;
+                }
+            }
+            AnalysisResult::Fail if rules.auto_rollback => {
+                let mut d = self.abort(
+                    SwitchKind::Automatic,
+                    Some(format!(
+                        "rollout aborted by analysis at {}%: {}",
+                        r.percent, analysis.detail
+                    )),
+                )?;
+                if let Decision::Rollout { verdict: v, .. } = &mut d {
+                    *v = verdict;
+                }
+                return Ok(d);
+            }
+            AnalysisResult::Fail => next.state = RolloutState::Paused,
+        }
+        Ok(Decision::Rollout {
+            index,
+            rollout: Some(next),
+            event: None,
+            abort_deploy: false,
+            verdict,
+        })
+    }
+
+    /// One window of the watch after the switch at `since`: a failure rolls
+    /// back to the previous color with `auto_rollback`, when that color is
+    /// healthy and not under deploy.
+    fn watch_analysed(
+        &self,
+        since: OffsetDateTime,
+        analysis: &AnalysisStatus,
+    ) -> Result<Decision, ControlError> {
+        let (index, route) = self.route()?;
+        let last = self
+            .state
+            .apps
+            .get(&self.cmd.app)
+            .and_then(|a| a.last_switch);
+        if last != Some(since) {
+            return Err(ControlError::Stale(format!(
+                "app '{}' switched again since the watched switch",
+                self.cmd.app
+            )));
+        }
+        let observed = |detail: String| {
+            Ok(Decision::Observed {
+                verdict: analysis.result,
+                detail,
+            })
+        };
+        if analysis.result != AnalysisResult::Fail || !route.config.analysis.auto_rollback {
+            return observed(analysis.detail.clone());
+        }
+        let to = route.live.other();
+        if let Some(detail) = unhealthy(route, to) {
+            return observed(format!(
+                "{}; NOT rolled back: the previous color {to} is not healthy ({detail})",
+                analysis.detail
+            ));
+        }
+        if self.deploy.is_some_and(|d| d.color == to) {
+            return observed(format!(
+                "{}; NOT rolled back: a deploy is running on the previous color {to}",
+                analysis.detail
+            ));
+        }
+        Ok(Decision::Switch {
+            index,
+            entry: self.entry(
+                route.live,
+                to,
+                SwitchKind::Automatic,
+                Some(format!("automatic rollback: {}", analysis.detail)),
+            ),
+            abort_deploy: false,
+            verdict: Some(analysis.result),
+        })
+    }
+}
+
+/// Why `color` of `route` is not healthy (every upstream observed up), or
+/// `None` when it is.
+fn unhealthy(route: &AppRoute, color: Color) -> Option<String> {
+    let pool = route.pool(color);
+    (!pool.all_up()).then(|| {
+        pool.upstreams
+            .iter()
+            .filter(|u| u.health.get() != Health::Up)
+            .map(|u| format!("{} is {}", u.name, u.health.get()))
+            .collect::<Vec<_>>()
+            .join(", ")
     })
 }
 
-/// The color a rollback goes to: the one the last switch left. `None` when
-/// the app was never switched.
+/// `green at 25%, step 2/4, running`, for messages.
+pub fn describe(r: &RolloutStatus) -> String {
+    if r.steps.is_empty() {
+        format!("{} held at {}% by weight", r.to, r.percent)
+    } else {
+        format!(
+            "{} at {}%, step {}/{}, {}",
+            r.to,
+            r.percent,
+            r.step + 1,
+            r.steps.len(),
+            r.state
+        )
+    }
+}
+
+/// The color a rollback goes to: the previous live color, which with two
+/// colors is the standby. `None` when the app was never switched.
 pub fn rollback_target(state: &State, app: &str) -> Option<Color> {
     let record = state.apps.get(app).filter(|a| a.switch_count > 0)?;
-    record.history.last().map(|h| h.from)
+    Some(record.live.other())
 }
 
 /// The gates of a deploy: the app is known and no deploy of it is running.
@@ -185,8 +632,16 @@ pub fn next_state(state: &State, app: &str, decision: &Decision) -> State {
             .entry(app.to_string())
             .or_insert_with(|| AppState::new(entry.from))
             .record(entry.clone()),
+        Decision::Rollout { rollout, event, .. } => {
+            if let Some(record) = next.apps.get_mut(app) {
+                record.rollout = rollout.clone();
+                if let Some(e) = event {
+                    record.record_event(e.clone());
+                }
+            }
+        }
         Decision::Reload { config, .. } => merge_new_apps(&mut next, &config.apps),
-        Decision::Deploy { .. } => {}
+        Decision::Deploy { .. } | Decision::Observed { .. } => {}
         Decision::DeployFinished(record) => next
             .apps
             .entry(app.to_string())
@@ -289,6 +744,8 @@ fn app_status(route: &AppRoute, record: Option<&AppState>) -> AppStatus {
             blue: color(Color::Blue),
             green: color(Color::Green),
         },
+        weights: route.weights(),
+        rollout: record.and_then(|r| r.rollout.clone()),
     }
 }
 
@@ -314,6 +771,46 @@ fn newest<T: Clone>(all: Option<&[T]>, limit: Option<usize>) -> Vec<T> {
     let all = all.unwrap_or_default();
     let skip = limit.map_or(0, |l| all.len().saturating_sub(l));
     all[skip..].to_vec()
+}
+
+/// What the rollout driver needs of one app: its rollout, its last switch,
+/// its analysis rules and the pools whose counters it reads.
+#[derive(Clone, Debug)]
+pub struct AppView {
+    pub name: String,
+    pub live: Color,
+    pub rollout: Option<RolloutStatus>,
+    /// The newest history entry that made a color live.
+    pub last_switch: Option<HistoryEntry>,
+    pub analysis: crate::config::AnalysisConfig,
+    /// Both colors' pools, indexed by [`Color::index`].
+    pub pools: [Arc<crate::dataplane::routing::Pool>; 2],
+}
+
+/// The driver's view of every app of `snapshot`.
+pub fn views(snapshot: &Snapshot, state: &State) -> Vec<AppView> {
+    snapshot
+        .apps
+        .iter()
+        .map(|route| {
+            let record = state.apps.get(&*route.name);
+            AppView {
+                name: route.name.to_string(),
+                live: route.live,
+                rollout: record.and_then(|r| r.rollout.clone()),
+                last_switch: record.and_then(|r| {
+                    let at = r.last_switch?;
+                    r.history
+                        .iter()
+                        .rev()
+                        .find(|h| h.time == at && h.to == r.live)
+                        .cloned()
+                }),
+                analysis: route.config.analysis.clone(),
+                pools: route.pools.clone(),
+            }
+        })
+        .collect()
 }
 
 /// `step 2/4 'build', started by ann`, for messages.
@@ -371,11 +868,17 @@ upstreams = ["127.0.0.1:6001"]
         config: Config,
         snapshot: Snapshot,
         state: State,
+        /// The rules' clock.
+        now: OffsetDateTime,
     }
 
     /// Both apps on their `initial_live`, every upstream `unknown`.
     fn world() -> World {
-        let config = config(TWO_APPS);
+        world_with(TWO_APPS)
+    }
+
+    fn world_with(text: &str) -> World {
+        let config = config(text);
         let mut state = State::default();
         merge_new_apps(&mut state, &config.apps);
         let apps: Vec<_> = config.apps.iter().cloned().map(Arc::new).collect();
@@ -384,6 +887,7 @@ upstreams = ["127.0.0.1:6001"]
             config,
             snapshot,
             state,
+            now: OffsetDateTime::UNIX_EPOCH,
         }
     }
 
@@ -407,16 +911,30 @@ upstreams = ["127.0.0.1:6001"]
                 &self.config,
                 deploy,
                 cmd,
-                OffsetDateTime::UNIX_EPOCH,
+                self.now,
             )
+        }
+
+        fn now_later(&mut self) {
+            self.now += time::Duration::SECOND;
         }
 
         /// Commits a decision the way the controller does (state and
         /// snapshot), so a later rule sees it.
         fn commit(&mut self, cmd: &Command, decision: &Decision) {
             self.state = next_state(&self.state, &cmd.app, decision);
-            if let Decision::Switch { index, entry, .. } = decision {
-                self.snapshot = self.snapshot.with_live(*index, entry.to);
+            match decision {
+                Decision::Switch { index, entry, .. } => {
+                    self.snapshot = self.snapshot.with_live(*index, entry.to);
+                }
+                Decision::Rollout { index, rollout, .. } => {
+                    let live = self.snapshot.apps[*index].live;
+                    let canary = rollout.as_ref().map_or(0, |r| r.percent);
+                    self.snapshot = self
+                        .snapshot
+                        .with_split(*index, crate::dataplane::routing::Split { live, canary });
+                }
+                _ => {}
             }
         }
     }
@@ -456,6 +974,7 @@ upstreams = ["127.0.0.1:6001"]
             index,
             entry,
             abort_deploy,
+            ..
         }) = w.decide(&cmd("web", Change::Switch { to: Color::Green }), None)
         else {
             panic!("not a switch");
@@ -792,5 +1311,376 @@ upstreams = ["127.0.0.1:6001"]
         assert_eq!(to, [Color::Blue, Color::Green]);
         let e = history(&w.snapshot, &w.state, "nope", None).unwrap_err();
         assert!(matches!(e, ControlError::UnknownApp(_)));
+    }
+
+    // Rollouts.
+
+    fn decide_commit(w: &mut World, c: &Command) -> Decision {
+        let d = w
+            .decide(c, None)
+            .unwrap_or_else(|e| panic!("{:?} refused: {e}", c.change));
+        w.commit(c, &d);
+        d
+    }
+
+    fn step_verdict(w: &mut World, result: AnalysisResult) -> Decision {
+        let c = analysed(w, result);
+        decide_commit(w, &c)
+    }
+
+    fn canary(steps: Option<Vec<u32>>) -> Command {
+        cmd(
+            "web",
+            Change::Canary {
+                to: Color::Green,
+                steps,
+                step_interval: None,
+            },
+        )
+    }
+
+    fn rollout(w: &World) -> Option<&RolloutStatus> {
+        w.state.apps["web"].rollout.as_ref()
+    }
+
+    fn analysed(w: &World, result: AnalysisResult) -> Command {
+        let r = rollout(w).unwrap();
+        cmd(
+            "web",
+            Change::StepAnalysed {
+                step: r.step,
+                step_started: r.step_started,
+                analysis: Box::new(verdict(result)),
+            },
+        )
+    }
+
+    fn verdict(result: AnalysisResult) -> AnalysisStatus {
+        AnalysisStatus {
+            result,
+            requests: 100,
+            error_ratio: 0.2,
+            p99_ms: Some(5.0),
+            baseline_p99_ms: Some(4.0),
+            detail: "error ratio 0.200".into(),
+            at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn canary_has_the_gates_of_a_switch_and_checks_its_steps() {
+        let w = world();
+        let e = w.decide(&canary(None), None).unwrap_err();
+        assert!(matches!(e, ControlError::TargetUnhealthy { .. }), "{e}");
+        w.set_health("web", Color::Green, &UP);
+        let e = w
+            .decide(
+                &cmd(
+                    "web",
+                    Change::Canary {
+                        to: Color::Blue,
+                        steps: None,
+                        step_interval: None,
+                    },
+                ),
+                None,
+            )
+            .unwrap_err();
+        assert!(matches!(e, ControlError::AlreadyLive { .. }), "{e}");
+        let e = w
+            .decide(&canary(Some(vec![50, 25, 100])), None)
+            .unwrap_err();
+        assert_eq!((e.status(), e.code()), (400, "bad_request"));
+        assert!(e.to_string().contains("25 comes after 50"), "{e}");
+        let e = w
+            .decide(&canary(None), Some(&deploying(Color::Green)))
+            .unwrap_err();
+        assert!(matches!(e, ControlError::DeployRunning { .. }), "{e}");
+        let Ok(Decision::Rollout {
+            rollout: Some(r), ..
+        }) = w.decide(&canary(None), None)
+        else {
+            panic!("canary refused");
+        };
+        assert_eq!(
+            (r.to, r.state, r.step, r.percent),
+            (Color::Green, RolloutState::Running, 0, 10)
+        );
+        assert_eq!(r.steps, [10, 25, 50, 100]);
+        assert_eq!(r.step_interval_ms, 60_000);
+    }
+
+    #[test]
+    fn one_rollout_at_a_time_and_switches_wait_for_it_unless_emergency() {
+        let mut w = world();
+        w.set_health("web", Color::Green, &UP);
+        decide_commit(&mut w, &canary(None));
+        assert_eq!(w.snapshot.app("web").unwrap().canary, 10);
+        for c in [
+            canary(None),
+            cmd("web", Change::Switch { to: Color::Green }),
+            cmd("web", Change::DeployStarted { migrate: false }),
+        ] {
+            let e = w.decide(&c, None).unwrap_err();
+            assert_eq!(
+                (e.status(), e.code()),
+                (409, "rollout_running"),
+                "{:?}",
+                c.change
+            );
+            assert!(
+                e.to_string().contains("green at 10%, step 1/4, running"),
+                "{e}"
+            );
+        }
+        // An emergency switch ends the rollout.
+        decide_commit(
+            &mut w,
+            &emergency(cmd("web", Change::Switch { to: Color::Green })),
+        );
+        assert!(rollout(&w).is_none());
+        let route = w.snapshot.app("web").unwrap();
+        assert_eq!((route.live, route.canary), (Color::Green, 0));
+    }
+
+    #[test]
+    fn passing_steps_move_on_and_entering_100_completes_as_a_canary_switch() {
+        let mut w = world();
+        w.set_health("web", Color::Green, &UP);
+        decide_commit(&mut w, &canary(Some(vec![10, 50, 100])));
+        let first = rollout(&w).unwrap().clone();
+        step_verdict(&mut w, AnalysisResult::Pass);
+        let r = rollout(&w).unwrap();
+        assert_eq!((r.step, r.percent), (1, 50));
+        assert_eq!(
+            r.last_analysis.as_ref().unwrap().result,
+            AnalysisResult::Pass
+        );
+        assert_eq!(w.snapshot.app("web").unwrap().canary, 50);
+        // A verdict on a step that is over is stale and changes nothing.
+        let stale = cmd(
+            "web",
+            Change::StepAnalysed {
+                step: first.step,
+                step_started: first.step_started,
+                analysis: Box::new(verdict(AnalysisResult::Fail)),
+            },
+        );
+        let e = w.decide(&stale, None).unwrap_err();
+        assert!(matches!(e, ControlError::Stale(_)), "{e}");
+        let Decision::Switch { entry, verdict, .. } = step_verdict(&mut w, AnalysisResult::Pass)
+        else {
+            panic!("the last step did not complete the rollout");
+        };
+        assert_eq!(
+            (entry.from, entry.to, entry.kind),
+            (Color::Blue, Color::Green, SwitchKind::Canary)
+        );
+        assert_eq!(verdict, Some(AnalysisResult::Pass));
+        let web = &w.state.apps["web"];
+        assert_eq!(
+            (web.live, web.switch_count, web.rollout.is_none()),
+            (Color::Green, 1, true)
+        );
+    }
+
+    #[test]
+    fn inconclusive_windows_hold_the_step_then_pause() {
+        let mut w = world();
+        w.set_health("web", Color::Green, &UP);
+        decide_commit(&mut w, &canary(None));
+        for n in 1..=2 {
+            step_verdict(&mut w, AnalysisResult::Inconclusive);
+            let r = rollout(&w).unwrap();
+            assert_eq!(
+                (r.step, r.state, r.inconclusive),
+                (0, RolloutState::Running, n)
+            );
+        }
+        step_verdict(&mut w, AnalysisResult::Inconclusive);
+        assert_eq!(rollout(&w).unwrap().state, RolloutState::Paused);
+        // Paused: no more verdicts are taken; promote finishes it.
+        let e = w
+            .decide(&analysed(&w, AnalysisResult::Pass), None)
+            .unwrap_err();
+        assert!(matches!(e, ControlError::Stale(_)), "{e}");
+        let Decision::Switch { entry, .. } = decide_commit(&mut w, &cmd("web", Change::Promote))
+        else {
+            panic!("promote did not switch");
+        };
+        assert_eq!(entry.kind, SwitchKind::Canary);
+    }
+
+    #[test]
+    fn a_failed_step_pauses_or_with_auto_rollback_aborts_with_the_numbers() {
+        let mut w = world();
+        w.set_health("web", Color::Green, &UP);
+        decide_commit(&mut w, &canary(None));
+        step_verdict(&mut w, AnalysisResult::Fail);
+        assert_eq!(rollout(&w).unwrap().state, RolloutState::Paused);
+
+        let auto = TWO_APPS.replace(
+            "[[app.deploy.steps]]",
+            "[app.analysis]\nauto_rollback = true\n[[app.deploy.steps]]",
+        );
+        let mut w = world_with(&auto);
+        w.set_health("web", Color::Green, &UP);
+        decide_commit(&mut w, &canary(None));
+        let Decision::Rollout {
+            rollout: None,
+            event: Some(e),
+            verdict,
+            ..
+        } = step_verdict(&mut w, AnalysisResult::Fail)
+        else {
+            panic!("not aborted");
+        };
+        assert_eq!(
+            (e.from, e.to, e.kind),
+            (Color::Green, Color::Blue, SwitchKind::Automatic)
+        );
+        assert!(
+            e.reason.as_deref().unwrap().contains("error ratio 0.200"),
+            "{e:?}"
+        );
+        assert_eq!(verdict, Some(AnalysisResult::Fail));
+        let web = &w.state.apps["web"];
+        assert_eq!(
+            (web.live, web.switch_count, web.rollout.is_none()),
+            (Color::Blue, 0, true)
+        );
+        assert_eq!(w.snapshot.app("web").unwrap().canary, 0);
+        // An abort is history, not a switch: nothing to roll back.
+        assert_eq!(rollback_target(&w.state, "web"), None);
+    }
+
+    #[test]
+    fn weight_holds_a_share_and_its_bounds_mean_abort_and_promote() {
+        let mut w = world();
+        w.set_health("web", Color::Green, &UP);
+        let weight = |to, percent| cmd("web", Change::Weight { to, percent });
+        for (c, why) in [
+            (weight(Color::Green, 101), "between 0 and 100"),
+            (weight(Color::Blue, 30), "blue is live"),
+        ] {
+            let e = w.decide(&c, None).unwrap_err();
+            assert_eq!(e.status(), 400, "{e}");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        let e = w.decide(&weight(Color::Green, 0), None).unwrap_err();
+        assert!(matches!(e, ControlError::NoRollout(_)), "{e}");
+        decide_commit(&mut w, &weight(Color::Green, 30));
+        let r = rollout(&w).unwrap();
+        assert_eq!(
+            (r.percent, r.state, r.steps.is_empty()),
+            (30, RolloutState::Paused, true)
+        );
+        assert_eq!(w.snapshot.app("web").unwrap().weights().green, 30);
+        // A held share has no steps to resume.
+        let e = w.decide(&cmd("web", Change::Resume), None).unwrap_err();
+        assert_eq!(e.code(), "rollout_state");
+        let Decision::Rollout { event: Some(e), .. } =
+            decide_commit(&mut w, &weight(Color::Green, 0))
+        else {
+            panic!("weight 0 did not abort");
+        };
+        assert_eq!(e.kind, SwitchKind::Abort);
+        decide_commit(&mut w, &weight(Color::Green, 30));
+        let Decision::Switch { entry, .. } = decide_commit(&mut w, &weight(Color::Green, 100))
+        else {
+            panic!("weight 100 did not promote");
+        };
+        assert_eq!(entry.to, Color::Green);
+    }
+
+    #[test]
+    fn pause_and_resume_move_between_states_and_resume_restarts_the_step() {
+        let mut w = world();
+        w.set_health("web", Color::Green, &UP);
+        for c in [
+            Change::Pause,
+            Change::Resume,
+            Change::Promote,
+            Change::Abort,
+        ] {
+            let e = w.decide(&cmd("web", c), None).unwrap_err();
+            assert!(matches!(e, ControlError::NoRollout(_)), "{e}");
+        }
+        decide_commit(&mut w, &canary(None));
+        let e = w.decide(&cmd("web", Change::Resume), None).unwrap_err();
+        assert!(e.to_string().contains("is running, not paused"), "{e}");
+        decide_commit(&mut w, &cmd("web", Change::Pause));
+        let e = w.decide(&cmd("web", Change::Pause), None).unwrap_err();
+        assert!(e.to_string().contains("paused already"), "{e}");
+        w.now_later();
+        decide_commit(&mut w, &cmd("web", Change::Resume));
+        let r = rollout(&w).unwrap();
+        assert_eq!(r.state, RolloutState::Running);
+        assert_eq!(r.step_started, w.now);
+        let Decision::Rollout { event: Some(e), .. } =
+            decide_commit(&mut w, &cmd("web", Change::Abort))
+        else {
+            panic!("abort");
+        };
+        assert_eq!(
+            (e.kind, e.reason.as_deref()),
+            (SwitchKind::Abort, Some("why"))
+        );
+    }
+
+    #[test]
+    fn a_failed_watch_rolls_back_only_with_auto_rollback_and_a_healthy_previous_color() {
+        let auto = TWO_APPS.replace(
+            "[[app.deploy.steps]]",
+            "[app.analysis]\nauto_rollback = true\n[[app.deploy.steps]]",
+        );
+        let mut w = world_with(&auto);
+        w.set_health("web", Color::Green, &UP);
+        decide_commit(&mut w, &cmd("web", Change::Switch { to: Color::Green }));
+        let since = w.state.apps["web"].last_switch.unwrap();
+        let watch = |result, since| {
+            cmd(
+                "web",
+                Change::WatchAnalysed {
+                    since,
+                    analysis: Box::new(verdict(result)),
+                },
+            )
+        };
+        assert!(matches!(
+            w.decide(&watch(AnalysisResult::Pass, since), None),
+            Ok(Decision::Observed {
+                verdict: AnalysisResult::Pass,
+                ..
+            })
+        ));
+        // Blue (the previous color) was never checked: no rollback to it.
+        let Ok(Decision::Observed { detail, .. }) =
+            w.decide(&watch(AnalysisResult::Fail, since), None)
+        else {
+            panic!("rolled back to an unhealthy color");
+        };
+        assert!(detail.contains("NOT rolled back"), "{detail}");
+        w.set_health("web", Color::Blue, &UP);
+        let e = w
+            .decide(
+                &watch(
+                    AnalysisResult::Fail,
+                    OffsetDateTime::UNIX_EPOCH - time::Duration::HOUR,
+                ),
+                None,
+            )
+            .unwrap_err();
+        assert!(matches!(e, ControlError::Stale(_)), "{e}");
+        let Decision::Switch { entry, .. } =
+            decide_commit(&mut w, &watch(AnalysisResult::Fail, since))
+        else {
+            panic!("no automatic rollback");
+        };
+        assert_eq!((entry.to, entry.kind), (Color::Blue, SwitchKind::Automatic));
+        assert!(entry
+            .reason
+            .unwrap()
+            .starts_with("automatic rollback: error ratio"));
     }
 }

@@ -35,7 +35,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bgproxy_control::api::{Color, DeployRecord, HistoryEntry};
+use bgproxy_control::api::{Color, DeployRecord, HistoryEntry, RolloutStatus};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -86,6 +86,10 @@ pub struct AppState {
     /// Finished deploys, oldest first, at most [`DEPLOY_LIMIT`].
     #[serde(default)]
     pub deploys: Vec<DeployRecord>,
+    /// The rollout in progress (a share of the standby), if any. Absent in
+    /// files written before rollouts existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
 }
 
 impl AppState {
@@ -96,6 +100,7 @@ impl AppState {
             last_switch: None,
             history: Vec::new(),
             deploys: Vec::new(),
+            rollout: None,
         }
     }
 
@@ -108,11 +113,19 @@ impl AppState {
         }
     }
 
-    /// Records a change of the live color.
+    /// Records a change of the live color (a switch of any kind, and a
+    /// rollout that reached 100%); it ends any rollout.
     pub fn record(&mut self, entry: HistoryEntry) {
         self.live = entry.to;
         self.switch_count += 1;
         self.last_switch = Some(entry.time);
+        self.rollout = None;
+        self.record_event(entry);
+    }
+
+    /// Records a history entry that is not a switch (an aborted rollout):
+    /// the live color and the switch count stay.
+    pub fn record_event(&mut self, entry: HistoryEntry) {
         self.history.push(entry);
         if self.history.len() > HISTORY_LIMIT {
             let extra = self.history.len() - HISTORY_LIMIT;

@@ -18,11 +18,13 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::controlplane::api::{Auth, ControlApi};
 use crate::controlplane::audit::AuditLog;
 use crate::controlplane::controller::Controller;
 use crate::controlplane::health::HealthService;
+use crate::controlplane::rollout::RolloutDriver;
+use crate::controlplane::verify::Verifier;
 use crate::controlplane::state::StateStore;
 use crate::controlplane::state_dir;
 use crate::daemon::lifecycle::LifecycleService;
@@ -49,25 +51,18 @@ pub struct BuildOptions {
     pub upgrade: bool,
 }
 
-/// Reads a bearer token file: the token is the file's content without
-/// surrounding white space, and must not be empty.
+/// Reads `control.token_file` (see [`crate::config::preview::read_token`]).
 pub fn read_token(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let raw = std::fs::read(path)
-        .with_context(|| format!("failed to read control.token_file {}", path.display()))?;
-    let token = raw.trim_ascii();
-    if token.is_empty() {
-        bail!("control.token_file {} is empty: put a long random token in it (e.g. `openssl rand -hex 32`)", path.display());
-    }
-    if token
-        .iter()
-        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    {
-        bail!(
-            "control.token_file {} holds white space or control characters inside the token",
-            path.display()
-        );
-    }
-    Ok(token.to_vec())
+    crate::config::preview::read_token(path, "control.token_file").map_err(anyhow::Error::msg)
+}
+
+/// 32 random bytes, hex-encoded: a secret no client can guess.
+fn random_secret() -> std::io::Result<Secret> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Secret::new(hex.into_bytes()))
 }
 
 /// Binds and releases every listening address, so that a taken port or a
@@ -158,6 +153,8 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new());
+    // pingora's own error lines that need no operator are counted here.
+    crate::daemon::logging::count_benign_in(&metrics);
     let audit = AuditLog::open(&state_dir)
         .with_context(|| format!("cannot open the audit log in {}", state_dir.display()))?;
     let lock_wait = if opts.upgrade {
@@ -165,11 +162,15 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     } else {
         Duration::ZERO
     };
+    // The process's own preview secret: verify checks go through the front
+    // door as preview requests of the standby (controlplane/verify.rs).
+    let verify_secret = random_secret().context("cannot read /dev/urandom")?;
     let controller = Controller::start(
         config.clone(),
         StateStore::new(&config.state.path),
         metrics.clone(),
         audit,
+        Verifier::new(&config, verify_secret.clone()),
         lock_wait,
     )
     .with_context(|| {
@@ -201,7 +202,9 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             .as_ref()
             .and_then(|t| t.listen.first())
             .map(|a| a.port()),
-    );
+    )
+    // The same secret makes the checks' requests preview requests.
+    .with_verify_secret(&verify_secret);
     // pingora-proxy serves what the lean loop leaves (front_door.rs).
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, data.clone());
     // HTTP/2 client connections get the same idle limit as HTTP/1 ones.
@@ -263,6 +266,12 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     server.add_service(background_service(
         "health checks",
         HealthService::new(controller.routing(), controller.subscribe()),
+    ));
+    server.add_service(background_service(
+        "rollouts",
+        RolloutDriver {
+            controller: controller.clone(),
+        },
     ));
     server.add_service(background_service(
         "websocket drain",

@@ -29,17 +29,19 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{LogConfig, ProxyConfig, Secret};
-use crate::dataplane::headers::add_forwarded_headers;
+use crate::dataplane::headers::{add_forwarded_headers, valid_host};
 use crate::dataplane::mirror::{self, MirrorBody, Mirrorer};
 use crate::dataplane::preview::{
     self, Digest, Endpoint, Strip, Verdict, COLOR_HEADER, PREVIEW_HEADER,
 };
-use crate::dataplane::routing::{strip_port, AppRoute, Pick, Routed, Routing};
-use crate::dataplane::upgrades::{Registration, UpgradeConnector, Upgrades, WS_GOING_AWAY};
-use crate::metrics::Metrics;
+use crate::dataplane::routing::{strip_port, AppRoute, Pick, Routed, Routing, BUCKET_COOKIE};
+use crate::dataplane::upgrades::{
+    Registration, UpgradeConnector, Upgrades, UpstreamIdle, WS_GOING_AWAY,
+};
+use crate::metrics::{Benign, Metrics};
 
 /// The front door's proxy logic (pingora-proxy and the lean loop each
 /// hold a clone: the state behind it is shared).
@@ -74,6 +76,9 @@ pub struct Limits {
     /// Idle time allowed between two requests of a keep-alive connection
     /// (pingora counts whole seconds).
     pub client_idle_timeout: Duration,
+    /// Time allowed for a whole request head from its first byte; slower
+    /// gets 408 (the front door enforces it).
+    pub request_header_timeout: Duration,
 }
 
 impl From<&ProxyConfig> for Limits {
@@ -83,6 +88,7 @@ impl From<&ProxyConfig> for Limits {
             max_headers: proxy.max_headers,
             client_timeout: proxy.client_timeout,
             client_idle_timeout: proxy.client_idle_timeout,
+            request_header_timeout: proxy.request_header_timeout,
         }
     }
 }
@@ -131,6 +137,23 @@ impl DataPlane {
     /// The front-door limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The daemon's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A request that ended because its client went away or stalled: no
+    /// operator needs to hear of it, so it is logged at debug and counted.
+    /// Returns false (and does nothing) for any other error.
+    pub fn client_gone(&self, e: &Error) -> bool {
+        let Some(kind) = client_gone(e) else {
+            return false;
+        };
+        self.metrics.benign(kind).inc();
+        debug!(kind = kind.as_str(), "request ended by the client: {e}");
+        true
     }
 
     /// 431 when the request's header block is over the limits.
@@ -363,6 +386,8 @@ pub struct RequestCtx {
     /// loaded once, by the front door or by `request_filter`.
     routed: Option<Routed>,
     color: Option<Color>,
+    /// A split bucket drawn for this client: the response sets its cookie.
+    set_bucket: Option<u16>,
     /// The upstream of the current attempt.
     upstream: Option<SocketAddr>,
     /// Set after the one retry has been granted.
@@ -375,6 +400,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// The connector of an upgrade request (holds its upstream socket).
     upgrade: Option<Arc<UpgradeConnector>>,
+    /// The upstream side's idle limit of an upgrade request.
+    upstream_idle: Option<UpstreamIdle>,
     /// The upgraded connection, registered for the drain.
     upgraded: Option<Registration>,
     /// The color a preview or a color host sends this request to, whatever
@@ -420,6 +447,56 @@ fn is_websocket(req: &RequestHeader) -> bool {
     req.headers
         .get(http::header::UPGRADE)
         .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Why a request must get 400 for its Host: HTTP/1.1 without one (RFC 9112
+/// 3.2), or one that is not a valid `host[:port]` ([`valid_host`]).
+fn bad_host(req: &RequestHeader) -> Option<&'static str> {
+    match req.headers.get(http::header::HOST) {
+        None if req.version == http::Version::HTTP_11 => {
+            Some("400 Bad Request: an HTTP/1.1 request needs a Host header\n")
+        }
+        Some(host) if !valid_host(host.as_bytes()) => {
+            Some("400 Bad Request: the Host header is not a valid host[:port]\n")
+        }
+        _ => None,
+    }
+}
+
+/// The kind of a request error that only says the client went away
+/// (closed, reset) or stalled: nothing an operator can act on.
+fn client_gone(e: &Error) -> Option<Benign> {
+    if !matches!(e.esource(), ErrorSource::Downstream) {
+        return None;
+    }
+    match e.etype() {
+        ErrorType::ReadError
+        | ErrorType::WriteError
+        | ErrorType::ConnectionClosed
+        | ErrorType::H2Error => Some(Benign::ClientDisconnect),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Benign::ClientTimeout),
+        _ => None,
+    }
+}
+
+/// A `Host` value for the access log: as it came when it is a valid host
+/// (nothing in it can forge a log field), else quoted and escaped.
+struct LoggedHost<'a>(Option<&'a [u8]>);
+
+impl std::fmt::Display for LoggedHost<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("-"),
+            // Valid hosts are ASCII: the lossy conversion changes nothing.
+            Some(h) if !h.is_empty() && valid_host(h) => f.write_str(&String::from_utf8_lossy(h)),
+            Some(h) => write!(f, "{:?}", String::from_utf8_lossy(h)),
+        }
+    }
+}
+
+/// Milliseconds, rounded to the microsecond, for the access log.
+fn rounded_ms(elapsed: Duration) -> f64 {
+    (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 fn host_of(req: &RequestHeader) -> Option<&[u8]> {
@@ -469,6 +546,14 @@ impl ProxyHttp for DataPlane {
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.limits.client_idle_timeout.as_secs().max(1)));
         }
+        // Before routing: a request is never routed by a Host that is not one.
+        if let Some(why) = bad_host(session.req_header()) {
+            session.set_keepalive(None);
+            session
+                .respond_error_with_body(400, Bytes::from_static(why.as_bytes()))
+                .await?;
+            return Ok(true);
+        }
         let routed = ctx.route_by(&self.routing, host_of(session.req_header()));
         match routed.route() {
             Some(route) => {
@@ -492,14 +577,11 @@ impl ProxyHttp for DataPlane {
                     session.respond_error_with_body(413, body).await?;
                     return Ok(true);
                 }
-                // An upgraded connection may idle for long (WebSocket): it
-                // gets the app's tunnel_timeout instead of client_timeout.
-                let read_timeout = if session.is_upgrade_req() {
-                    config.tunnel_timeout
-                } else {
-                    Some(self.limits.client_timeout)
-                };
-                session.as_downstream_mut().set_read_timeout(read_timeout);
+                // Upgrade requests too: tunnel_timeout replaces this only
+                // once the upstream answered 101 (response_filter).
+                session
+                    .as_downstream_mut()
+                    .set_read_timeout(Some(self.limits.client_timeout));
                 if config.redirect_https && !is_tls(session) {
                     self.redirect(session).await?;
                     return Ok(true);
@@ -525,10 +607,21 @@ impl ProxyHttp for DataPlane {
         let route = ctx.route().ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "request was not routed to an app")
         })?;
-        // A preview or a color host: that color, whatever is live.
-        let color = match ctx.pinned {
-            Some(pinned) => pinned,
-            None => route.color_for(session.req_header()),
+        // One placement per request: a retry stays on the color it drew.
+        let mut set_bucket = None;
+        let color = match (ctx.pinned, ctx.color) {
+            // A preview or a color host: that color, whatever is live.
+            (Some(pinned), _) => pinned,
+            (None, Some(color)) if ctx.retried => color,
+            _ => {
+                let client = match session.client_addr() {
+                    Some(PingoraAddr::Inet(a)) => Some(a.ip()),
+                    _ => None,
+                };
+                let placed = route.color_for(session.req_header(), client);
+                set_bucket = placed.set_cookie;
+                placed.color
+            }
         };
         // On the retry, skip the upstream that just refused.
         let exclude = if ctx.retried { ctx.upstream } else { None };
@@ -573,7 +666,10 @@ impl ProxyHttp for DataPlane {
             peer.options.custom_l4 = Some(connector.clone());
             peer.group_key = self.upgrades.unique_key();
             peer.options.idle_timeout = Some(Duration::ZERO);
-            peer.options.read_timeout = route.config.tunnel_timeout;
+            // read_timeout until the 101, tunnel_timeout after it: pingora
+            // cannot change its own on the way, so UpstreamIdle keeps it
+            // (started in upstream_request_filter).
+            peer.options.read_timeout = None;
             ctx.upgrade = Some(connector);
         } else if route.config.h2 {
             // Cleartext HTTP/2 with prior knowledge (no TLS to upstreams).
@@ -583,6 +679,9 @@ impl ProxyHttp for DataPlane {
         }
         ctx.active = true;
         ctx.color = Some(color);
+        if set_bucket.is_some() {
+            ctx.set_bucket = set_bucket;
+        }
         ctx.upstream = Some(addr);
         Ok(Box::new(peer))
     }
@@ -613,8 +712,14 @@ impl ProxyHttp for DataPlane {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Connected, the request about to go: the upstream's time to answer
+        // an upgrade request starts now, as pingora's read timeout would.
+        if let (Some(connector), Some(route)) = (&ctx.upgrade, ctx.route()) {
+            let limit = route.config.read_timeout;
+            ctx.upstream_idle = Some(UpstreamIdle::start(connector.clone(), limit));
+        }
         let client = match session.client_addr() {
             Some(PingoraAddr::Inet(client)) => Some(client.ip()),
             _ => None,
@@ -668,14 +773,36 @@ impl ProxyHttp for DataPlane {
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(idle) = &ctx.upstream_idle {
+            idle.touch();
+        }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            let socket = ctx.upgrade.as_ref().and_then(|c| c.take());
-            if let (Some(socket), Some(route), Some(color)) = (socket, ctx.route(), ctx.color) {
+            // A 101 to a request that did not ask for an upgrade would turn
+            // the connection into a tunnel the client never wanted: 502, as
+            // the lean loop answers it.
+            if !session.is_upgrade_req() {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "101 from the upstream to a request without Upgrade",
+                )
+                .map_err(|e| e.into_up());
+            }
+            // Upgraded: from now on the tunnel's idle limit applies, both ways.
+            if let Some(route) = ctx.route() {
+                let tunnel = route.config.tunnel_timeout;
+                session.as_downstream_mut().set_read_timeout(tunnel);
+                if let Some(idle) = &ctx.upstream_idle {
+                    idle.upgraded(tunnel);
+                }
+            }
+            if let (Some(connector), Some(route), Some(color)) =
+                (ctx.upgrade.clone(), ctx.route(), ctx.color)
+            {
                 ctx.upgraded = Some(self.upgrades.register(
                     route.name.clone(),
                     color,
                     route.config.drain_timeout,
-                    socket,
+                    connector,
                 ));
             }
         }
@@ -685,6 +812,15 @@ impl ProxyHttp for DataPlane {
         }
         if let (Some(_), Some(color)) = (ctx.pinned, ctx.color) {
             upstream_response.insert_header(COLOR_HEADER.clone(), color.as_str())?;
+        }
+        if let Some(bucket) = ctx.set_bucket {
+            // The client keeps its bucket, so it keeps its color while the
+            // share holds and only ever moves old -> new as it rises.
+            let secure = if is_tls(session) { "; Secure" } else { "" };
+            upstream_response.append_header(
+                http::header::SET_COOKIE,
+                format!("{BUCKET_COOKIE}={bucket}; Path=/; HttpOnly; SameSite=Lax{secure}"),
+            )?;
         }
         Ok(())
     }
@@ -696,6 +832,9 @@ impl ProxyHttp for DataPlane {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(idle) = &ctx.upstream_idle {
+            idle.touch();
+        }
         // A drained WebSocket ends with a close frame ("going away"), so the
         // client knows to reconnect rather than seeing a broken stream.
         if end_of_stream
@@ -735,8 +874,9 @@ impl ProxyHttp for DataPlane {
             Some(PingoraAddr::Inet(a)) => a.ip().to_string(),
             _ => String::new(),
         };
-        // Client-controlled values (path, host) are logged with Debug
-        // quoting so they cannot forge log lines.
+        // Client-controlled values cannot forge log fields: the path is
+        // logged with Debug quoting, the host as it came only when it is a
+        // valid host (else quoted too).
         info!(
             target: "access",
             app = app.map_or("-", |a| &**a),
@@ -744,10 +884,10 @@ impl ProxyHttp for DataPlane {
             upstream = %ctx.upstream.map_or("-".to_string(), |u| u.to_string()),
             method = %req.method,
             path = ?req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            host = ?host_of(req).map(String::from_utf8_lossy),
+            host = %LoggedHost(host_of(req)),
             status = status.unwrap_or(0),
             bytes = session.body_bytes_sent(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            duration_ms = rounded_ms(elapsed),
             client = %client,
             error = e.map(|e| e.etype().as_str()),
             "request"
@@ -760,7 +900,11 @@ impl ProxyHttp for DataPlane {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        // The upstream of an upgrade request idle past read_timeout: ended
+        // by UpstreamIdle, which pingora sees as the upstream closing.
+        let idle_upstream = ctx.upstream_idle.as_ref().is_some_and(UpstreamIdle::fired);
         let code = match e.etype() {
+            _ if idle_upstream => 504,
             ErrorType::HTTPStatus(code) => *code,
             // The upstream took too long: to connect, or to answer.
             ErrorType::ConnectTimedout => 504,
@@ -802,6 +946,12 @@ impl ProxyHttp for DataPlane {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// pingora-proxy logs every failed request at error; a client that went
+    /// away or stalled is not an operator's problem: debug, and counted.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        self.client_gone(e)
     }
 }
 
@@ -847,5 +997,73 @@ mod tests {
         let mut unknown = RequestCtx::default();
         assert_eq!(unknown.route_by(&routing, Some(b"other")).app, None);
         assert!(unknown.route().is_none());
+    }
+
+    #[test]
+    fn http11_without_host_and_hosts_that_are_none_get_400() {
+        let req = |version, host: Option<&str>| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            r.set_version(version);
+            if let Some(h) = host {
+                r.insert_header("Host", h).unwrap();
+            }
+            r
+        };
+        use http::Version;
+        assert!(bad_host(&req(Version::HTTP_11, None)).is_some());
+        assert!(bad_host(&req(Version::HTTP_11, Some("shop.test:80@evil.test"))).is_some());
+        assert!(bad_host(&req(Version::HTTP_2, Some("a b"))).is_some());
+        assert!(bad_host(&req(Version::HTTP_11, Some("shop.test:8080"))).is_none());
+        assert!(
+            bad_host(&req(Version::HTTP_10, None)).is_none(),
+            "1.0 needs none"
+        );
+        assert!(
+            bad_host(&req(Version::HTTP_2, None)).is_none(),
+            ":authority"
+        );
+    }
+
+    #[test]
+    fn only_a_client_that_went_away_or_stalled_is_benign() {
+        let e = |t: ErrorType, source: ErrorSource| {
+            let mut e = Error::new(t);
+            e.esource = source;
+            e
+        };
+        use ErrorSource::{Downstream, Upstream};
+        assert_eq!(
+            client_gone(&e(ErrorType::ConnectionClosed, Downstream)),
+            Some(Benign::ClientDisconnect)
+        );
+        assert_eq!(
+            client_gone(&e(ErrorType::WriteError, Downstream)),
+            Some(Benign::ClientDisconnect)
+        );
+        assert_eq!(
+            client_gone(&e(ErrorType::ReadTimedout, Downstream)),
+            Some(Benign::ClientTimeout)
+        );
+        assert_eq!(client_gone(&e(ErrorType::ReadError, Upstream)), None);
+        assert_eq!(client_gone(&e(ErrorType::ConnectRefused, Upstream)), None);
+        assert_eq!(
+            client_gone(&e(ErrorType::InvalidHTTPHeader, Downstream)),
+            None
+        );
+    }
+
+    #[test]
+    fn access_log_values_are_plain() {
+        let host = |h: Option<&[u8]>| LoggedHost(h).to_string();
+        assert_eq!(host(Some(b"shop.test")), "shop.test");
+        assert_eq!(host(Some(b"shop.test:8080")), "shop.test:8080");
+        assert_eq!(host(None), "-");
+        assert_eq!(host(Some(b"")), r#""""#);
+        assert_eq!(host(Some(b"a status=200")), r#""a status=200""#);
+        assert_eq!(host(Some(b"a\"b")), r#""a\"b""#);
+        assert_eq!(rounded_ms(Duration::from_nanos(400_348)), 0.4);
+        assert_eq!(rounded_ms(Duration::from_nanos(1_234_567)), 1.235);
+        assert_eq!(rounded_ms(Duration::from_secs(2)), 2000.0);
+        assert_eq!(rounded_ms(Duration::from_nanos(300_000)).to_string(), "0.3");
     }
 }

@@ -11,16 +11,25 @@
 //! (health checks, requests), so they are atomics inside [`Pool`] and
 //! [`Upstream`], which are shared by `Arc` between successive snapshots: a
 //! switch does not reset health or the cursor.
+//!
+//! During a rollout an app's route also holds a **split**: the standby's
+//! share in percent. [`AppRoute::color_for`] places each request by its
+//! client's bucket (0-9999): the bucket from a cookie bgproxy set, a hash
+//! of the client address, or a fresh draw, per `[app.rollout] sticky`.
+//! Buckets below `share * 100` go to the new color, so raising the share
+//! only moves clients from the old color to the new one, and lowering it
+//! only moves them back. No lock, no allocation.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bgproxy_control::api::{Color, Health};
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, Sticky};
 use crate::dataplane::health_cell::HealthCell;
 use crate::dataplane::mirror::MirrorState;
 use crate::dataplane::preview::PreviewKey;
@@ -156,11 +165,43 @@ impl Pool {
     }
 }
 
+/// Where an app's requests go: the live color, and the standby's share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub live: Color,
+    /// The standby's share in percent (0-100); 0 outside a rollout.
+    pub canary: u8,
+}
+
+impl From<Color> for Split {
+    /// Everything to `live`.
+    fn from(live: Color) -> Split {
+        Split { live, canary: 0 }
+    }
+}
+
+/// The name of the cookie that keeps a client's bucket.
+pub const BUCKET_COOKIE: &str = "bgproxy_bucket";
+
+/// Buckets per client population: a share of `p` percent is the buckets
+/// below `p * 100`.
+pub const BUCKETS: u16 = 10_000;
+
+/// Where one request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub color: Color,
+    /// A bucket drawn for a client without a cookie: the response sets it.
+    pub set_cookie: Option<u16>,
+}
+
 /// One app's routing.
 #[derive(Debug, Clone)]
 pub struct AppRoute {
     pub name: Arc<str>,
     pub live: Color,
+    /// The standby's share in percent (0-100).
+    pub canary: u8,
     /// Pools indexed by [`Color::index`].
     pub pools: [Arc<Pool>; 2],
     /// The app's validated config (hosts, health, deploy steps), as of the
@@ -180,8 +221,43 @@ impl AppRoute {
     /// cookie) is added here, as data in `AppRoute` built with the snapshot;
     /// the data plane only calls this.
     #[inline]
-    pub fn color_for(&self, _req: &pingora::http::RequestHeader) -> Color {
-        self.live
+    pub fn color_for(
+        &self,
+        req: &pingora::http::RequestHeader,
+        client: Option<IpAddr>,
+    ) -> Placement {
+        let to = |color| Placement {
+            color,
+            set_cookie: None,
+        };
+        match self.canary {
+            0 => to(self.live),
+            100.. => to(self.live.other()),
+            share => {
+                let (bucket, set_cookie) = match self.config.rollout.sticky {
+                    Sticky::Cookie => match cookie_bucket(req) {
+                        Some(b) => (b, None),
+                        None => {
+                            let b = draw_bucket();
+                            (b, Some(b))
+                        }
+                    },
+                    Sticky::ClientIp => (client.map_or_else(draw_bucket, ip_bucket), None),
+                    Sticky::None => (draw_bucket(), None),
+                };
+                let color = if bucket < u16::from(share) * 100 {
+                    self.live.other()
+                } else {
+                    self.live
+                };
+                Placement { color, set_cookie }
+            }
+        }
+    }
+
+    /// Each color's share in percent.
+    pub fn weights(&self) -> bgproxy_control::api::Weights {
+        bgproxy_control::api::Weights::new(self.live.other(), self.canary)
     }
 
     pub fn pool(&self, color: Color) -> &Arc<Pool> {
@@ -233,10 +309,10 @@ impl Snapshot {
     /// it reuses every pool whose upstream list is unchanged and every
     /// upstream that stays in its app and color, so observed health,
     /// round-robin cursors and metric handles carry over a reload.
-    pub fn build(
+    pub fn build<S: Into<Split>>(
         generation: u64,
         apps: &[Arc<AppConfig>],
-        live: impl Fn(&str) -> Color,
+        split: impl Fn(&str) -> S,
         prev: Option<&Snapshot>,
         metrics: &Metrics,
     ) -> Snapshot {
@@ -268,13 +344,15 @@ impl Snapshot {
                         .collect();
                     Arc::new(Pool::new(c, upstreams, metrics.pool(&app.name, c)))
                 });
+                let Split { live, canary } = split(&app.name).into();
                 let mirror = old.map_or_else(
                     || Arc::new(MirrorState::new(metrics, &app.name)),
                     |o| o.mirror.clone(),
                 );
                 AppRoute {
                     name: app.name.as_str().into(),
-                    live: live(&app.name),
+                    live,
+                    canary,
                     pools,
                     config: app.clone(),
                     preview: app
@@ -289,11 +367,18 @@ impl Snapshot {
         Snapshot::new(generation, routes)
     }
 
-    /// A copy with one app's live color changed and the generation bumped.
-    /// Pools are shared, so health and cursors carry over.
+    /// A copy with one app's live color changed (and its split ended) and
+    /// the generation bumped. Pools are shared, so health and cursors carry
+    /// over.
     pub fn with_live(&self, app: usize, live: Color) -> Snapshot {
+        self.with_split(app, live.into())
+    }
+
+    /// A copy with one app's split changed and the generation bumped.
+    pub fn with_split(&self, app: usize, split: Split) -> Snapshot {
         let mut apps = self.apps.clone();
-        apps[app].live = live;
+        apps[app].live = split.live;
+        apps[app].canary = split.canary.min(100);
         Snapshot {
             generation: self.generation + 1,
             apps,
@@ -431,6 +516,11 @@ pub(crate) mod testing {
             health: Default::default(),
             pools: [addrs(blue), addrs(green)],
             deploy: Default::default(),
+            rollout: Default::default(),
+            analysis: Default::default(),
+            preview: Default::default(),
+            mirror: Default::default(),
+            verify: Vec::new(),
         })
     }
 
@@ -438,6 +528,52 @@ pub(crate) mod testing {
     pub fn snapshot(apps: &[Arc<AppConfig>], prev: Option<&Snapshot>) -> Snapshot {
         Snapshot::build(1, apps, |_| Color::Blue, prev, &Metrics::new())
     }
+}
+
+/// The bucket in a `bgproxy_bucket` cookie, if the request sends a valid
+/// one.
+fn cookie_bucket(req: &pingora::http::RequestHeader) -> Option<u16> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let value = pair
+                .strip_prefix(BUCKET_COOKIE.as_bytes())?
+                .strip_prefix(b"=")?;
+            let n: u16 = std::str::from_utf8(value).ok()?.parse().ok()?;
+            (n < BUCKETS).then_some(n)
+        })
+}
+
+/// A client address's bucket: the same address, the same bucket.
+fn ip_bucket(ip: IpAddr) -> u16 {
+    // SipHash with fixed keys: stable across requests and restarts.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    ip.hash(&mut h);
+    (h.finish() % u64::from(BUCKETS)) as u16
+}
+
+/// A fresh, evenly spread bucket: a counter through splitmix64, seeded at
+/// first use. Lock-free.
+fn draw_bucket() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut x = NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    if x == 0 {
+        // First draw of the process: start from the clock, so two
+        // processes do not hand out the same sequence.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        NEXT.fetch_add(seed, Ordering::Relaxed);
+        x = seed;
+    }
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x % u64::from(BUCKETS)) as u16
 }
 
 #[cfg(test)]

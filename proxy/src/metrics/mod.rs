@@ -16,7 +16,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use bgproxy_control::api::{Color, SwitchKind};
+use bgproxy_control::api::{Color, SwitchKind, Weights};
 
 /// Metric names: call sites never repeat a name literal.
 pub mod names {
@@ -36,6 +36,9 @@ pub mod names {
     pub const CONNECTIONS_REFUSED_TOTAL: &str = "bgproxy_connections_refused_total";
     pub const BENIGN_ERRORS_TOTAL: &str = "bgproxy_benign_errors_total";
     pub const DRAINED_CONNECTIONS_TOTAL: &str = "bgproxy_drained_connections_total";
+    pub const TRAFFIC_WEIGHT: &str = "bgproxy_traffic_weight";
+    pub const ANALYSIS_TOTAL: &str = "bgproxy_analysis_total";
+    pub const AUTOMATIC_ROLLBACKS_TOTAL: &str = "bgproxy_automatic_rollbacks_total";
     pub const PREVIEW_REQUESTS_TOTAL: &str = "bgproxy_preview_requests_total";
     pub const MIRRORED_REQUESTS_TOTAL: &str = "bgproxy_mirrored_requests_total";
 
@@ -57,6 +60,9 @@ pub mod names {
         CONNECTIONS_REFUSED_TOTAL,
         BENIGN_ERRORS_TOTAL,
         DRAINED_CONNECTIONS_TOTAL,
+        TRAFFIC_WEIGHT,
+        ANALYSIS_TOTAL,
+        AUTOMATIC_ROLLBACKS_TOTAL,
         PREVIEW_REQUESTS_TOTAL,
         MIRRORED_REQUESTS_TOTAL,
     ];
@@ -96,6 +102,11 @@ pub struct Metrics {
     /// Errors that need no operator (logged at debug), by [`Benign`] kind.
     benign: IntCounterVec,
     drained: IntCounterVec,
+    traffic_weight: IntGaugeVec,
+    /// Analysis windows by app and result (`pass`, `fail`, `inconclusive`).
+    pub analysis: IntCounterVec,
+    /// Rollouts aborted and switches rolled back by bgproxy itself.
+    pub automatic_rollbacks: IntCounterVec,
     preview: IntCounterVec,
     mirrored: IntCounterVec,
 }
@@ -155,6 +166,9 @@ impl Metrics {
             refused: counter(names::CONNECTIONS_REFUSED_TOTAL, "Client connections closed as they came because a connection limit was reached, by limit.", &["reason"]),
             benign: counter(names::BENIGN_ERRORS_TOTAL, "Errors that need no operator, logged at debug: clients that went away or stalled, client handshakes that failed, upstream pool races.", &["kind"]),
             drained: counter(names::DRAINED_CONNECTIONS_TOTAL, "Upgraded (WebSocket) connections closed because their color stayed standby for the app's drain_timeout.", &["app", "color"]),
+            traffic_weight: gauge(names::TRAFFIC_WEIGHT, "Each color's share of the app's requests, in percent (a rollout's split; 100 for the live color otherwise).", &["app", "color"]),
+            analysis: counter(names::ANALYSIS_TOTAL, "Analysis windows of a rollout step or of the watch after a switch, by app and result.", &["app", "result"]),
+            automatic_rollbacks: counter(names::AUTOMATIC_ROLLBACKS_TOTAL, "Rollouts aborted and switches rolled back by bgproxy itself after a failed analysis.", &["app"]),
             preview: counter(names::PREVIEW_REQUESTS_TOTAL, "Preview requests (a valid X-Bgproxy-Preview token or preview cookie), by app and the color they were sent to.", &["app", "color"]),
             mirrored: counter(names::MIRRORED_REQUESTS_TOTAL, "Copies of live requests sent to the standby ([app.mirror]), by app and result: ok, error, dropped (max_in_flight reached), mismatch (status class differs from the live answer).", &["app", "result"]),
             registry: r,
@@ -224,10 +238,23 @@ impl Metrics {
         for color in Color::ALL {
             self.drained.with_label_values(&[app, color.as_str()]);
         }
+        for result in ["pass", "fail", "inconclusive"] {
+            self.analysis.with_label_values(&[app, result]);
+        }
+        self.automatic_rollbacks.with_label_values(&[app]);
         for result in MirrorResult::ALL {
             self.mirrored(app, result);
         }
         self.set_live(app, live);
+    }
+
+    /// Sets the traffic-weight gauges of an app.
+    pub fn set_weights(&self, app: &str, weights: Weights) {
+        for c in Color::ALL {
+            self.traffic_weight
+                .with_label_values(&[app, c.as_str()])
+                .set(i64::from(weights.of(c)));
+        }
     }
 
     /// The counter of client connections refused for `reason` (resolve it
@@ -280,6 +307,17 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// One reading of a color's request counters and latency histogram.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counts {
+    /// Requests by status class: 1xx, 2xx, 3xx, 4xx, 5xx, no response.
+    pub by_class: [u64; 6],
+    /// Cumulative observations per latency bucket (upper bound in seconds).
+    pub buckets: Vec<(f64, u64)>,
+    /// Observations in all.
+    pub count: u64,
 }
 
 /// Why a client connection was refused: the `reason` label of
@@ -399,6 +437,23 @@ impl PoolMetrics {
         Metrics::new().pool("detached", Color::Blue)
     }
 
+    /// A reading of this color's counters, for analysis windows (not on the
+    /// request path).
+    pub fn counts(&self) -> Counts {
+        use prometheus::core::Metric;
+        let histogram = self.duration.metric();
+        let h = histogram.get_histogram();
+        Counts {
+            by_class: std::array::from_fn(|i| self.requests[i].get()),
+            buckets: h
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect(),
+            count: h.get_sample_count(),
+        }
+    }
+
     /// Records one finished request: its status (`None` when no response
     /// was sent) and duration.
     #[inline]
@@ -422,6 +477,7 @@ mod tests {
         let p = m.pool("a", Color::Blue);
         p.record(Some(200), 0.1);
         m.register_app("a", Color::Blue);
+        m.set_weights("a", Weights::new(Color::Green, 10));
         m.upstream("a", Color::Blue, "127.0.0.1:1");
         m.deploys.with_label_values(&["a", "blue", "ok"]);
         let families: Vec<String> = m
