@@ -14,11 +14,22 @@ Run (from the repo root, after `cargo build --release`):
 Environment: A and B (`[proxy]` keys, `;`-separated), A_ENV and B_ENV
 (`NAME=value` pairs, space-separated, for one side's process), A_BIN and
 B_BIN (a binary per side, e.g. a copy of the previous build: default
-BGPROXY_BIN), ROUNDS (6), DURATION
+BGPROXY_BIN), A_WEIGHT and B_WEIGHT (green's share in percent, set through
+`POST /v1/apps/bench/weight` once green is healthy: a canary split; green
+then gets a second nginx backend), A_APP and B_APP (more tables of the app,
+`;`-separated lines, e.g. `[app.rollout];sticky = "none"`), GREEN (1: give
+green its nginx backend and wait until it is healthy, without a split: the
+standby that mirroring copies to), ROUNDS (6), DURATION
 seconds per run (8), CONNECTIONS (50), IDLE_CONNS (5000: idle keep-alive
 connections opened at the end to read RSS per connection, 0 = skip),
 BGPROXY_BIN (target/release/bgproxy). Loopback only; every process it
 starts is stopped on exit.
+
+What mirroring costs the live traffic (`[app.mirror]`, copies to green):
+    GREEN=1 A_APP='[app.mirror];percent = 0' B_APP='[app.mirror];percent = 10' python3 benches/ab.py
+    GREEN=1 A_APP='[app.mirror];percent = 0' B_APP='[app.mirror];percent = 100' python3 benches/ab.py
+(the default max_in_flight of 100 bounds the copies; add `;max_in_flight = 1000`
+to measure without drops: /metrics shows bgproxy_mirrored_requests_total).
 """
 
 import os
@@ -36,6 +47,37 @@ SIDES = {"A": os.environ.get("A", ""), "B": os.environ.get("B", "")}
 BINS = {side: os.environ.get(f"{side}_BIN", BGPROXY) for side in SIDES}
 ENVS = {side: dict(kv.split("=", 1) for kv in os.environ.get(f"{side}_ENV", "").split())
         for side in SIDES}
+WEIGHTS = {side: os.environ.get(f"{side}_WEIGHT") for side in SIDES}
+APPS = {side: os.environ.get(f"{side}_APP", "").replace(";", "\n") for side in SIDES}
+GREEN = os.environ.get("GREEN") == "1"
+
+
+def wait_green(control):
+    """Waits until green is healthy."""
+    import json
+    import time
+    import urllib.request
+    deadline = time.time() + 20
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{control}/v1/apps/bench") as r:
+            if json.load(r)["colors"]["green"]["healthy"]:
+                return
+        if time.time() > deadline:
+            raise SystemExit("green never became healthy")
+        time.sleep(0.2)
+
+
+def set_weight(control, percent):
+    """Waits until green is healthy, then holds it at `percent`."""
+    import json
+    import urllib.request
+    wait_green(control)
+    body = json.dumps({"to": "green", "percent": int(percent)}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{control}/v1/apps/bench/weight", body,
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        weights = json.load(r)["weights"]
+    load.log(f"split: {weights}")
 
 
 def main():
@@ -44,14 +86,23 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = tempfile.mkdtemp(prefix="bgab-")
     backend = start_backend(tmp, load.PROXY_CPU)
+    green = None
+    if any(WEIGHTS.values()) or GREEN:
+        os.makedirs(f"{tmp}/green")
+        green = start_backend(f"{tmp}/green", load.PROXY_CPU)
     procs = {}
     for side, keys in SIDES.items():
         port, control = free_port(), free_port()
         bgproxy_toml(f"{tmp}/{side}.toml", port, control, f"{tmp}/{side}-state/state.json", backend,
-                     free_port(), 'path = "/health"\ninterval = "1s"', keys.replace(";", "\n"))
+                     green or free_port(), 'path = "/health"\ninterval = "1s"', keys.replace(";", "\n"),
+                     APPS[side])
         p = start([BINS[side], "--config", f"{tmp}/{side}.toml"], f"{tmp}/{side}.log", load.PROXY_CPU,
                   ENVS[side])
         wait_http(port)
+        if WEIGHTS[side]:
+            set_weight(control, WEIGHTS[side])
+        elif GREEN:
+            wait_green(control)
         procs[side] = (port, p.pid)
         load.wrk(port, 2)  # warm-up
 
@@ -80,7 +131,9 @@ def main():
 
     def label(side):
         return " ".join(filter(None, [os.environ.get(f"{side}_BIN", ""), SIDES[side],
-                                      os.environ.get(f"{side}_ENV", "")])) or "(defaults)"
+                                      os.environ.get(f"{side}_ENV", ""),
+                                      os.environ.get(f"{side}_APP", ""),
+                                      WEIGHTS[side] and f"green {WEIGHTS[side]}%"])) or "(defaults)"
 
     print(f"A: `{label('A')}`  B: `{label('B')}`; "
           f"{ROUNDS} alternating rounds of wrk -t1 -c{load.CONNECTIONS} -d{DURATION}s\n")

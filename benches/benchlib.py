@@ -84,9 +84,10 @@ def ensure_tools(tools=("haproxy", "nginx", "wrk")):
         os.remove(policy)
 
 
-def bgproxy_toml(path, port, control, state, blue, green, health, proxy_keys=""):
+def bgproxy_toml(path, port, control, state, blue, green, health, proxy_keys="", app_tail=""):
     """Writes a one-thread bgproxy config with one app "bench" (blue and
-    green upstream ports, the `[app.health]` lines given) to `path`."""
+    green upstream ports, the `[app.health]` lines given, then `app_tail`:
+    more tables of the app such as `[app.rollout]`) to `path`."""
     with open(path, "w") as f:
         f.write(f"""[proxy]
 listen = ["127.0.0.1:{port}"]
@@ -108,6 +109,7 @@ name = "bench"
 upstreams = ["127.0.0.1:{blue}"]
 [app.green]
 upstreams = ["127.0.0.1:{green}"]
+{app_tail}
 """)
 
 
