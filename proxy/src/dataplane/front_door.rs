@@ -11,6 +11,15 @@
 //! nothing is lost and either path sees the request as the client sent it.
 //! HTTP/2 connections go to pingora-proxy whole.
 //!
+//! The front door reads every HTTP/1 request head to its end before either
+//! path sees it, so the limits on heads hold for both paths alike: a head
+//! must arrive whole within `request_header_timeout` of its first byte (else
+//! 408), and is read only up to `max_header_size` bytes (more: 431); either
+//! way the connection is closed. Waiting for the first byte of a request is
+//! keep-alive idle time (`client_idle_timeout`): nothing is answered when it
+//! runs out. A head that is malformed beyond what pingora repairs goes to
+//! pingora-proxy at once, which answers 400 from the bytes handed over.
+//!
 //! Deciding the path takes the routing (which app serves the Host, and
 //! whether its upstreams speak HTTP/1), so the front door loads the
 //! snapshot for such a request, and that load is the request's only one:
@@ -22,10 +31,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::connectors::http::Connector;
 use pingora::protocols::http::v2::server::H2Options;
@@ -33,18 +42,24 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::proxy::{HttpProxy, Session};
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
+use tracing::debug;
 
-use crate::dataplane::hooks::DataPlane;
+use crate::dataplane::headers::valid_host;
+use crate::dataplane::hooks::{DataPlane, Limits};
 use crate::dataplane::lean::LeanLoop;
 use crate::dataplane::routing::Routed;
+use crate::metrics::Benign;
 
-/// The most header bytes read before giving the request to pingora-proxy
-/// (which applies its own limit and answers 431/400 itself).
-const MAX_LEAN_HEADER: usize = 16 * 1024;
 /// The most headers the lean loop looks at; more go to pingora-proxy.
 const MAX_LEAN_HEADERS: usize = 64;
+/// After the front door answered 408 or 431 itself: how long it goes on
+/// reading (and dropping) what the client still sends before it closes, and
+/// how much. Closing with unread bytes would reset the connection, and the
+/// client could lose the answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// The front door's HTTP application: the lean loop, with pingora-proxy
 /// behind it.
@@ -79,15 +94,28 @@ pub enum Shape {
 }
 
 /// Looks at a request header (without parsing it into pingora's types):
-/// GET, HEAD or OPTIONS over HTTP/1.1 with an origin-form target, a Host,
-/// no body, no upgrade, no `Expect`, no hop-by-hop header but `Connection:
-/// keep-alive` or `close`, and a Host for which `lean_app` says yes.
+/// GET, HEAD or OPTIONS over HTTP/1.1 with an origin-form target, a valid
+/// Host, no body, no upgrade, no `Expect`, no hop-by-hop header but
+/// `Connection: keep-alive` or `close`, and a Host for which `lean_app`
+/// says yes.
+///
+/// A head that cannot be parsed is `Other` once it is complete, so that
+/// pingora-proxy never reads a head itself: one with more headers than the
+/// lean loop looks at, or with a request target pingora escapes (spaces,
+/// quotes) is `Partial` until its end arrived. Any other error is `Other` at
+/// once (pingora answers 400 without reading more).
 pub fn shape(buf: &[u8], lean_app: impl FnOnce(&[u8]) -> bool) -> Shape {
     let mut headers = [httparse::EMPTY_HEADER; MAX_LEAN_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Shape::Partial,
+        Err(httparse::Error::TooManyHeaders) if head_end(buf).is_none() => return Shape::Partial,
+        Err(httparse::Error::Token | httparse::Error::Version)
+            if escapable(buf) && head_end(buf).is_none() =>
+        {
+            return Shape::Partial
+        }
         Err(_) => return Shape::Other,
     }
     let simple = matches!(req.method, Some("GET" | "HEAD" | "OPTIONS"))
@@ -126,8 +154,48 @@ pub fn shape(buf: &[u8], lean_app: impl FnOnce(&[u8]) -> bool) -> Shape {
         }
     }
     match host {
-        Some(host) if lean_app(host) => Shape::Lean,
+        Some(host) if valid_host(host) && lean_app(host) => Shape::Lean,
         _ => Shape::Other,
+    }
+}
+
+/// Where a request head ends (just past its empty line), if it is all in
+/// `buf`. Leading empty lines are skipped, as httparse does.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut at = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    while let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') {
+        at += nl + 1;
+        match &buf[at..] {
+            [b'\n', ..] => return Some(at + 1),
+            [b'\r', b'\n', ..] => return Some(at + 2),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether pingora may still repair this head by escaping its request
+/// target (pingora-core's `escape_illegal_request_line`: a line like
+/// `^\w+ (.+) HTTP/\d`): a method-like word and a space, and either no end
+/// of line yet or a first line with ` HTTP/` and a digit.
+fn escapable(buf: &[u8]) -> bool {
+    let word = buf
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+        .count();
+    match buf.get(word) {
+        _ if word == 0 => false,
+        None => true,
+        Some(b' ') => {
+            let rest = &buf[word + 1..];
+            match rest.iter().position(|&b| b == b'\n') {
+                None => true,
+                Some(eol) => rest[..eol]
+                    .windows(7)
+                    .any(|w| w.starts_with(b" HTTP/") && w[6].is_ascii_digit()),
+            }
+        }
+        Some(_) => false,
     }
 }
 
@@ -138,6 +206,74 @@ fn lean_app(routed: &Routed, tls: bool) -> bool {
     routed
         .route()
         .is_some_and(|app| !app.config.h2 && (!app.config.redirect_https || tls))
+}
+
+/// What reading a connection's next request head came to.
+enum Read {
+    /// A complete head (or one pingora-proxy answers 400 at once).
+    Head(Head),
+    /// Nothing to answer: the client closed or went idle before a request,
+    /// or left in the middle of one, or the server is shutting down.
+    Closed,
+    /// The front door answers this itself, then closes.
+    Refused(Refusal),
+}
+
+/// Why the front door refused a request head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Not complete `request_header_timeout` after its first byte: 408.
+    Slow,
+    /// Over `max_header_size`: 431.
+    TooLarge,
+}
+
+impl Refusal {
+    /// The whole response, closing the connection.
+    fn response(self, limits: &Limits) -> String {
+        let (status, why) = match self {
+            Refusal::Slow => (
+                "408 Request Timeout",
+                format!(
+                    "the request header did not arrive within {:?}",
+                    limits.request_header_timeout
+                ),
+            ),
+            Refusal::TooLarge => (
+                "431 Request Header Fields Too Large",
+                format!(
+                    "the request header is over the limit of {} bytes",
+                    limits.max_header_size
+                ),
+            ),
+        };
+        let body = format!("{status}: {why}\n");
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// Writes the response, then closes after a lingering read (at most
+    /// [`LINGER`] in all).
+    async fn answer(self, stream: &mut Stream, limits: &Limits) {
+        let response = self.response(limits);
+        let _ = tokio::time::timeout(LINGER, async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.flush().await?;
+            stream.shutdown().await?;
+            let mut scratch = [0u8; 4096];
+            let mut dropped = 0;
+            while dropped < LINGER_BYTES {
+                match stream.read(&mut scratch).await? {
+                    0 => break,
+                    n => dropped += n,
+                }
+            }
+            std::io::Result::Ok(())
+        })
+        .await;
+    }
 }
 
 /// A request head, read by the front door.
@@ -170,7 +306,18 @@ impl HttpServerApp for FrontDoor {
             bytes,
             shape,
             routed,
-        } = self.read_head(&mut stream, keepalive, tls).await?;
+        } = match self.read_head(&mut stream, keepalive, tls).await {
+            Read::Head(head) => head,
+            Read::Closed => return None,
+            Read::Refused(refusal) => {
+                debug!(?refusal, "request head refused");
+                if refusal == Refusal::Slow {
+                    self.data().metrics().benign(Benign::ClientTimeout).inc();
+                }
+                refusal.answer(&mut stream, &self.data().limits()).await;
+                return None;
+            }
+        };
         match (shape, routed) {
             (Shape::Lean, Some(routed)) => {
                 let mut session = Session::new_h1(stream);
@@ -224,69 +371,90 @@ fn prepare(
 }
 
 impl FrontDoor {
-    /// Reads until the next request's header is complete (or clearly not
-    /// the lean loop's). `None`: the client closed or idled out before
-    /// sending anything, or the server is shutting down.
-    async fn read_head(
-        &self,
-        stream: &mut Stream,
-        keepalive: Option<u64>,
-        tls: bool,
-    ) -> Option<Head> {
-        // pingora's rule: a keep-alive connection waits its keep-alive
-        // timeout (0: without limit), others the read timeout.
-        let wait = match keepalive {
+    fn data(&self) -> &DataPlane {
+        self.lean.data()
+    }
+
+    /// Reads until the next request's head is complete (or malformed past
+    /// repair), within the limits on heads (module docs).
+    async fn read_head(&self, stream: &mut Stream, keepalive: Option<u64>, tls: bool) -> Read {
+        let limits = self.data().limits();
+        // Before the first byte: a keep-alive connection waits
+        // client_idle_timeout (pingora's 0: without limit), one that is not
+        // kept alive client_timeout.
+        let idle = match keepalive {
             Some(0) => None,
-            Some(s) => Some(Duration::from_secs(s)),
-            None => Some(self.lean.data().limits().client_timeout),
+            Some(_) => Some(limits.client_idle_timeout),
+            None => Some(limits.client_timeout),
         };
-        let mut buf = BytesMut::with_capacity(4096);
-        let head = |bytes, shape, routed| {
-            Some(Head {
-                bytes,
-                shape,
-                routed,
-            })
-        };
+        let idle_until = idle.map(|t| Instant::now() + t);
+        // From the first byte, the whole head has request_header_timeout.
+        let mut head_until = None;
+        let max = limits.max_header_size;
+        let mut buf = BytesMut::with_capacity(4096.min(max + 1));
         loop {
             let stopping = self.shutdown.notified();
             if self.shutting_down.load(Ordering::Acquire) && buf.is_empty() {
-                return None;
+                return Read::Closed;
             }
-            let idle = buf.is_empty();
+            let waiting = buf.is_empty();
+            let until = if waiting { idle_until } else { head_until };
+            // Never more than one byte past the limit: an unfinished head
+            // costs at most that much (twice, with the buffer's growth).
+            let room = max + 1 - buf.len();
+            if buf.capacity() == buf.len() {
+                buf.reserve(room.min(buf.capacity().max(1024)));
+            }
             let read = async {
-                match wait {
-                    Some(t) => tokio::time::timeout(t, stream.read_buf(&mut buf))
+                let mut limited = (&mut buf).limit(room);
+                match until {
+                    Some(t) => tokio::time::timeout_at(t.into(), stream.read_buf(&mut limited))
                         .await
                         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-                    None => stream.read_buf(&mut buf).await,
+                    None => stream.read_buf(&mut limited).await,
                 }
             };
             let n = tokio::select! {
                 biased;
                 n = read => n,
-                _ = stopping, if idle => return None,
+                _ = stopping, if waiting => return Read::Closed,
             };
             match n {
-                Ok(0) | Err(_) if buf.is_empty() => return None,
-                // A half-sent header that ends or stalls: pingora-proxy's
-                // to answer (or close), as it would have been.
-                Ok(0) | Err(_) => return head(buf, Shape::Other, None),
+                Ok(0) | Err(_) if buf.is_empty() => return Read::Closed,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Read::Refused(Refusal::Slow)
+                }
+                Ok(0) | Err(_) => {
+                    // Gone in the middle of a head: nothing to answer.
+                    self.data().metrics().benign(Benign::ClientDisconnect).inc();
+                    debug!("client closed the connection in the middle of a request head");
+                    return Read::Closed;
+                }
                 Ok(_) => {}
             }
+            head_until.get_or_insert_with(|| Instant::now() + limits.request_header_timeout);
             // The routing is loaded only for a header complete and plain
             // enough for the lean loop: the Host is its last question.
             let mut routed = None;
             let shape = shape(&buf, |host| {
-                let found = Routed::load(self.lean.data().routing(), Some(host));
+                let found = Routed::load(self.data().routing(), Some(host));
                 let lean = lean_app(&found, tls);
                 routed = Some(found);
                 lean
             });
-            match shape {
-                Shape::Partial if buf.len() < MAX_LEAN_HEADER => continue,
-                Shape::Partial => return head(buf, Shape::Other, None),
-                done => return head(buf, done, routed),
+            // A full buffer holds one byte over the limit: the head must end
+            // before it.
+            let too_large = buf.len() > max
+                && (shape == Shape::Partial || head_end(&buf).is_none_or(|e| e > max));
+            if too_large {
+                return Read::Refused(Refusal::TooLarge);
+            }
+            if shape != Shape::Partial {
+                return Read::Head(Head {
+                    bytes: buf,
+                    shape,
+                    routed,
+                });
             }
         }
     }
@@ -324,6 +492,61 @@ mod tests {
         ] {
             assert_eq!(lean(other), Shape::Other, "{other:?}");
         }
+    }
+
+    #[test]
+    fn a_head_is_complete_before_pingora_proxy_gets_it() {
+        let any = |s: &str| shape(s.as_bytes(), |_| true);
+        assert_eq!(any("GET / HTTP/1.1\r\nHost: a@b\r\n\r\n"), Shape::Other);
+        assert_eq!(any("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), Shape::Other);
+        // More headers than the lean loop looks at: pingora-proxy's, once
+        // they are all there.
+        let many: String = (0..70).map(|i| format!("X-{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}");
+        assert_eq!(any(&head), Shape::Partial);
+        assert_eq!(any(&format!("{head}\r\n")), Shape::Other);
+        // A target pingora escapes: complete only with its empty line.
+        assert_eq!(any("GET /a b HTTP/1.1\r\nHost: a\r\n"), Shape::Partial);
+        assert_eq!(any("GET /a b HT"), Shape::Partial);
+        assert_eq!(any("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"), Shape::Other);
+        // Not HTTP at all (a TLS hello on the plain port): at once.
+        assert_eq!(any("\x16\x03\x01\x02\x00"), Shape::Other);
+        assert_eq!(any("GET\x01/ HTTP/1.1"), Shape::Other);
+    }
+
+    #[test]
+    fn where_a_head_ends() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody"), Some(24));
+        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(22));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b"\r\n"), None);
+        assert!(escapable(b"GET /a b HTTP/1.1\r\n"));
+        assert!(escapable(b"GET"));
+        assert!(!escapable(b"GET /a b c\r\n"));
+        assert!(!escapable(b" GET"));
+        assert!(!escapable(b"G\x01T"));
+    }
+
+    #[test]
+    fn refusals_answer_and_close() {
+        let limits = Limits {
+            max_header_size: 4096,
+            max_headers: 10,
+            client_timeout: Duration::from_secs(1),
+            client_idle_timeout: Duration::from_secs(1),
+            request_header_timeout: Duration::from_secs(10),
+        };
+        let slow = Refusal::Slow.response(&limits);
+        assert!(
+            slow.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{slow}"
+        );
+        assert!(slow.contains("Connection: close\r\n") && slow.ends_with("within 10s\n"));
+        let large = Refusal::TooLarge.response(&limits);
+        assert!(large.starts_with("HTTP/1.1 431 "), "{large}");
+        let (head, body) = large.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
     }
 
     #[test]

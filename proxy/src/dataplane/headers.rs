@@ -1,5 +1,6 @@
 //! The headers bgproxy adds to a request on its way to the upstream:
-//! `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
+//! `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`; and the
+//! rule for the one it routes by, `Host` ([`valid_host`]).
 //!
 //! This runs on every request of both paths (the lean loop and
 //! pingora-proxy both call `upstream_request_filter`), so it is written for
@@ -8,6 +9,61 @@
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
+
+/// Whether `host` is a valid `Host` value (RFC 9110 7.2, RFC 3986 3.2.2):
+/// empty (allowed by RFC 9112 3.2), or a host name or IPv4 address (letters,
+/// digits, `-._~!$&'()*+,;=` and `%` escapes) or a bracketed IPv6 address,
+/// then optionally `:` and a port of at most 5 digits. Anything else (a
+/// userinfo `@`, a path, spaces, a second colon) is not a host to route by:
+/// the request gets 400, on both paths.
+pub fn valid_host(host: &[u8]) -> bool {
+    if host.is_empty() {
+        return true;
+    }
+    let (name_ok, port) = if let Some(literal) = host.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let address = &literal[..end];
+        let ok = address.contains(&b':')
+            && address
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+        (ok, &literal[end + 1..])
+    } else {
+        let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+        (reg_name(&host[..end]), &host[end..])
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    name_ok && port_ok
+}
+
+/// RFC 3986's `reg-name`, not empty: unreserved, sub-delims, `%` escapes.
+fn reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let escape = name.get(i + 1..i + 3);
+                if !escape.is_some_and(|e| e.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    !name.is_empty()
+}
 
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
@@ -195,6 +251,45 @@ mod tests {
             assert_eq!(req.headers["x-forwarded-for"], "203.0.113.9, 10.0.0.5");
             assert_eq!(req.headers["x-forwarded-proto"], "http");
             assert_eq!(req.headers["x-forwarded-host"], "Shop.example.net");
+        }
+    }
+
+    #[test]
+    fn hosts_to_route_by_and_hosts_to_refuse() {
+        for ok in [
+            "",
+            "shop.test",
+            "Shop.Test:8080",
+            "shop.test:",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "xn--bcher-kva.example",
+            "under_score.local",
+            "%41.test",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok:?} is a host");
+        }
+        for bad in [
+            "shop.test:80@evil.test",
+            "user@shop.test",
+            "shop.test/admin",
+            "shop.test:80:80",
+            "shop.test:http",
+            "shop.test:123456",
+            "shop test",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "[shop.test]",
+            "[]",
+            "%4",
+            "%zz.test",
+            "shop.test\\x",
+            "caf\u{e9}.test",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} is no host");
         }
     }
 }

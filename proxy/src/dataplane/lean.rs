@@ -61,7 +61,15 @@ impl LeanLoop {
     pub async fn serve(&self, mut session: Session, routed: Routed) -> Option<ReusedHttpStream> {
         match session.read_request().await {
             Ok(true) => {}
-            _ => return None,
+            Ok(false) => return None,
+            Err(e) => {
+                // A head pingora refuses (a Host with userinfo, say) gets
+                // the 400 pingora-proxy would answer, not a silent close.
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let _ = session.as_downstream_mut().respond_error(400).await;
+                }
+                return None;
+            }
         }
         let data = &self.data;
         // The front door's snapshot, not a new load: it decided that this
@@ -76,6 +84,8 @@ impl LeanLoop {
         }
         data.logging(&mut session, error.as_deref(), &mut ctx).await;
         if let Some(e) = error {
+            // Counted (and logged at debug) when the client went away.
+            data.client_gone(&e);
             // Dropped without finishing: a body cut short must not look
             // complete to the client (a chunked body's last chunk).
             session.downstream_session.on_proxy_failure(e);

@@ -7,11 +7,12 @@
 //! ```text
 //! connections the connection limits, in all and per client address
 //! front_door  every request comes in here: plain HTTP/1 requests to the
-//!             lean loop, the rest (bodies, HTTP/2, upgrades) to pingora-proxy
+//!             lean loop, the rest (bodies, HTTP/2, upgrades) to pingora-proxy;
+//!             request heads are read here, within their limits
 //! lean        the lean loop: one plain HTTP/1 request on a straight line
 //! hooks       the ProxyHttp hooks both paths call: limits, routing, retries,
 //!             error pages, metrics and the access log
-//! headers     X-Forwarded-For/-Proto/-Host for the upstream
+//! headers     X-Forwarded-For/-Proto/-Host for the upstream; which Hosts are valid
 //! routing     Snapshot -> AppRoute (by Host) -> color -> Pool::pick; Routed,
 //!             one request's snapshot and app
 //! health_cell an upstream's observed health, written by the health checker
