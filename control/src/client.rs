@@ -10,8 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    ApiError, AppStatus, DeployEvent, DeployRequest, HistoryResponse, ReloadResponse,
-    RollbackRequest, StatusResponse, SwitchRequest, SwitchResponse,
+    ActionRequest, ApiError, AppStatus, CanaryRequest, DeployEvent, DeployRequest, HistoryResponse,
+    ReloadResponse, RollbackRequest, RolloutResponse, StatusResponse, SwitchRequest,
+    SwitchResponse, WeightRequest,
 };
 
 /// Errors of a control API call.
@@ -100,6 +101,58 @@ impl Client {
         self.call(
             reqwest::Method::POST,
             &format!("/v1/apps/{app}/rollback"),
+            Some(req),
+        )
+    }
+
+    /// Starts a rollout of `req.to` (the standby) through its steps; answers
+    /// once it has started (or, for steps that start at 100, once `to` is
+    /// live). Refused with 409 `rollout_running`, `already_live`,
+    /// `target_unhealthy` or `deploy_running`, 400 `bad_request`.
+    pub fn canary(&self, app: &str, req: &CanaryRequest) -> Result<RolloutResponse, ClientError> {
+        self.rollout_call(app, "canary", req)
+    }
+
+    /// Holds `req.to` at `req.percent` of the requests (0 aborts the
+    /// rollout, 100 makes it live); same gates as [`Client::canary`].
+    pub fn weight(&self, app: &str, req: &WeightRequest) -> Result<RolloutResponse, ClientError> {
+        self.rollout_call(app, "weight", req)
+    }
+
+    /// Makes the rollout's new color live at once (a switch, kind `canary`).
+    /// 409 `no_rollout` without a rollout.
+    pub fn promote(&self, app: &str, req: &ActionRequest) -> Result<RolloutResponse, ClientError> {
+        self.rollout_call(app, "promote", req)
+    }
+
+    /// Puts the rollout's new color back to 0% (kind `abort`); the live
+    /// color does not change. 409 `no_rollout` without a rollout.
+    pub fn abort(&self, app: &str, req: &ActionRequest) -> Result<RolloutResponse, ClientError> {
+        self.rollout_call(app, "abort", req)
+    }
+
+    /// Holds the rollout at its step. 409 `no_rollout`, or `rollout_state`
+    /// when it is paused already.
+    pub fn pause(&self, app: &str, req: &ActionRequest) -> Result<RolloutResponse, ClientError> {
+        self.rollout_call(app, "pause", req)
+    }
+
+    /// Goes on with a paused rollout; its step starts anew. 409
+    /// `no_rollout`, or `rollout_state` when it runs already or holds a
+    /// share set by `weight`.
+    pub fn resume(&self, app: &str, req: &ActionRequest) -> Result<RolloutResponse, ClientError> {
+        self.rollout_call(app, "resume", req)
+    }
+
+    fn rollout_call<B: Serialize>(
+        &self,
+        app: &str,
+        action: &str,
+        req: &B,
+    ) -> Result<RolloutResponse, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/{action}"),
             Some(req),
         )
     }
