@@ -9,6 +9,7 @@
 
 mod deploy;
 mod render;
+mod rollout;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -80,7 +81,77 @@ enum Cmd {
         #[command(flatten)]
         approval: Approval,
     },
-    /// The switch and deploy history of an app.
+    /// Start a rollout of the standby color, step by step (asks first).
+    ///
+    /// Moves a growing share of the requests to the standby color, each step
+    /// analysed at its end, until it is live. Returns once the rollout has
+    /// started; --wait follows it to its end.
+    Canary {
+        /// The new color (the standby).
+        #[arg(value_parser = parse_color)]
+        color: Color,
+        /// Its share at each step, increasing, ending at 100 [default: the
+        /// app's [app.rollout] steps].
+        #[arg(long, value_name = "10,25,50,100", value_parser = rollout::parse_steps)]
+        steps: Option<rollout::Steps>,
+        /// Time at each step before its analysis, like 1m [default: the
+        /// app's [app.rollout] step_interval].
+        #[arg(long, value_parser = rollout::parse_interval)]
+        interval: Option<String>,
+        /// Follow the rollout to its end: exit 0 when the color is live, 1
+        /// when it was aborted or paused (Ctrl-C leaves it running).
+        #[arg(long)]
+        wait: bool,
+        /// Skip the health gate (and abort a deploy running on the color).
+        #[arg(long)]
+        emergency: bool,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Hold the standby color at a share by hand (asks first).
+    ///
+    /// The share holds until promote or abort (0 ends the rollout, 100 makes
+    /// the color live).
+    Weight {
+        /// The standby color.
+        #[arg(value_parser = parse_color)]
+        color: Color,
+        /// Its share, 0 to 100.
+        #[arg(value_parser = rollout::parse_share)]
+        percent: u32,
+        /// Skip the health gate (and abort a deploy running on the color).
+        #[arg(long)]
+        emergency: bool,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Make the rollout's new color live now (asks first).
+    Promote {
+        /// Skip the health gate (and abort a deploy running on the color).
+        #[arg(long)]
+        emergency: bool,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// End the rollout: its color back to 0% (asks first).
+    ///
+    /// The new color's share goes back to 0 at once; the live color does not
+    /// change.
+    Abort {
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Hold the rollout at its step (asks first).
+    Pause {
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Go on with a paused rollout; its step starts anew (asks first).
+    Resume {
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// The switch, rollout and deploy history of an app.
     History {
         /// Show at most this many entries, newest last.
         #[arg(long, default_value_t = 20)]
@@ -112,6 +183,17 @@ struct Approval {
     /// Skip the health gate: switch even if the target is not healthy.
     #[arg(long)]
     emergency: bool,
+    /// Why, recorded in the history.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+/// The approval of a change that has no health gate to skip.
+#[derive(clap::Args)]
+struct Confirm {
+    /// Proceed without asking.
+    #[arg(long, short = 'y')]
+    yes: bool,
     /// Why, recorded in the history.
     #[arg(long)]
     reason: Option<String>,
@@ -243,6 +325,7 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             let req = DeployRequest {
                 migrate: *migrate,
                 actor: Some(actor()),
+                expect_generation: None,
             };
             let stream = client.deploy(&app.name, &req)?;
             deploy::follow(&app, stream, *verbose, cli.json, style)
@@ -257,8 +340,70 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             print!("{}", render::reload(&r, style));
             Ok(())
         }
+        Cmd::Canary {
+            color,
+            steps,
+            interval,
+            wait,
+            emergency,
+            confirm,
+        } => {
+            let action = rollout::Action::Canary {
+                to: *color,
+                steps: steps.as_ref().map(|s| s.0.clone()),
+                interval: interval.clone(),
+            };
+            rollout_cmd(&client, &cli, action, *emergency, confirm, *wait, style)
+        }
+        Cmd::Weight {
+            color,
+            percent,
+            emergency,
+            confirm,
+        } => {
+            let action = rollout::Action::Weight {
+                to: *color,
+                percent: *percent,
+            };
+            rollout_cmd(&client, &cli, action, *emergency, confirm, false, style)
+        }
+        Cmd::Promote { emergency, confirm } => {
+            let action = rollout::Action::Promote;
+            rollout_cmd(&client, &cli, action, *emergency, confirm, false, style)
+        }
+        Cmd::Abort { confirm } => {
+            let action = rollout::Action::Abort;
+            rollout_cmd(&client, &cli, action, false, confirm, false, style)
+        }
+        Cmd::Pause { confirm } => {
+            let action = rollout::Action::Pause;
+            rollout_cmd(&client, &cli, action, false, confirm, false, style)
+        }
+        Cmd::Resume { confirm } => {
+            let action = rollout::Action::Resume;
+            rollout_cmd(&client, &cli, action, false, confirm, false, style)
+        }
         Cmd::Completions { .. } => Ok(()),
     }
+}
+
+/// A rollout command against the resolved app.
+fn rollout_cmd(
+    client: &Client,
+    cli: &Cli,
+    action: rollout::Action,
+    emergency: bool,
+    confirm: &Confirm,
+    wait: bool,
+    style: &Style,
+) -> Result<(), Failure> {
+    let app = resolve_app(client, cli.app.as_deref())?;
+    let ask = rollout::Ask {
+        yes: confirm.yes,
+        emergency,
+        reason: confirm.reason.clone(),
+    };
+    rollout::run(client, &app, action, &ask, wait, cli.json, style)
 }
 
 fn print_raw(client: &Client, path: &str) -> Result<(), Failure> {
@@ -367,6 +512,7 @@ fn change(
             emergency,
             reason,
             actor,
+            expect_generation: None,
         };
         (
             format!("/v1/apps/{}/rollback", app.name),
@@ -378,6 +524,7 @@ fn change(
             emergency,
             reason,
             actor,
+            expect_generation: None,
         };
         (
             format!("/v1/apps/{}/switch", app.name),

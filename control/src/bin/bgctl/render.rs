@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use bgproxy_control::api::{
-    AppStatus, Color, ColorStatus, DeployResult, Health, HistoryResponse, ReloadResponse,
-    SwitchResponse,
+    AnalysisResult, AnalysisStatus, AppStatus, Color, ColorStatus, DeployResult, Health,
+    HistoryResponse, ReloadResponse, RolloutState, RolloutStatus, SwitchResponse, Weights,
 };
 use time::OffsetDateTime;
 
@@ -38,11 +38,13 @@ impl Style {
         }
     }
 
-    fn color(&self, c: Color, s: &str) -> String {
+    /// `s` in the color of `c`.
+    pub fn color(&self, c: Color, s: &str) -> String {
         self.paint(if c == Color::Blue { "1;34" } else { "1;32" }, s)
     }
 
-    fn health(&self, h: Health) -> String {
+    /// An upstream's health, padded to a column.
+    pub fn health(&self, h: Health) -> String {
         let code = match h {
             Health::Up => "32",
             Health::Down => "1;31",
@@ -51,7 +53,7 @@ impl Style {
         self.paint(code, &format!("{:<7}", h.as_str()))
     }
 
-    fn bold(&self, s: &str) -> String {
+    pub fn bold(&self, s: &str) -> String {
         self.paint("1", s)
     }
 
@@ -62,7 +64,7 @@ impl Style {
 }
 
 /// `2026-11-23 03:10:54 UTC`.
-fn when(t: OffsetDateTime) -> String {
+pub fn when(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
@@ -110,6 +112,9 @@ pub fn status(apps: &[&AppStatus], style: &Style) -> String {
             a.switch_count,
             last
         );
+        if let Some(line) = split_line(a, OffsetDateTime::now_utc(), style) {
+            let _ = writeln!(out, "  {line}");
+        }
         for c in Color::ALL {
             let role = if c == a.live { "live" } else { "standby" };
             let cs = a.colors.get(c);
@@ -249,6 +254,13 @@ pub fn plan(app: &AppStatus, to: Color, rollback: bool, emergency: bool, style: 
         "  new live:     {}",
         style.color(to, &to.as_str().to_uppercase())
     );
+    target_health(&mut out, app, to, emergency, style);
+    out
+}
+
+/// The plan's lines on the health of `to`: each upstream, then the verdict
+/// (or the emergency warning).
+pub fn target_health(out: &mut String, app: &AppStatus, to: Color, emergency: bool, style: &Style) {
     let target = app.colors.get(to);
     for u in &target.upstreams {
         let _ = writeln!(out, "    {:<24} {}", u.addr, style.health(u.health));
@@ -272,7 +284,6 @@ pub fn plan(app: &AppStatus, to: Color, rollback: bool, emergency: bool, style: 
             style.paint("1;31", &unhealthy_summary(target))
         );
     }
-    out
 }
 
 /// The plan as JSON, for `--json` when approval is needed or refused.
@@ -339,4 +350,230 @@ pub fn reload(r: &ReloadResponse, style: &Style) -> String {
         );
     }
     out
+}
+
+/// `blue 75% / green 25%`.
+pub fn split(w: Weights, style: &Style) -> String {
+    format!(
+        "{} {}% / {} {}%",
+        style.color(Color::Blue, "blue"),
+        w.blue,
+        style.color(Color::Green, "green"),
+        w.green
+    )
+}
+
+/// The split line of `bgctl status`, when the app has a rollout or its
+/// requests are split: `split  blue 75% / green 25%   rollout green step
+/// 2/4 (25%) running, 40s left, last analysis pass (...)`.
+pub fn split_line(a: &AppStatus, now: OffsetDateTime, style: &Style) -> Option<String> {
+    if a.rollout.is_none() && a.weights.of(a.live) == 100 {
+        return None;
+    }
+    let mut line = format!("split  {}", split(a.weights, style));
+    if let Some(r) = &a.rollout {
+        let _ = write!(line, "   rollout {}", rollout(r, now, style));
+    }
+    Some(line)
+}
+
+/// `green step 2/4 (25%) running, 40s left, last analysis pass (...)`, or
+/// `green held at 30% by weight (paused)`.
+pub fn rollout(r: &RolloutStatus, now: OffsetDateTime, style: &Style) -> String {
+    let mut out = if r.steps.is_empty() {
+        format!("{} held at {}% by weight", r.to, r.percent)
+    } else {
+        format!(
+            "{} step {}/{} ({}%)",
+            r.to,
+            r.step + 1,
+            r.steps.len(),
+            r.percent
+        )
+    };
+    // A share held by weight is always paused: nothing to say.
+    match r.state {
+        _ if r.steps.is_empty() => {}
+        RolloutState::Running => {
+            let _ = write!(out, " running, {}", time_left(r, now));
+        }
+        RolloutState::Paused => {
+            let _ = write!(out, " {}", style.paint("1;33", "PAUSED"));
+        }
+    }
+    let inconclusive_last = r
+        .last_analysis
+        .as_ref()
+        .is_some_and(|a| a.result == AnalysisResult::Inconclusive);
+    if r.inconclusive > 0 && inconclusive_last {
+        let _ = write!(out, ", {} inconclusive in a row", r.inconclusive);
+    }
+    if let Some(a) = &r.last_analysis {
+        let _ = write!(out, ", last analysis {}", analysis(a, style));
+    }
+    out
+}
+
+/// `40s left` in the step: its start plus the step interval, less `now`;
+/// `analysing` once that is past (the step's analysis is due).
+pub fn time_left(r: &RolloutStatus, now: OffsetDateTime) -> String {
+    let end = r.step_started + Duration::from_millis(r.step_interval_ms);
+    let left = (end - now).whole_milliseconds();
+    if left <= 0 {
+        return "analysing".to_string();
+    }
+    // Rounded up: "1s left" until the step ends, never "0s left".
+    let secs = (left as u64).div_ceil(1000);
+    let text = match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    };
+    format!("{text} left")
+}
+
+/// `pass (212 req, 0.5% 5xx, p99 12 ms vs 10 ms)`; a fail or an
+/// inconclusive window also says why.
+pub fn analysis(a: &AnalysisStatus, style: &Style) -> String {
+    let result = match a.result {
+        AnalysisResult::Pass => style.paint("32", "pass"),
+        AnalysisResult::Fail => style.paint("1;31", "FAIL"),
+        AnalysisResult::Inconclusive => style.paint("33", "inconclusive"),
+    };
+    let ms = |v: Option<f64>| match v {
+        Some(v) if v < 10.0 => format!("{v:.1} ms"),
+        Some(v) => format!("{v:.0} ms"),
+        None => "-".to_string(),
+    };
+    let mut out = format!(
+        "{result} ({} req, {:.1}% 5xx, p99 {}",
+        a.requests,
+        a.error_ratio * 100.0,
+        ms(a.p99_ms)
+    );
+    if a.baseline_p99_ms.is_some() {
+        let _ = write!(out, " vs {}", ms(a.baseline_p99_ms));
+    }
+    out.push(')');
+    if a.result != AnalysisResult::Pass && !a.detail.is_empty() {
+        let _ = write!(out, ": {}", a.detail);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN: Style = Style { color: false };
+
+    fn app(weights: Weights, rollout: Option<RolloutStatus>) -> AppStatus {
+        let pool = ColorStatus {
+            healthy: true,
+            connections: 0,
+            upstreams: Vec::new(),
+        };
+        AppStatus {
+            name: "web".into(),
+            hosts: Vec::new(),
+            live: Color::Blue,
+            standby: Color::Green,
+            switch_count: 0,
+            last_switch: None,
+            deploy: None,
+            colors: bgproxy_control::api::Colors {
+                blue: pool.clone(),
+                green: pool,
+            },
+            weights,
+            rollout,
+        }
+    }
+
+    fn rollout(now: OffsetDateTime) -> RolloutStatus {
+        RolloutStatus {
+            to: Color::Green,
+            state: RolloutState::Running,
+            step: 1,
+            steps: vec![10, 25, 50, 100],
+            percent: 25,
+            step_started: now - Duration::from_secs(20),
+            step_interval_ms: 60_000,
+            inconclusive: 0,
+            last_analysis: Some(AnalysisStatus {
+                result: AnalysisResult::Pass,
+                requests: 212,
+                error_ratio: 0.005,
+                p99_ms: Some(12.2),
+                baseline_p99_ms: Some(9.6),
+                detail: "error ratio 0.005 over 212 responses".into(),
+                at: now - Duration::from_secs(20),
+            }),
+            actor: "ann@lb1".into(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn split_line_reads_at_a_glance() {
+        let now = OffsetDateTime::now_utc();
+        let line = split_line(
+            &app(Weights::new(Color::Green, 25), Some(rollout(now))),
+            now,
+            &PLAIN,
+        );
+        assert_eq!(
+            line.as_deref(),
+            Some("split  blue 75% / green 25%   rollout green step 2/4 (25%) running, 40s left, last analysis pass (212 req, 0.5% 5xx, p99 12 ms vs 9.6 ms)")
+        );
+        // Nothing split, no rollout: no line.
+        assert_eq!(
+            split_line(&app(Weights::new(Color::Blue, 100), None), now, &PLAIN),
+            None
+        );
+    }
+
+    #[test]
+    fn rollout_paused_held_and_due() {
+        let now = OffsetDateTime::now_utc();
+        let mut r = rollout(now);
+        r.step_started = now - Duration::from_secs(61);
+        assert!(super::rollout(&r, now, &PLAIN).contains("running, analysing"));
+        r.state = RolloutState::Paused;
+        r.inconclusive = 3;
+        r.last_analysis = Some(AnalysisStatus {
+            result: AnalysisResult::Inconclusive,
+            requests: 3,
+            error_ratio: 0.0,
+            p99_ms: None,
+            baseline_p99_ms: None,
+            detail: "3 responses, fewer than min_requests 50".into(),
+            at: now,
+        });
+        assert_eq!(
+            super::rollout(&r, now, &PLAIN),
+            "green step 2/4 (25%) PAUSED, 3 inconclusive in a row, last analysis inconclusive (3 req, 0.0% 5xx, p99 -): 3 responses, fewer than min_requests 50"
+        );
+        r.steps.clear();
+        r.percent = 30;
+        r.inconclusive = 0;
+        r.last_analysis = None;
+        assert_eq!(
+            super::rollout(&r, now, &PLAIN),
+            "green held at 30% by weight"
+        );
+    }
+
+    #[test]
+    fn time_left_rounds_up() {
+        let now = OffsetDateTime::now_utc();
+        let mut r = rollout(now);
+        r.step_started = now - Duration::from_millis(59_500);
+        assert_eq!(time_left(&r, now), "1s left");
+        r.step_interval_ms = 3_600_000;
+        r.step_started = now;
+        assert_eq!(time_left(&r, now), "1h00m left");
+        r.step_interval_ms = 150_000;
+        assert_eq!(time_left(&r, now), "2m30s left");
+    }
 }
