@@ -286,3 +286,302 @@ fn completions_for_bash_complete_every_command_and_option() {
         }
     }
 }
+
+/// A rollout by hand with bgctl: approval first, then canary, pause, resume,
+/// weight and abort, each with its end state and exit code; bad input and
+/// a promote without a rollout are refused and change nothing.
+#[test]
+fn canary_pause_resume_weight_abort() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    // Without traffic every window is inconclusive: the step holds (and
+    // never pauses on its own here), so only bgctl moves the rollout.
+    let spec = AppSpec::new("web", &[&b], &[&g]).extra("[app.analysis]\nmax_inconclusive = 1000\n");
+    let d = Daemon::start_with(&[spec], Some("tok-123"));
+    assert!(d.wait_health("web", "green", "up", T) && d.wait_health("web", "blue", "up", T));
+    let rollout = || {
+        let (code, out, err) = d.bgctl(&["status", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).expect("only JSON");
+        v["apps"][0].clone()
+    };
+
+    // No TTY, no --yes: the plan, exit 3, nothing changed.
+    let (code, out, err) = d.bgctl(&["canary", "green", "--steps", "50,100", "--interval", "1s"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("CANARY of app 'web'")
+            && out.contains("split now:  blue 100% / green 0%")
+            && out.contains("50% -> 100%")
+            && out.contains("every upstream up"),
+        "{out}"
+    );
+    assert!(err.contains("--yes"), "{err}");
+    let a = rollout();
+    assert!(a["rollout"].is_null(), "{a}");
+    assert_eq!(
+        (&a["weights"]["blue"], &a["live"]),
+        (&Value::from(100), &Value::from("blue"))
+    );
+
+    let (code, out, err) = d.bgctl(&[
+        "canary",
+        "green",
+        "--yes",
+        "--steps",
+        "50,100",
+        "--interval",
+        "1s",
+        "--reason",
+        "release 43",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rollout of GREEN started") && out.contains("step 1/2 at 50%"),
+        "{out}"
+    );
+    let a = rollout();
+    assert_eq!(a["rollout"]["to"], "green", "{a}");
+    assert_eq!(a["rollout"]["state"], "running", "{a}");
+    assert_eq!(a["rollout"]["percent"], 50, "{a}");
+    assert_eq!(a["rollout"]["steps"], serde_json::json!([50, 100]), "{a}");
+    assert_eq!(a["rollout"]["reason"], "release 43", "{a}");
+    assert_eq!(a["weights"]["green"], 50, "{a}");
+    assert_eq!(a["live"], "blue");
+
+    // The split at a glance.
+    let (code, out, _) = d.bgctl(&["status"]);
+    assert_eq!(code, 0);
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("split"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("split  blue 50% / green 50%   rollout green step 1/2 (50%) running"),
+        "{out}"
+    );
+
+    // One rollout at a time.
+    let (code, _, err) = d.bgctl(&["canary", "green", "--yes"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("rollout of app 'web' is running"), "{err}");
+
+    let (code, out, err) = d.bgctl(&["pause", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("paused"), "{out}");
+    assert_eq!(rollout()["rollout"]["state"], "paused");
+    let (code, _, err) = d.bgctl(&["pause", "--yes"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("paused already"), "{err}");
+    assert!(d.bgctl(&["status"]).1.contains("(50%) PAUSED"));
+
+    let (code, _, err) = d.bgctl(&["resume"]);
+    assert_eq!(code, 3, "asks first: {err}");
+    assert_eq!(rollout()["rollout"]["state"], "paused");
+    let (code, _, err) = d.bgctl(&["resume", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rollout()["rollout"]["state"], "running");
+
+    let (code, out, err) = d.bgctl(&["weight", "green", "30", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("blue 70% / green 30%"), "{out}");
+    let a = rollout();
+    assert_eq!(
+        (&a["rollout"]["percent"], &a["rollout"]["state"]),
+        (&Value::from(30), &Value::from("paused")),
+        "{a}"
+    );
+    assert_eq!(a["weights"]["green"], 30, "{a}");
+
+    // A share outside 0-100 is a usage error, and nothing changes.
+    let (code, _, err) = d.bgctl(&["weight", "green", "150", "--yes"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("between 0 and 100"), "{err}");
+    let (code, _, err) = d.bgctl(&["canary", "green", "--yes", "--steps", "50,25"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("must increase"), "{err}");
+    assert_eq!(rollout()["rollout"]["percent"], 30);
+
+    let (code, out, err) = d.bgctl(&["abort", "--yes", "--reason", "enough", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("only JSON");
+    assert!(v["rollout"].is_null(), "{v}");
+    assert_eq!(v["weights"], serde_json::json!({"blue": 100, "green": 0}));
+    let a = rollout();
+    assert!(a["rollout"].is_null() && a["live"] == "blue", "{a}");
+    assert_eq!(a["switch_count"], 0, "an abort is no switch");
+    assert!(
+        !d.bgctl(&["status"]).1.contains("split"),
+        "no split, no line"
+    );
+
+    let (code, out, _) = d.bgctl(&["history", "--json"]);
+    assert_eq!(code, 0);
+    let h: Value = serde_json::from_str(&out).unwrap();
+    let last = h["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&last["kind"], &last["reason"]),
+        (&Value::from("abort"), &Value::from("enough")),
+        "{h}"
+    );
+    let (_, out, _) = d.bgctl(&["history"]);
+    assert!(
+        out.contains("green  -> blue   abort") && out.contains("enough"),
+        "{out}"
+    );
+
+    // Nothing left to promote: no_rollout's words, exit 1.
+    let (code, _, err) = d.bgctl(&["promote", "--yes"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("app 'web' has no rollout"), "{err}");
+    let (code, _, err) = d.bgctl(&["abort", "--yes"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has no rollout"), "{err}");
+}
+
+/// `canary --wait` follows the rollout to its end: exit 0 when the new color
+/// went live under traffic, 1 when the rollout paused (too little traffic)
+/// or was aborted by someone else.
+#[test]
+fn canary_wait_follows_to_the_end() {
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    use bgproxy_e2e::{wait_until, Load};
+
+    /// `bgctl` in the background, like `Daemon::bgctl`.
+    fn spawn(d: &Daemon, args: &[&str]) -> Child {
+        Command::new(bin("bgctl"))
+            .args(args)
+            .env("BGCTL_ADDR", format!("http://{}", d.control))
+            .env("BGCTL_TOKEN", d.token.clone().unwrap_or_default())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+    /// Waits at most `timeout` for `child`; its exit code, stdout, stderr.
+    fn finish(mut child: Child, timeout: Duration) -> (i32, String, String) {
+        let ended = wait_until(timeout, || child.try_wait().unwrap().is_some());
+        if !ended {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            ended,
+            "bgctl --wait still running after {timeout:?}: {out:?}"
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    // With traffic, every window passes (latency is not what is tested).
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let spec = AppSpec::new("web", &[&b], &[&g])
+        .extra("[app.analysis]\nmin_requests = 5\nmax_latency_ratio = 1000.0\n");
+    let d = Daemon::start_with(&[spec], Some("tok-123"));
+    assert!(d.wait_health("web", "green", "up", T) && d.wait_health("web", "blue", "up", T));
+    let load = Load::start(&d, "x", 2);
+    let started = Instant::now();
+    let child = spawn(
+        &d,
+        &[
+            "canary",
+            "green",
+            "--yes",
+            "--steps",
+            "30,60,100",
+            "--interval",
+            "1s",
+            "--wait",
+        ],
+    );
+    let (code, out, err) = finish(child, Duration::from_secs(30));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("rollout of GREEN started")
+            && out.contains("analysis: pass")
+            && out.contains("step 2/3: green at 60%")
+            && out.contains("GREEN is now LIVE")
+            && out.contains("canary at")
+            && out.contains("every step passed"),
+        "{out}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "returned before the step ended"
+    );
+    assert_eq!(d.app("web")["live"], "green");
+    load.finish();
+
+    // Too little traffic: the first inconclusive window pauses it: exit 1.
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let spec = AppSpec::new("web", &[&b], &[&g]).extra("[app.analysis]\nmax_inconclusive = 1\n");
+    let d = Daemon::start_with(&[spec], Some("tok-123"));
+    assert!(d.wait_health("web", "green", "up", T) && d.wait_health("web", "blue", "up", T));
+    let child = spawn(
+        &d,
+        &[
+            "canary",
+            "green",
+            "--yes",
+            "--steps",
+            "10,100",
+            "--interval",
+            "1s",
+            "--wait",
+        ],
+    );
+    let (code, out, err) = finish(child, Duration::from_secs(30));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("analysis: inconclusive"), "{out}");
+    assert!(
+        err.contains("paused at 10%") && err.contains("promote, resume or abort"),
+        "{err}"
+    );
+    assert_eq!(d.app("web")["rollout"]["state"], "paused");
+
+    // Aborted by someone else while waiting: exit 1, with who and why.
+    let (code, _, err) = d.bgctl(&["abort", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    let child = spawn(
+        &d,
+        &[
+            "canary",
+            "green",
+            "--yes",
+            "--steps",
+            "10,100",
+            "--interval",
+            "1m",
+            "--wait",
+            "--json",
+        ],
+    );
+    assert!(wait_until(T, || !d.app("web")["rollout"].is_null()));
+    let (code, _, err) = d.bgctl(&["abort", "--yes", "--reason", "bad smell"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = finish(child, T);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("was aborted (abort by") && err.contains("bad smell"),
+        "{err}"
+    );
+    let first: Value =
+        serde_json::from_str(out.lines().next().unwrap_or_default()).expect("JSON lines");
+    assert_eq!(first["rollout"]["percent"], 10, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "{out}"
+    );
+}
