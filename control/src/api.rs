@@ -162,6 +162,10 @@ pub struct SwitchRequest {
     /// Who is switching, recorded in the history (bgctl sends `user@host`).
     #[serde(default)]
     pub actor: Option<String>,
+    /// The `generation` of `GET /v1/status` the caller decided on: refused
+    /// with 409 `plan_stale` when it moved since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_generation: Option<u64>,
 }
 
 /// Body of `POST /v1/apps/{app}/rollback` (may be empty).
@@ -178,6 +182,10 @@ pub struct ActionRequest {
     pub reason: Option<String>,
     #[serde(default)]
     pub actor: Option<String>,
+    /// The `generation` of `GET /v1/status` the caller decided on: refused
+    /// with 409 `plan_stale` when it moved since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_generation: Option<u64>,
 }
 
 /// Body of `POST /v1/apps/{app}/canary`.
@@ -199,6 +207,10 @@ pub struct CanaryRequest {
     pub reason: Option<String>,
     #[serde(default)]
     pub actor: Option<String>,
+    /// The `generation` of `GET /v1/status` the caller decided on: refused
+    /// with 409 `plan_stale` when it moved since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_generation: Option<u64>,
 }
 
 /// Body of `POST /v1/apps/{app}/weight`: hold `to` at `percent`.
@@ -214,6 +226,10 @@ pub struct WeightRequest {
     pub reason: Option<String>,
     #[serde(default)]
     pub actor: Option<String>,
+    /// The `generation` of `GET /v1/status` the caller decided on: refused
+    /// with 409 `plan_stale` when it moved since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_generation: Option<u64>,
 }
 
 /// Answer of `canary`, `weight`, `promote`, `abort`, `pause`, `resume`:
@@ -254,6 +270,84 @@ pub struct VerifyResponse {
     /// Every check passed (true when none is configured).
     pub passed: bool,
     pub checks: Vec<VerifyCheckResult>,
+}
+
+/// Where a pending request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Denied,
+}
+
+/// A change someone asked for and a human must approve
+/// (`POST /v1/apps/{app}/requests`), as kept in the state file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    pub id: String,
+    pub app: String,
+    /// `switch`, `rollback`, `canary` or `promote`.
+    pub action: String,
+    /// The color for `switch` and `canary`.
+    #[serde(default)]
+    pub to: Option<Color>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub emergency: bool,
+    /// The generation it was made against: approving it after the state
+    /// moved is refused (`plan_stale`).
+    pub generation: u64,
+    pub requested_by: String,
+    #[serde(default)]
+    pub client: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub status: RequestStatus,
+    /// Who approved or denied it, and when.
+    #[serde(default)]
+    pub decided_by: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub decided_at: Option<OffsetDateTime>,
+}
+
+/// Body of `POST /v1/apps/{app}/requests`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// `switch`, `rollback`, `canary` or `promote`.
+    pub action: String,
+    #[serde(default)]
+    pub to: Option<Color>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub emergency: bool,
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// The `generation` of `GET /v1/status` the caller decided on: refused
+    /// with 409 `plan_stale` when it moved since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_generation: Option<u64>,
+}
+
+/// Answer of `POST /v1/apps/{app}/requests`: the request, what it would do
+/// (as of now), and the command a human runs to approve it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestCreated {
+    #[serde(flatten)]
+    pub request: PendingRequest,
+    pub plan: String,
+    pub approve_with: String,
+}
+
+/// `GET /v1/requests`: the pending requests, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestsResponse {
+    pub requests: Vec<PendingRequest>,
 }
 
 /// Answer of a switch or rollback that was carried out: the change is durable
@@ -488,6 +582,10 @@ pub struct DeployRequest {
     pub migrate: bool,
     #[serde(default)]
     pub actor: Option<String>,
+    /// The `generation` of `GET /v1/status` the caller decided on: refused
+    /// with 409 `plan_stale` when it moved since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_generation: Option<u64>,
 }
 
 /// How a deploy ended.

@@ -169,3 +169,8 @@ pub const MIRROR_MAX_BODY: u64 = 64 * 1024;
 pub const MIRROR_MAX_IN_FLIGHT: usize = 100;
 /// `app.verify[].expect_status`.
 pub const VERIFY_EXPECT_STATUS: u16 = 200;
+
+// [control]
+
+/// `control.request_ttl`: a pending request expires after this.
+pub const REQUEST_TTL: Duration = Duration::from_secs(3600);

@@ -72,6 +72,8 @@ pub struct FileControl {
     pub token_file: Option<Spanned<String>>,
     pub watch_config: Option<bool>,
     pub nice: Option<Spanned<i64>>,
+    pub requester_token_file: Option<Spanned<String>>,
+    pub request_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

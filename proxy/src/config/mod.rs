@@ -187,6 +187,12 @@ pub struct ControlConfig {
     /// does not queue behind a saturated data plane; `None` (the default)
     /// leaves the priority alone. See [`crate::controlplane::priority`].
     pub nice: Option<i32>,
+    /// A second token that may read, deploy to the standby and create
+    /// pending requests, never move traffic or decide a request.
+    pub requester_token_file: Option<PathBuf>,
+    /// How long a pending request may wait for its approval. Default
+    /// [`defaults::REQUEST_TTL`].
+    pub request_ttl: Duration,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

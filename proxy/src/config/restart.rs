@@ -104,6 +104,9 @@ restart_settings! {
     /// The token is read once at start.
     "control.token_file" => control_token_file: Option<PathBuf> =
         config.control.token_file.clone();
+    /// The requester token is read once at start, like the operator's.
+    "control.requester_token_file" => control_requester_token_file: Option<PathBuf> =
+        config.control.requester_token_file.clone();
     /// The watcher is started (or not) at start.
     "control.watch_config" => control_watch_config: bool = config.control.watch_config;
     /// Set on the control API's thread when it starts.
@@ -225,6 +228,9 @@ upstreams = ["127.0.0.1:3002"]
         }),
         ("control.token_file", |c| {
             c.control.token_file = Some("/etc/bgproxy/token".into())
+        }),
+        ("control.requester_token_file", |c| {
+            c.control.requester_token_file = Some("/etc/bgproxy/requester.token".into())
         }),
         ("control.watch_config", |c| {
             c.control.watch_config = !c.control.watch_config
@@ -365,6 +371,8 @@ upstreams = ["127.0.0.1:3002"]
             token_file: _,   // restart
             watch_config: _, // restart
             nice: _,         // restart
+            requester_token_file: _, // restart
+            request_ttl: _,  // reloadable: read when a request is made
         } = control;
         if let Some(MetricsConfig { listen: _ }) = metrics {} // restart
         let StateConfig { path: _ } = state; // restart

@@ -166,6 +166,8 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             token_file: None,
             watch_config: defaults::WATCH_CONFIG,
             nice: None,
+            requester_token_file: None,
+            request_ttl: defaults::REQUEST_TTL,
         },
         Some(c) => ControlConfig {
             listen: c
@@ -200,6 +202,16 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
                         None
                     }
                 }),
+            requester_token_file: c
+                .requester_token_file
+                .as_ref()
+                .map(|t| existing_file(t, base, "control.requester_token_file", p)),
+            request_ttl: positive(
+                &c.request_ttl,
+                defaults::REQUEST_TTL,
+                "control.request_ttl",
+                p,
+            ),
         },
     };
     let metrics = raw.metrics.and_then(|m| {

@@ -13,6 +13,11 @@
 //! - `POST /v1/apps/{app}/rollback` `{"emergency","reason","actor"}` (body optional)
 //! - `POST /v1/apps/{app}/canary` `{"to","steps","step_interval","emergency","reason","actor"}`
 //! - `POST /v1/apps/{app}/weight` `{"to","percent","emergency","reason","actor"}`
+//! - `POST /v1/apps/{app}/requests` `{"action","to","reason","emergency","actor"}`:
+//!   a pending request for a human (a requester's token may); `GET /v1/requests`;
+//!   `POST /v1/requests/{id}/approve|deny` (the operator's)
+//! - every mutating call may carry `"expect_generation"`: 409 `plan_stale`
+//!   when the state moved since
 //! - `POST /v1/apps/{app}/verify`: runs the app's `[[app.verify]]` checks
 //!   against the standby and answers each result
 //! - `POST /v1/apps/{app}/promote|abort|pause|resume` `{"emergency","reason","actor"}`
@@ -25,8 +30,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bgproxy_control::api::{
-    ActionRequest, ApiError, CanaryRequest, DeployRequest, RolloutResponse, SwitchRequest,
-    WeightRequest, Weights,
+    ActionRequest, ApiError, CanaryRequest, CreateRequest, DeployRequest, RolloutResponse,
+    SwitchRequest, WeightRequest, Weights,
 };
 use bgproxy_control::duration::parse_duration;
 use bytes::Bytes;
@@ -49,10 +54,26 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// How mutating calls are authorised.
 #[derive(Clone)]
 pub enum Auth {
-    /// `Authorization: Bearer <token>` must match.
-    Token(Vec<u8>),
-    /// No token configured: mutating calls only from loopback.
-    LoopbackOnly,
+    /// `Authorization: Bearer <token>` must match the operator's token, or
+    /// the requester's (`control.requester_token_file`) for what a
+    /// requester may do.
+    Token {
+        operator: Vec<u8>,
+        requester: Option<Vec<u8>>,
+    },
+    /// No operator token configured: the operator's calls only from
+    /// loopback; a requester token, when configured, from anywhere.
+    LoopbackOnly { requester: Option<Vec<u8>> },
+}
+
+/// Who a caller is, by its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// May read, deploy to the standby, run verify checks and create pending
+    /// requests; never move traffic or decide a request.
+    Requester,
+    /// Everything.
+    Operator,
 }
 
 /// The control API service.
@@ -123,39 +144,60 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl ControlApi {
-    /// Whether this request may change anything, in this order: its
-    /// `Origin`, its token (or loopback), and a body declared JSON (see
-    /// [`api_guard`]). The caller audits a refusal.
-    fn authorize(&self, s: &ServerSession, client: Option<&str>) -> Result<(), Reply> {
+    /// Whether this request may do what needs `need`, in this order: its
+    /// `Origin`, its token (or loopback) and the role the token gives -
+    /// before any gate of the change itself - then a body declared JSON
+    /// (see [`api_guard`]). The caller audits a refusal.
+    fn authorize(&self, s: &ServerSession, client: Option<&str>, need: Role) -> Result<(), Reply> {
         let headers = &s.req_header().headers;
         let refused = |r: api_guard::Refusal| Reply::error(r.status, r.code, r.message);
         api_guard::origin(headers, server_addr(s)).map_err(refused)?;
-        self.authenticate(s, client)?;
+        let role = self.authenticate(s, client)?;
+        if role < need {
+            return Err(Reply::error(
+                403,
+                "forbidden_for_role",
+                "this token is a requester's: it may read, deploy to the standby and make requests (POST /v1/apps/{app}/requests, bgctl requests); an operator approves them",
+            ));
+        }
         api_guard::content_type(headers).map_err(refused)
     }
 
-    fn authenticate(&self, s: &ServerSession, client: Option<&str>) -> Result<(), Reply> {
-        match &self.auth {
-            Auth::Token(token) => {
-                let given = s
-                    .req_header()
-                    .headers
-                    .get(http::header::AUTHORIZATION)
-                    .map(|v| v.as_bytes())
-                    .and_then(|v| v.strip_prefix(b"Bearer "))
-                    .map(|t| t.trim_ascii());
-                match given {
-                    Some(t) if constant_time_eq(t, token) => Ok(()),
-                    Some(_) => Err(Reply::error(401, "unauthorized", "invalid bearer token")),
-                    None => Err(Reply::error(
-                        401,
-                        "unauthorized",
-                        "this call needs 'Authorization: Bearer <token>' (the token in control.token_file)",
-                    )),
-                }
-            }
-            Auth::LoopbackOnly => match client.and_then(|c| c.parse::<IpAddr>().ok()) {
-                Some(ip) if api_guard::is_loopback(ip) => Ok(()),
+    fn authenticate(&self, s: &ServerSession, client: Option<&str>) -> Result<Role, Reply> {
+        let given = s
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .map(|t| t.trim_ascii());
+        let (operator, requester) = match &self.auth {
+            Auth::Token {
+                operator,
+                requester,
+            } => (Some(operator), requester),
+            Auth::LoopbackOnly { requester } => (None, requester),
+        };
+        let is = |token: Option<&Vec<u8>>| {
+            given
+                .zip(token)
+                .is_some_and(|(g, t)| constant_time_eq(g, t))
+        };
+        if is(operator) {
+            return Ok(Role::Operator);
+        }
+        if is(requester.as_ref()) {
+            return Ok(Role::Requester);
+        }
+        match (operator, given) {
+            (Some(_), Some(_)) => Err(Reply::error(401, "unauthorized", "invalid bearer token")),
+            (Some(_), None) => Err(Reply::error(
+                401,
+                "unauthorized",
+                "this call needs 'Authorization: Bearer <token>' (the token in control.token_file)",
+            )),
+            (None, _) => match client.and_then(|c| c.parse::<IpAddr>().ok()) {
+                Some(ip) if api_guard::is_loopback(ip) => Ok(Role::Operator),
                 _ => Err(Reply::error(
                     403,
                     "forbidden",
@@ -249,7 +291,7 @@ impl ControlApi {
                     client: client.clone(),
                     ..Attempt::default()
                 };
-                if let Err(r) = self.authorize(s, client.as_deref()) {
+                if let Err(r) = self.authorize(s, client.as_deref(), Role::Operator) {
                     return self.refuse(&attempt, r);
                 }
                 match self.controller.reload("api", client).await {
@@ -257,10 +299,73 @@ impl ControlApi {
                     Err(e) => Reply::from_control(e),
                 }
             }
+            ["v1", "requests"] if get => Reply::json(200, &self.controller.requests().await),
+            ["v1", "apps", app, "requests"] if post => {
+                let mut attempt = Attempt {
+                    action: "request",
+                    app: app.to_string(),
+                    actor: "unknown".into(),
+                    client,
+                    ..Attempt::default()
+                };
+                let cmd = match self.request_command(s, app, &mut attempt).await {
+                    Ok(cmd) => cmd,
+                    Err(r) => return self.refuse(&attempt, r),
+                };
+                match self.controller.apply(cmd).await {
+                    Ok(Outcome::Requested(created)) => Reply::json(200, &created),
+                    Ok(_) => Reply::error(500, "internal", "unexpected outcome of a request"),
+                    Err(e) => Reply::from_control(e),
+                }
+            }
+            ["v1", "requests", id, decision @ ("approve" | "deny")] if post => {
+                let mut attempt = Attempt {
+                    action: if *decision == "approve" {
+                        "approve"
+                    } else {
+                        "deny"
+                    },
+                    actor: "unknown".into(),
+                    client: client.clone(),
+                    ..Attempt::default()
+                };
+                let parsed = async {
+                    self.authorize(s, client.as_deref(), Role::Operator)?;
+                    let body = Self::body(s).await?;
+                    Self::parse::<ActionRequest>(&body)
+                }
+                .await;
+                let r = match parsed {
+                    Ok(r) => r,
+                    Err(reply) => return self.refuse(&attempt, reply),
+                };
+                let change = if *decision == "approve" {
+                    Change::Approve { id: id.to_string() }
+                } else {
+                    Change::Deny { id: id.to_string() }
+                };
+                let cmd = command(
+                    "",
+                    change,
+                    false,
+                    r.reason,
+                    r.actor,
+                    client,
+                    r.expect_generation,
+                );
+                attempt.actor.clone_from(&cmd.actor);
+                match self.controller.apply(cmd).await {
+                    Ok(Outcome::Switched(done)) => Reply::json(200, &done),
+                    Ok(Outcome::Rollout(r)) => Reply::json(200, &r),
+                    Ok(Outcome::Denied(req)) => Reply::json(200, &req),
+                    Ok(_) => Reply::error(500, "internal", "unexpected outcome of a decision"),
+                    Err(e) => Reply::from_control(e),
+                }
+            }
             ["v1", "apps", app, "verify"] if post => {
                 // Sends requests through the front door: as guarded as a
                 // change, though it changes nothing.
-                if let Err(r) = self.authorize(s, client.as_deref()) {
+                if let Err(r) = self.authorize(s, client.as_deref(), Role::Requester) {
                     return r;
                 }
                 match self.controller.verify(app).await {
@@ -310,7 +415,9 @@ impl ControlApi {
             ["v1", "status"]
             | ["v1", "reload"]
             | ["v1", "apps", _]
-            | ["v1", "apps", _, "history" | "deploy" | "verify"] => Reply::error(
+            | ["v1", "requests"]
+            | ["v1", "requests", _, "approve" | "deny"]
+            | ["v1", "apps", _, "history" | "deploy" | "verify" | "requests"] => Reply::error(
                 405,
                 "method_not_allowed",
                 format!("{method} is not allowed on {path}"),
@@ -332,6 +439,44 @@ impl ControlApi {
         reply
     }
 
+    /// A request for a human as a command: authorise (a requester may),
+    /// read and parse the body.
+    async fn request_command(
+        &self,
+        s: &mut ServerSession,
+        app: &str,
+        attempt: &mut Attempt,
+    ) -> Result<Command, Reply> {
+        self.authorize(s, attempt.client.as_deref(), Role::Requester)?;
+        let body = Self::body(s).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(Reply::error(
+                400,
+                "bad_request",
+                r#"a request needs a JSON body like {"action": "switch", "to": "green"}"#,
+            ));
+        }
+        let r = serde_json::from_slice::<CreateRequest>(&body)
+            .map_err(|e| Reply::error(400, "bad_request", format!("invalid JSON body: {e}")))?;
+        attempt.to = r.to;
+        let cmd = command(
+            app,
+            Change::Request {
+                action: r.action,
+                to: r.to,
+            },
+            r.emergency,
+            r.reason,
+            r.actor,
+            attempt.client.clone(),
+            r.expect_generation,
+        );
+        attempt.actor.clone_from(&cmd.actor);
+        attempt.reason.clone_from(&cmd.reason);
+        attempt.emergency = cmd.emergency;
+        Ok(cmd)
+    }
+
     /// A change request as a command: authorise, read and parse the body
     /// of `attempt.action`. `attempt` learns what was understood, for the
     /// audit.
@@ -341,7 +486,7 @@ impl ControlApi {
         app: &str,
         attempt: &mut Attempt,
     ) -> Result<Command, Reply> {
-        self.authorize(s, attempt.client.as_deref())?;
+        self.authorize(s, attempt.client.as_deref(), Role::Operator)?;
         let body = Self::body(s).await?;
         let needs_body = |example: &str| {
             if body.iter().all(u8::is_ascii_whitespace) {
@@ -370,6 +515,7 @@ impl ControlApi {
                     r.reason,
                     r.actor,
                     client,
+                    r.expect_generation,
                 )
             }
             "canary" => {
@@ -392,7 +538,15 @@ impl ControlApi {
                     steps: r.steps,
                     step_interval,
                 };
-                command(app, change, r.emergency, r.reason, r.actor, client)
+                command(
+                    app,
+                    change,
+                    r.emergency,
+                    r.reason,
+                    r.actor,
+                    client,
+                    r.expect_generation,
+                )
             }
             "weight" => {
                 needs_body(r#"{"to": "green", "percent": 25}"#)?;
@@ -402,7 +556,15 @@ impl ControlApi {
                     to: r.to,
                     percent: r.percent,
                 };
-                command(app, change, r.emergency, r.reason, r.actor, client)
+                command(
+                    app,
+                    change,
+                    r.emergency,
+                    r.reason,
+                    r.actor,
+                    client,
+                    r.expect_generation,
+                )
             }
             action => {
                 let r = Self::parse::<ActionRequest>(&body)?;
@@ -413,7 +575,15 @@ impl ControlApi {
                     "pause" => Change::Pause,
                     _ => Change::Resume,
                 };
-                command(app, change, r.emergency, r.reason, r.actor, client)
+                command(
+                    app,
+                    change,
+                    r.emergency,
+                    r.reason,
+                    r.actor,
+                    client,
+                    r.expect_generation,
+                )
             }
         };
         attempt.actor.clone_from(&cmd.actor);
@@ -453,6 +623,7 @@ fn command(
     reason: Option<String>,
     actor: Option<String>,
     client: Option<String>,
+    expect_generation: Option<u64>,
 ) -> Command {
     Command {
         app: app.to_string(),
@@ -463,6 +634,7 @@ fn command(
             .filter(|a| !a.trim().is_empty())
             .unwrap_or_else(|| "unknown".into()),
         client,
+        expect_generation,
     }
 }
 
@@ -513,7 +685,7 @@ impl ControlApi {
             ..Attempt::default()
         };
         let cmd = async {
-            self.authorize(s, attempt.client.as_deref())?;
+            self.authorize(s, attempt.client.as_deref(), Role::Requester)?;
             let body = Self::body(s).await?;
             let req = Self::parse::<DeployRequest>(&body)?;
             let cmd = command(
@@ -525,6 +697,7 @@ impl ControlApi {
                 None,
                 req.actor,
                 attempt.client.clone(),
+                req.expect_generation,
             );
             attempt.actor.clone_from(&cmd.actor);
             Ok(cmd)

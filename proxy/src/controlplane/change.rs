@@ -61,6 +61,14 @@ pub enum Change {
         since: OffsetDateTime,
         analysis: Box<AnalysisStatus>,
     },
+    /// Record a request for a human to approve (`switch`, `rollback`,
+    /// `canary`, `promote`); routing does not change.
+    Request { action: String, to: Option<Color> },
+    /// Carry out pending request `id` (its app is filled in by the
+    /// controller).
+    Approve { id: String },
+    /// Drop pending request `id`.
+    Deny { id: String },
 }
 
 impl Change {
@@ -78,6 +86,9 @@ impl Change {
             Change::Pause => "pause",
             Change::Resume => "resume",
             Change::StepAnalysed { .. } | Change::WatchAnalysed { .. } => "analysis",
+            Change::Request { .. } => "request",
+            Change::Approve { .. } => "approve",
+            Change::Deny { .. } => "deny",
         }
     }
 }
@@ -95,6 +106,9 @@ pub struct Command {
     pub actor: String,
     /// The client's address, when it came over the network.
     pub client: Option<String>,
+    /// The generation the caller decided on: refused as `plan_stale` when
+    /// the state moved since.
+    pub expect_generation: Option<u64>,
 }
 
 impl Command {
@@ -107,6 +121,7 @@ impl Command {
             reason: None,
             actor: actor.to_string(),
             client,
+            expect_generation: None,
         }
     }
 
@@ -123,6 +138,7 @@ impl Command {
                 Change::Switch { to } | Change::Canary { to, .. } | Change::Weight { to, .. } => {
                     Some(*to)
                 }
+                Change::Request { to, .. } => *to,
                 Change::DeployFinished(r) => Some(r.color),
                 _ => None,
             },
@@ -183,6 +199,12 @@ pub enum ControlError {
     RolloutState { app: String, detail: String },
     #[error("not applied: {0}")]
     Stale(String),
+    #[error("the plan was made at generation {expected}, but the state is at generation {current} now (someone changed it meanwhile): nothing was changed; look at the status again and decide anew")]
+    PlanStale { expected: u64, current: u64 },
+    #[error("request {id} {detail}: nothing was changed")]
+    RequestClosed { id: String, detail: String },
+    #[error("no request '{0}': see GET /v1/requests (bgctl requests) for the pending ones")]
+    UnknownRequest(String),
     #[error("refusing to make {color} of app '{app}' take traffic: verify check '{check}' failed ({detail}); fix the standby, or use emergency to skip the checks")]
     VerifyFailed {
         app: String,
@@ -196,7 +218,7 @@ impl ControlError {
     /// HTTP status of the error.
     pub fn status(&self) -> u16 {
         match self {
-            ControlError::UnknownApp(_) => 404,
+            ControlError::UnknownApp(_) | ControlError::UnknownRequest(_) => 404,
             ControlError::AlreadyLive { .. }
             | ControlError::TargetUnhealthy { .. }
             | ControlError::NothingToRollBack(_)
@@ -205,7 +227,9 @@ impl ControlError {
             | ControlError::NoRollout(_)
             | ControlError::RolloutState { .. }
             | ControlError::Stale(_)
-            | ControlError::VerifyFailed { .. } => 409,
+            | ControlError::VerifyFailed { .. }
+            | ControlError::PlanStale { .. }
+            | ControlError::RequestClosed { .. } => 409,
             ControlError::Persist(_) => 500,
             ControlError::BadRequest(_) | ControlError::InvalidConfig(_) => 400,
             ControlError::ShuttingDown => 503,
@@ -229,6 +253,9 @@ impl ControlError {
             ControlError::RolloutState { .. } => "rollout_state",
             ControlError::Stale(_) => "stale",
             ControlError::VerifyFailed { .. } => "verify_failed",
+            ControlError::PlanStale { .. } => "plan_stale",
+            ControlError::RequestClosed { .. } => "request_closed",
+            ControlError::UnknownRequest(_) => "unknown_request",
         }
     }
 }

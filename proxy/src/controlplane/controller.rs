@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use bgproxy_control::api::{
     AnalysisResult, AppStatus, Color, DeployEvent, DeployResult, DeployStatus, HistoryResponse,
-    ReloadResponse, RolloutResponse, StatusResponse, SwitchKind, SwitchResponse, VerifyResponse,
-    Weights,
+    PendingRequest, ReloadResponse, RequestCreated, RequestStatus, RequestsResponse,
+    RolloutResponse, StatusResponse, SwitchKind, SwitchResponse, VerifyResponse, Weights,
 };
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, Mutex};
@@ -68,6 +68,10 @@ pub enum Outcome {
     Rollout(RolloutResponse),
     /// An analysis window changed nothing.
     Observed,
+    /// A request waits for a human.
+    Requested(RequestCreated),
+    /// A request was denied.
+    Denied(Option<Box<PendingRequest>>),
 }
 
 /// What the writer lock protects.
@@ -122,11 +126,13 @@ impl Controller {
             error!("state file problem: {r}");
         }
         rules::merge_new_apps(&mut state, &config.apps);
+        // Files from before the generation existed start at 1.
+        state.generation = state.generation.max(1);
         let started = Instant::now();
         store.persist_at_start(&state)?;
         metrics.state_write.observe(started.elapsed().as_secs_f64());
         let snapshot = Snapshot::build(
-            1,
+            state.generation,
             &app_configs(&config),
             |a| split_of(&state, a),
             None,
@@ -136,6 +142,7 @@ impl Controller {
             metrics.register_app(&app.name, app.live);
             metrics.set_weights(&app.name, app.weights());
         }
+        let generation = snapshot.generation;
         Ok(Controller {
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             store,
@@ -149,7 +156,7 @@ impl Controller {
             metrics,
             audit,
             verifier,
-            generation: watch::channel(1).0,
+            generation: watch::channel(generation).0,
         })
     }
 
@@ -177,11 +184,23 @@ impl Controller {
 
     /// Decides and commits one change. When this returns `Ok`, the change is
     /// on disk and the data plane routes by it; either way it is audited.
-    pub async fn apply(self: &Arc<Self>, cmd: Command) -> Result<Outcome, ControlError> {
+    pub async fn apply(self: &Arc<Self>, mut cmd: Command) -> Result<Outcome, ControlError> {
         let started = Instant::now();
+        // An approval or denial names a request, not an app: it acts on the
+        // request's app (gates, deploys, history).
+        let requested = match &cmd.change {
+            Change::Approve { id } | Change::Deny { id } => {
+                let inner = self.inner.lock().await;
+                inner.state.requests.iter().find(|r| r.id == *id).cloned()
+            }
+            _ => None,
+        };
+        if let Some(req) = &requested {
+            cmd.app.clone_from(&req.app);
+        }
         // Verify checks are I/O (HTTP through the front door): they run
         // before the decision, outside the writer lock.
-        let result = match self.verify_gate(&cmd).await {
+        let result = match self.verify_gate(&cmd, requested.as_ref()).await {
             Err(e) => Err(e),
             Ok(()) => {
                 let mut inner = self.inner.lock().await;
@@ -224,13 +243,24 @@ impl Controller {
 
     /// A switch, canary or promote (not in an emergency) of an app with
     /// `[[app.verify]]` checks needs them all to pass against the standby.
-    async fn verify_gate(&self, cmd: &Command) -> Result<(), ControlError> {
-        let gated = matches!(
-            cmd.change,
-            Change::Switch { .. } | Change::Canary { .. } | Change::Promote
-        );
+    /// An approval is gated like the change it carries out.
+    async fn verify_gate(
+        &self,
+        cmd: &Command,
+        requested: Option<&PendingRequest>,
+    ) -> Result<(), ControlError> {
+        let (gated, emergency) = match (&cmd.change, requested) {
+            (Change::Approve { .. }, Some(req)) => (
+                matches!(req.action.as_str(), "switch" | "canary" | "promote"),
+                req.emergency,
+            ),
+            (Change::Switch { .. } | Change::Canary { .. } | Change::Promote, _) => {
+                (true, cmd.emergency)
+            }
+            _ => (false, cmd.emergency),
+        };
         let snapshot = self.routing.load_full();
-        let Some(route) = snapshot.app(&cmd.app).filter(|_| gated && !cmd.emergency) else {
+        let Some(route) = snapshot.app(&cmd.app).filter(|_| gated && !emergency) else {
             return Ok(());
         };
         if route.config.verify.is_empty() {
@@ -294,6 +324,21 @@ impl Controller {
         rules::status(&self.routing.load(), &inner.state, |app| {
             inner.deploys.get(app).map(|d| &d.status)
         })
+    }
+
+    /// The pending requests that have not expired, oldest first.
+    pub async fn requests(&self) -> RequestsResponse {
+        let now = OffsetDateTime::now_utc();
+        let inner = self.inner.lock().await;
+        RequestsResponse {
+            requests: inner
+                .state
+                .requests
+                .iter()
+                .filter(|r| r.status == RequestStatus::Pending && r.expires_at > now)
+                .cloned()
+                .collect(),
+        }
     }
 
     /// Status of one app.
@@ -367,7 +412,13 @@ impl Controller {
 
         // Persist, then publish: an answered change is never lost, and a
         // failed write changes nothing.
-        let next = rules::next_state(&inner.state, &cmd.app, &decision);
+        let next = rules::next_state(
+            &inner.state,
+            &cmd.app,
+            &decision,
+            &cmd.actor,
+            OffsetDateTime::now_utc(),
+        );
         if next != inner.state {
             let write_started = Instant::now();
             if let Err(e) = self.store.persist(&next) {
@@ -379,8 +430,45 @@ impl Controller {
                 .observe(write_started.elapsed().as_secs_f64());
             inner.state = next;
         }
+        self.effects(inner, cmd, decision, started)
+    }
 
+    /// What a committed decision does beyond the state file: publish the
+    /// routing, count, log, start a deploy, answer.
+    fn effects(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        cmd: &Command,
+        decision: Decision,
+        started: Instant,
+    ) -> Result<Outcome, ControlError> {
         match decision {
+            Decision::Approve {
+                id,
+                inner: decision,
+            } => {
+                info!(app = %cmd.app, id, approver = %cmd.actor, "request approved");
+                self.effects(inner, cmd, *decision, started)
+            }
+            Decision::Request(req) => {
+                info!(app = %cmd.app, id = %req.id, action = %req.action, by = %req.requested_by,
+                    "request recorded: waiting for approval");
+                let snapshot = self.routing.load();
+                let plan = snapshot
+                    .app(&req.app)
+                    .map(|route| rules::plan(&req, route))
+                    .unwrap_or_default();
+                Ok(Outcome::Requested(RequestCreated {
+                    approve_with: format!("bgctl approve {}", req.id),
+                    request: *req,
+                    plan,
+                }))
+            }
+            Decision::Deny { id } => {
+                info!(app = %cmd.app, id, by = %cmd.actor, "request denied");
+                let req = inner.state.requests.iter().find(|r| r.id == id).cloned();
+                Ok(Outcome::Denied(req.map(Box::new)))
+            }
             Decision::Switch {
                 index,
                 entry,
@@ -388,7 +476,7 @@ impl Controller {
                 verdict,
             } => {
                 let snapshot = self.routing.load();
-                self.publish(snapshot.with_live(index, entry.to));
+                self.publish(snapshot.with_live(index, entry.to), inner.state.generation);
                 if abort_deploy {
                     self.abort_deploy(inner, &cmd.app, entry.to);
                 }
@@ -427,7 +515,7 @@ impl Controller {
                     live,
                     canary: rollout.as_ref().map_or(0, |r| r.percent),
                 };
-                self.publish(snapshot.with_split(index, split));
+                self.publish(snapshot.with_split(index, split), inner.state.generation);
                 if abort_deploy {
                     self.abort_deploy(inner, &cmd.app, live.other());
                 }
@@ -474,7 +562,7 @@ impl Controller {
                 let current = self.routing.load_full();
                 let state = &inner.state;
                 let snapshot = Snapshot::build(
-                    current.generation + 1,
+                    inner.state.generation,
                     &app_configs(&config),
                     |a| split_of(state, a),
                     Some(&current),
@@ -486,7 +574,7 @@ impl Controller {
                     self.metrics.set_weights(&app.name, app.weights());
                 }
                 inner.config = config;
-                self.publish(snapshot);
+                self.publish(snapshot, inner.state.generation);
                 self.metrics.reloads.with_label_values(&["success"]).inc();
                 info!(
                     generation = report.generation, added = ?report.added, removed = ?report.removed,
@@ -555,8 +643,10 @@ impl Controller {
         }
     }
 
-    fn publish(&self, snapshot: Snapshot) {
-        let generation = snapshot.generation;
+    /// The only `store` of the routing: the snapshot carries the state's
+    /// generation, so status, plans and the health checker see one number.
+    fn publish(&self, mut snapshot: Snapshot, generation: u64) {
+        snapshot.generation = generation;
         self.routing.store(Arc::new(snapshot));
         self.generation.send_replace(generation);
     }

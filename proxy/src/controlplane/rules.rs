@@ -19,13 +19,13 @@ use std::sync::Arc;
 
 use bgproxy_control::api::{
     AnalysisResult, AnalysisStatus, AppStatus, Color, ColorStatus, Colors, DeployRecord,
-    DeployStatus, Health, HistoryEntry, HistoryResponse, ReloadResponse, RolloutState,
-    RolloutStatus, StatusResponse, SwitchKind, UpstreamStatus,
+    DeployStatus, Health, HistoryEntry, HistoryResponse, PendingRequest, ReloadResponse,
+    RequestStatus, RolloutState, RolloutStatus, StatusResponse, SwitchKind, UpstreamStatus,
 };
 use time::OffsetDateTime;
 
 use super::change::{Change, Command, ControlError};
-use super::state::{AppState, State};
+use super::state::{AppState, State, REQUEST_LIMIT};
 use crate::config::{AppConfig, Config};
 use crate::dataplane::routing::{AppRoute, Snapshot};
 
@@ -56,6 +56,12 @@ pub enum Decision {
         abort_deploy: bool,
         verdict: Option<AnalysisResult>,
     },
+    /// Record a request for a human to approve.
+    Request(Box<PendingRequest>),
+    /// Carry out the request `id`: `inner` is what it decides now.
+    Approve { id: String, inner: Box<Decision> },
+    /// Drop the request `id`.
+    Deny { id: String },
     /// An analysis window that changes nothing (counted and logged).
     Observed {
         verdict: AnalysisResult,
@@ -88,10 +94,17 @@ pub fn decide(
     let ctx = Ctx {
         snapshot,
         state,
+        config,
         deploy,
         cmd,
         now,
     };
+    if let Some(expected) = cmd.expect_generation.filter(|g| *g != state.generation) {
+        return Err(ControlError::PlanStale {
+            expected,
+            current: state.generation,
+        });
+    }
     match &cmd.change {
         Change::Switch { to } => {
             ctx.no_rollout_unless_emergency()?;
@@ -142,6 +155,118 @@ pub fn decide(
             analysis,
         } => ctx.step_analysed(*step, *step_started, analysis),
         Change::WatchAnalysed { since, analysis } => ctx.watch_analysed(*since, analysis),
+        Change::Request { action, to } => ctx.request(action, *to),
+        Change::Approve { id } => {
+            let req = open_request(state, id, now)?;
+            if req.generation != state.generation {
+                return Err(ControlError::PlanStale {
+                    expected: req.generation,
+                    current: state.generation,
+                });
+            }
+            let inner = Command {
+                app: req.app.clone(),
+                change: requested_change(req)?,
+                emergency: req.emergency,
+                reason: Some(match &req.reason {
+                    Some(why) => format!("{why} (requested by {}, request {id})", req.requested_by),
+                    None => format!("requested by {}, request {id}", req.requested_by),
+                }),
+                actor: cmd.actor.clone(),
+                client: cmd.client.clone(),
+                expect_generation: None,
+            };
+            let decision = decide(snapshot, state, config, boot, deploy, &inner, now)?;
+            Ok(Decision::Approve {
+                id: id.clone(),
+                inner: Box::new(decision),
+            })
+        }
+        Change::Deny { id } => {
+            open_request(state, id, now)?;
+            Ok(Decision::Deny { id: id.clone() })
+        }
+    }
+}
+
+/// The request `id`, when it is still open (pending, not expired).
+pub fn open_request<'a>(
+    state: &'a State,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<&'a PendingRequest, ControlError> {
+    let req = state
+        .requests
+        .iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| ControlError::UnknownRequest(id.to_string()))?;
+    let closed = |detail: String| ControlError::RequestClosed {
+        id: id.to_string(),
+        detail,
+    };
+    match req.status {
+        RequestStatus::Pending if now >= req.expires_at => Err(closed(format!(
+            "expired at {} (control.request_ttl); ask again",
+            req.expires_at
+        ))),
+        RequestStatus::Pending => Ok(req),
+        status => Err(closed(format!(
+            "was {} already, by {}",
+            if status == RequestStatus::Approved {
+                "approved"
+            } else {
+                "denied"
+            },
+            req.decided_by.as_deref().unwrap_or("someone")
+        ))),
+    }
+}
+
+/// The change a request asks for.
+fn requested_change(req: &PendingRequest) -> Result<Change, ControlError> {
+    let to = || {
+        req.to.ok_or_else(|| {
+            ControlError::BadRequest(format!("a {} request needs \"to\"", req.action))
+        })
+    };
+    Ok(match req.action.as_str() {
+        "switch" => Change::Switch { to: to()? },
+        "canary" => Change::Canary {
+            to: to()?,
+            steps: None,
+            step_interval: None,
+        },
+        "rollback" => Change::Rollback,
+        "promote" => Change::Promote,
+        other => {
+            return Err(ControlError::BadRequest(format!(
+            "unknown action '{other}': a request may ask for switch, rollback, canary or promote"
+        )))
+        }
+    })
+}
+
+/// What a request would do, in words, as of the current routing.
+pub fn plan(req: &PendingRequest, route: &AppRoute) -> String {
+    let app = &req.app;
+    let live = route.live;
+    let to = req.to.unwrap_or(live.other());
+    let how = if req.emergency {
+        " as an EMERGENCY (no health gate)"
+    } else {
+        ""
+    };
+    match req.action.as_str() {
+        "switch" => format!("switch app '{app}' from {live} to {to}{how}"),
+        "rollback" => format!("roll app '{app}' back from {live} to {}{how}", live.other()),
+        "canary" => format!(
+            "start a canary of {to} for app '{app}' (steps {:?}, {:?} each){how}",
+            route.config.rollout.steps, route.config.rollout.step_interval
+        ),
+        _ => format!(
+            "promote the rollout of app '{app}': make {} live{how}",
+            live.other()
+        ),
     }
 }
 
@@ -155,6 +280,7 @@ fn app_index(snapshot: &Snapshot, app: &str) -> Result<usize, ControlError> {
 struct Ctx<'a> {
     snapshot: &'a Snapshot,
     state: &'a State,
+    config: &'a Config,
     deploy: Option<&'a DeployStatus>,
     cmd: &'a Command,
     now: OffsetDateTime,
@@ -260,6 +386,37 @@ impl Ctx<'_> {
             abort_deploy,
             verdict: None,
         })
+    }
+
+    /// Records a request for a human: checked for what can be checked now
+    /// (the app, the action, the color); the gates run when it is approved.
+    fn request(&self, action: &str, to: Option<Color>) -> Result<Decision, ControlError> {
+        let (_, route) = self.route()?;
+        let seq = self.state.request_seq + 1;
+        let req = PendingRequest {
+            id: seq.to_string(),
+            app: self.cmd.app.clone(),
+            action: action.to_string(),
+            to,
+            reason: self.cmd.reason.clone(),
+            emergency: self.cmd.emergency,
+            generation: self.state.generation,
+            requested_by: self.cmd.actor.clone(),
+            client: self.cmd.client.clone(),
+            requested_at: self.now,
+            expires_at: self.now + self.config.control.request_ttl,
+            status: RequestStatus::Pending,
+            decided_by: None,
+            decided_at: None,
+        };
+        requested_change(&req)?;
+        if to == Some(route.live) && matches!(action, "switch" | "canary") {
+            return Err(ControlError::AlreadyLive {
+                app: self.cmd.app.clone(),
+                color: route.live,
+            });
+        }
+        Ok(Decision::Request(Box::new(req)))
     }
 
     /// Starts a rollout of `to` through `steps` (or the app's).
@@ -623,16 +780,32 @@ pub fn deploy_gate(
     }
 }
 
-/// The state after `decision` for `app`. Unchanged for a deploy start.
-pub fn next_state(state: &State, app: &str, decision: &Decision) -> State {
+/// The state after `decision` for `app`, decided by `actor` at `now`.
+/// Every decision that moves routing or its configuration bumps the
+/// generation; requests, deploys and analyses that change nothing do not.
+pub fn next_state(
+    state: &State,
+    app: &str,
+    decision: &Decision,
+    actor: &str,
+    now: OffsetDateTime,
+) -> State {
     let mut next = state.clone();
+    apply(&mut next, app, decision, actor, now);
+    next
+}
+
+fn apply(next: &mut State, app: &str, decision: &Decision, actor: &str, now: OffsetDateTime) {
     match decision {
-        Decision::Switch { entry, .. } => next
-            .apps
-            .entry(app.to_string())
-            .or_insert_with(|| AppState::new(entry.from))
-            .record(entry.clone()),
+        Decision::Switch { entry, .. } => {
+            next.generation += 1;
+            next.apps
+                .entry(app.to_string())
+                .or_insert_with(|| AppState::new(entry.from))
+                .record(entry.clone());
+        }
         Decision::Rollout { rollout, event, .. } => {
+            next.generation += 1;
             if let Some(record) = next.apps.get_mut(app) {
                 record.rollout = rollout.clone();
                 if let Some(e) = event {
@@ -640,7 +813,19 @@ pub fn next_state(state: &State, app: &str, decision: &Decision) -> State {
                 }
             }
         }
-        Decision::Reload { config, .. } => merge_new_apps(&mut next, &config.apps),
+        Decision::Reload { config, .. } => {
+            next.generation += 1;
+            merge_new_apps(next, &config.apps);
+        }
+        Decision::Request(req) => {
+            next.request_seq += 1;
+            next.requests.push((**req).clone());
+        }
+        Decision::Approve { id, inner } => {
+            apply(next, app, inner, actor, now);
+            close_request(next, id, RequestStatus::Approved, actor, now);
+        }
+        Decision::Deny { id } => close_request(next, id, RequestStatus::Denied, actor, now),
         Decision::Deploy { .. } | Decision::Observed { .. } => {}
         Decision::DeployFinished(record) => next
             .apps
@@ -648,7 +833,27 @@ pub fn next_state(state: &State, app: &str, decision: &Decision) -> State {
             .or_insert_with(|| AppState::new(record.color.other()))
             .record_deploy((**record).clone()),
     }
-    next
+}
+
+/// Marks request `id` decided, and keeps only the newest
+/// [`REQUEST_LIMIT`] decided ones (pending ones all stay).
+fn close_request(next: &mut State, id: &str, status: RequestStatus, by: &str, at: OffsetDateTime) {
+    if let Some(r) = next.requests.iter_mut().find(|r| r.id == id) {
+        r.status = status;
+        r.decided_by = Some(by.to_string());
+        r.decided_at = Some(at);
+    }
+    let decided = next
+        .requests
+        .iter()
+        .filter(|r| r.status != RequestStatus::Pending)
+        .count();
+    let mut extra = decided.saturating_sub(REQUEST_LIMIT);
+    next.requests.retain(|r| {
+        let drop = extra > 0 && r.status != RequestStatus::Pending;
+        extra -= usize::from(drop);
+        !drop
+    });
 }
 
 /// Gives every configured app without a state record its `initial_live`.
@@ -922,7 +1127,7 @@ upstreams = ["127.0.0.1:6001"]
         /// Commits a decision the way the controller does (state and
         /// snapshot), so a later rule sees it.
         fn commit(&mut self, cmd: &Command, decision: &Decision) {
-            self.state = next_state(&self.state, &cmd.app, decision);
+            self.state = next_state(&self.state, &cmd.app, decision, &cmd.actor, self.now);
             match decision {
                 Decision::Switch { index, entry, .. } => {
                     self.snapshot = self.snapshot.with_live(*index, entry.to);
@@ -1186,7 +1391,10 @@ upstreams = ["127.0.0.1:6001"]
         assert!(matches!(e, ControlError::UnknownApp(_)), "{e}");
         // A deploy start writes nothing.
         let decision = w.decide(&start, None).unwrap();
-        assert_eq!(next_state(&w.state, "web", &decision), w.state);
+        assert_eq!(
+            next_state(&w.state, "web", &decision, "ann", w.now),
+            w.state
+        );
     }
 
     #[test]
@@ -1206,7 +1414,7 @@ upstreams = ["127.0.0.1:6001"]
         };
         let finished = cmd("web", Change::DeployFinished(Box::new(record.clone())));
         let decision = w.decide(&finished, None).unwrap();
-        let next = next_state(&w.state, "web", &decision);
+        let next = next_state(&w.state, "web", &decision, "ann", w.now);
         assert_eq!(next.apps["web"].deploys, vec![record]);
         // Neither the live color nor the switch count moves.
         assert_eq!(next.apps["web"].live, Color::Blue);
@@ -1234,7 +1442,7 @@ upstreams = ["127.0.0.1:6001"]
         // The new app gets its initial_live; the removed one keeps its record.
         let reload = cmd("", Change::Reload(Arc::new(new)));
         let decision = w.decide(&reload, None).unwrap();
-        let next = next_state(&w.state, "", &decision);
+        let next = next_state(&w.state, "", &decision, "ann", w.now);
         assert_eq!(next.apps["shop"].live, Color::Green);
         assert!(next.apps.contains_key("api"));
     }
@@ -1337,6 +1545,21 @@ upstreams = ["127.0.0.1:6001"]
                 step_interval: None,
             },
         )
+    }
+
+    trait CloneTo {
+        fn clone_to(&self, to: Color) -> Command;
+    }
+
+    impl CloneTo for Command {
+        /// The same canary to another color.
+        fn clone_to(&self, to: Color) -> Command {
+            let mut c = self.clone();
+            if let Change::Canary { to: t, .. } = &mut c.change {
+                *t = to;
+            }
+            c
+        }
     }
 
     fn rollout(w: &World) -> Option<&RolloutStatus> {
@@ -1682,5 +1905,171 @@ upstreams = ["127.0.0.1:6001"]
             .reason
             .unwrap()
             .starts_with("automatic rollback: error ratio"));
+    }
+
+    // Generations, plans and requests.
+
+    fn request(action: &str, to: Option<Color>) -> Command {
+        cmd(
+            "web",
+            Change::Request {
+                action: action.into(),
+                to,
+            },
+        )
+    }
+
+    fn by(mut c: Command, actor: &str) -> Command {
+        c.actor = actor.into();
+        c
+    }
+
+    #[test]
+    fn routing_changes_bump_the_generation_and_a_stale_plan_is_refused() {
+        let mut w = world();
+        w.set_health("web", Color::Green, &UP);
+        w.set_health("web", Color::Blue, &UP);
+        let g0 = w.state.generation;
+        // A request, a deploy start and a pass of the watch move nothing.
+        decide_commit(&mut w, &request("switch", Some(Color::Green)));
+        assert_eq!(w.state.generation, g0);
+        decide_commit(&mut w, &cmd("web", Change::Switch { to: Color::Green }));
+        assert_eq!(w.state.generation, g0 + 1);
+        decide_commit(&mut w, &canary(None).clone_to(Color::Blue));
+        assert_eq!(w.state.generation, g0 + 2);
+
+        let mut stale = cmd("web", Change::Abort);
+        stale.expect_generation = Some(g0 + 1);
+        let e = w.decide(&stale, None).unwrap_err();
+        assert_eq!((e.status(), e.code()), (409, "plan_stale"));
+        assert!(
+            e.to_string().contains(&format!("generation {}", g0 + 1)),
+            "{e}"
+        );
+        stale.expect_generation = Some(g0 + 2);
+        decide_commit(&mut w, &stale);
+    }
+
+    #[test]
+    fn a_request_changes_nothing_until_approved_and_is_approved_once() {
+        let mut w = world();
+        w.set_health("web", Color::Green, &UP);
+        let Decision::Request(req) =
+            decide_commit(&mut w, &by(request("switch", Some(Color::Green)), "bot"))
+        else {
+            panic!("not recorded");
+        };
+        assert_eq!(
+            (req.id.as_str(), req.status, req.generation),
+            ("1", RequestStatus::Pending, w.state.generation)
+        );
+        assert_eq!(req.expires_at, w.now + time::Duration::HOUR);
+        assert_eq!(w.state.apps["web"].live, Color::Blue);
+        assert_eq!(w.state.request_seq, 1);
+
+        let approve = by(cmd("web", Change::Approve { id: "1".into() }), "ann");
+        let Decision::Approve { inner, .. } = decide_commit(&mut w, &approve) else {
+            panic!("not approved");
+        };
+        let Decision::Switch { entry, .. } = *inner else {
+            panic!("the approval did not switch");
+        };
+        assert_eq!((entry.to, entry.actor.as_str()), (Color::Green, "ann"));
+        assert!(entry
+            .reason
+            .unwrap()
+            .contains("requested by bot, request 1"));
+        let r = &w.state.requests[0];
+        assert_eq!(
+            (r.status, r.decided_by.as_deref()),
+            (RequestStatus::Approved, Some("ann"))
+        );
+        // Twice: closed. Deny after approval: closed. Unknown: 404.
+        for c in [approve.clone(), cmd("web", Change::Deny { id: "1".into() })] {
+            let e = w.decide(&c, None).unwrap_err();
+            assert_eq!((e.status(), e.code()), (409, "request_closed"), "{e}");
+            assert!(e.to_string().contains("approved already, by ann"), "{e}");
+        }
+        let e = w
+            .decide(&cmd("web", Change::Approve { id: "9".into() }), None)
+            .unwrap_err();
+        assert_eq!((e.status(), e.code()), (404, "unknown_request"));
+    }
+
+    #[test]
+    fn an_approval_is_bound_to_its_generation_and_its_expiry() {
+        let mut w = world();
+        w.set_health("web", Color::Green, &UP);
+        w.set_health("web", Color::Blue, &UP);
+        decide_commit(&mut w, &request("switch", Some(Color::Green)));
+        decide_commit(&mut w, &request("rollback", None));
+        // Someone switches meanwhile: the first request's plan is stale.
+        decide_commit(&mut w, &cmd("web", Change::Switch { to: Color::Green }));
+        let e = w
+            .decide(&cmd("web", Change::Approve { id: "1".into() }), None)
+            .unwrap_err();
+        assert_eq!(e.code(), "plan_stale", "{e}");
+        // A new one made now can be denied; an expired one cannot be approved.
+        decide_commit(&mut w, &request("rollback", None));
+        let Decision::Deny { .. } =
+            decide_commit(&mut w, &cmd("web", Change::Deny { id: "3".into() }))
+        else {
+            panic!("not denied");
+        };
+        assert_eq!(w.state.requests[2].status, RequestStatus::Denied);
+        decide_commit(&mut w, &request("rollback", None));
+        w.now += time::Duration::HOUR;
+        let e = w
+            .decide(&cmd("web", Change::Approve { id: "4".into() }), None)
+            .unwrap_err();
+        assert_eq!(e.code(), "request_closed");
+        assert!(e.to_string().contains("expired"), "{e}");
+    }
+
+    #[test]
+    fn a_request_is_checked_for_what_can_be_checked_now() {
+        let w = world();
+        for (c, code) in [
+            (request("switch", None), "bad_request"),
+            (request("explode", None), "bad_request"),
+            (request("switch", Some(Color::Blue)), "already_live"),
+            (
+                cmd(
+                    "nope",
+                    Change::Request {
+                        action: "rollback".into(),
+                        to: None,
+                    },
+                ),
+                "unknown_app",
+            ),
+        ] {
+            let e = w.decide(&c, None).unwrap_err();
+            assert_eq!(e.code(), code, "{:?}: {e}", c.change);
+        }
+    }
+
+    #[test]
+    fn decided_requests_are_kept_up_to_the_limit_and_pending_ones_always() {
+        let mut w = world();
+        decide_commit(&mut w, &request("rollback", None));
+        for i in 0..(REQUEST_LIMIT + 5) {
+            decide_commit(&mut w, &request("rollback", None));
+            let id = (i + 2).to_string();
+            decide_commit(&mut w, &cmd("web", Change::Deny { id }));
+        }
+        let pending: Vec<_> = w
+            .state
+            .requests
+            .iter()
+            .filter(|r| r.status == RequestStatus::Pending)
+            .collect();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].id, "1");
+        assert_eq!(w.state.requests.len(), REQUEST_LIMIT + 1);
+        assert_eq!(
+            w.state.requests.last().unwrap().id,
+            (REQUEST_LIMIT + 6).to_string()
+        );
     }
 }

@@ -35,7 +35,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bgproxy_control::api::{Color, DeployRecord, HistoryEntry, RolloutStatus};
+use bgproxy_control::api::{Color, DeployRecord, HistoryEntry, PendingRequest, RolloutStatus};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -51,6 +51,9 @@ pub const HISTORY_LIMIT: usize = 200;
 /// The state file is padded to a multiple of this (see the module docs).
 const BLOCK: usize = 4096;
 
+/// How many decided (approved or denied) requests are kept, newest last.
+pub const REQUEST_LIMIT: usize = 50;
+
 /// How many deploy records are kept per app.
 pub const DEPLOY_LIMIT: usize = 50;
 
@@ -59,15 +62,28 @@ pub const DEPLOY_LIMIT: usize = 50;
 #[serde(deny_unknown_fields)]
 pub struct State {
     pub version: u32,
+    /// Increases with every change that moves routing or its
+    /// configuration; never goes backwards (absent before it existed: 0).
+    #[serde(default)]
+    pub generation: u64,
     /// Per app name. Apps removed from the config keep their record.
     pub apps: BTreeMap<String, AppState>,
+    /// Pending requests, and the latest decided ones (see [`REQUEST_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<PendingRequest>,
+    /// The number of the last request made: ids are never reused.
+    #[serde(default)]
+    pub request_seq: u64,
 }
 
 impl Default for State {
     fn default() -> Self {
         State {
             version: STATE_VERSION,
+            generation: 0,
             apps: BTreeMap::new(),
+            requests: Vec::new(),
+            request_seq: 0,
         }
     }
 }

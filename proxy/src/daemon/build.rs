@@ -24,9 +24,9 @@ use crate::controlplane::audit::AuditLog;
 use crate::controlplane::controller::Controller;
 use crate::controlplane::health::HealthService;
 use crate::controlplane::rollout::RolloutDriver;
-use crate::controlplane::verify::Verifier;
 use crate::controlplane::state::StateStore;
 use crate::controlplane::state_dir;
+use crate::controlplane::verify::Verifier;
 use crate::daemon::lifecycle::LifecycleService;
 use crate::dataplane::connections::{Gate, Tally};
 use crate::dataplane::front_door::FrontDoor;
@@ -110,13 +110,23 @@ const UPGRADE_LOCK_WAIT: Duration = Duration::from_secs(60);
 /// accepting changes), and only then is the state file locked and loaded, so
 /// a switch answered by the old process is never missed by the new one.
 pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon> {
+    let requester = match &config.control.requester_token_file {
+        Some(path) => Some(
+            crate::config::preview::read_token(path, "control.requester_token_file")
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let auth = match &config.control.token_file {
-        Some(path) => Auth::Token(read_token(path)?),
+        Some(path) => Auth::Token {
+            operator: read_token(path)?,
+            requester,
+        },
         None => {
             warn!(
                 "no control.token_file configured: changes through the control API are accepted from loopback only, without authentication"
             );
-            Auth::LoopbackOnly
+            Auth::LoopbackOnly { requester }
         }
     };
 
