@@ -229,7 +229,9 @@ fn completions_for_bash_complete_every_command_and_option() {
             .find(|p| commands.iter().filter(|c| c.starts_with(p)).count() == 1)
             .unwrap();
         cases.push((vec!["bgctl".into(), prefix.to_string()], vec![cmd.clone()]));
-        let options: Vec<String> = help_section(&bgctl_out(&[cmd, "--help"]), "Options:")
+        // `-h`: one line per option (a command with a long description
+        // gets a multi-line `--help`).
+        let options: Vec<String> = help_section(&bgctl_out(&[cmd, "-h"]), "Options:")
             .into_iter()
             .filter(|o| o.starts_with("--"))
             .collect();
