@@ -12,8 +12,21 @@ use serde::Serialize;
 use crate::api::{
     ActionRequest, ApiError, AppStatus, CanaryRequest, DeployEvent, DeployRequest, HistoryResponse,
     ReloadResponse, RollbackRequest, RolloutResponse, StatusResponse, SwitchRequest,
-    SwitchResponse, WeightRequest,
+    SwitchResponse, VerifyResponse, WeightRequest,
 };
+
+/// How long a verify call may take: the daemon runs the checks one after
+/// the other, each for at most 10 s, so the client's usual timeout is too
+/// short for more than one slow check.
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// An answer, parsed, with its JSON text as the daemon sent it (what
+/// `--json` prints).
+#[derive(Clone, Debug)]
+pub struct Answered<T> {
+    pub value: T,
+    pub text: String,
+}
 
 /// Errors of a control API call.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +170,19 @@ impl Client {
         )
     }
 
+    /// Runs the app's `[[app.verify]]` checks against its standby, through
+    /// the proxy; changes nothing. Needs a token (the requester's will do).
+    /// Bound by [`VERIFY_TIMEOUT`], not the client's timeout. A failing
+    /// check is an `Ok` answer with `passed: false`; 404 `unknown_app`.
+    pub fn verify(&self, app: &str) -> Result<Answered<VerifyResponse>, ClientError> {
+        self.call_answered(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/verify"),
+            None::<&()>,
+            Some(VERIFY_TIMEOUT),
+        )
+    }
+
     /// Reloads the daemon's configuration file.
     pub fn reload(&self) -> Result<ReloadResponse, ClientError> {
         self.call(reqwest::Method::POST, "/v1/reload", None::<&()>)
@@ -174,6 +200,26 @@ impl Client {
             addr: self.base.clone(),
             reason: format!("{e} in {text:.200}"),
         })
+    }
+
+    /// One call; the answer parsed and as its JSON text. `timeout`, when
+    /// given, replaces the client's for this call.
+    pub fn call_answered<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<Answered<T>, ClientError> {
+        let resp = self.send(method, path, body, timeout)?;
+        let text = resp.text().map_err(|e| self.unreachable(&e))?;
+        match serde_json::from_str(&text) {
+            Ok(value) => Ok(Answered { value, text }),
+            Err(e) => Err(ClientError::Protocol {
+                addr: self.base.clone(),
+                reason: format!("{e} in {text:.200}"),
+            }),
+        }
     }
 
     /// One call returning the answer's JSON text unparsed (for `--json`).
@@ -210,7 +256,11 @@ impl Client {
         }
     }
 
-    /// Sends a request; a non-2xx answer becomes the matching error.
+    /// Sends a request; a non-2xx answer becomes the matching error: 401,
+    /// and 403 but for `forbidden_for_role`, are [`ClientError::Unauthorized`]
+    /// (the token is missing or wrong); a token that is right but may not do
+    /// this (a requester's moving traffic) is refused like any gate,
+    /// [`ClientError::Api`].
     fn send<B: Serialize>(
         &self,
         method: reqwest::Method,
@@ -238,7 +288,7 @@ impl Client {
             error: format!("HTTP {status}: {text:.200}"),
             code: "http_error".into(),
         });
-        if status == 401 || status == 403 {
+        if status == 401 || (status == 403 && error.code != "forbidden_for_role") {
             return Err(ClientError::Unauthorized {
                 addr: self.base.clone(),
                 message: error.error,

@@ -10,6 +10,7 @@
 mod deploy;
 mod render;
 mod rollout;
+mod verify;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -168,6 +169,10 @@ enum Cmd {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Run the app's [[app.verify]] checks against the STANDBY color,
+    /// through the proxy, and print each; exit 0 when all passed, 1 when one
+    /// failed. Changes nothing.
+    Verify,
     /// Reload the daemon's configuration file (validated first; a bad file
     /// changes nothing).
     Reload,
@@ -329,6 +334,10 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             };
             let stream = client.deploy(&app.name, &req)?;
             deploy::follow(&app, stream, *verbose, cli.json, style)
+        }
+        Cmd::Verify => {
+            let app = resolve_app(&client, cli.app.as_deref())?;
+            verify::run(&client, &app, cli.json, style)
         }
         Cmd::Reload => {
             if cli.json {
