@@ -587,3 +587,135 @@ fn canary_wait_follows_to_the_end() {
         "{out}"
     );
 }
+
+/// The `generation` of `GET /v1/status`.
+fn generation(d: &Daemon) -> u64 {
+    let (status, v) = d.api("GET", "/v1/status", None);
+    assert_eq!(status, 200, "{v}");
+    v["generation"].as_u64().expect("status has a generation")
+}
+
+/// A change is bound to the generation it was decided on: with
+/// `--expect-generation` of a state someone has changed since, it is
+/// refused (plan_stale, exit 1, saying to run it again) and changes
+/// nothing; with the generation in force it goes through.
+#[test]
+fn a_change_bound_to_an_old_generation_is_refused() {
+    let (_b, _g, d) = start();
+    let seen = generation(&d);
+    // Someone else switches after we looked.
+    assert_eq!(d.switch("web", "green").0, 200);
+    let now = generation(&d);
+    assert!(now > seen, "a switch moves the generation");
+    let old = seen.to_string();
+    for args in [
+        vec!["rollback", "--yes", "--expect-generation", &old],
+        vec!["switch", "blue", "--yes", "--expect-generation", &old],
+        vec!["canary", "blue", "--yes", "--expect-generation", &old],
+    ] {
+        let (code, out, err) = d.bgctl(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("the state changed while you were deciding")
+                && err.contains(&format!("generation {seen}"))
+                && err.contains("run the command again"),
+            "{args:?}: {err}"
+        );
+    }
+    let app = d.app("web");
+    assert_eq!(
+        (&app["live"], &app["switch_count"]),
+        (&"green".into(), &1.into())
+    );
+    assert!(app["rollout"].is_null(), "{app}");
+    assert_eq!(generation(&d), now, "nothing changed");
+
+    let (code, out, err) = d.bgctl(&["rollback", "--yes", "--expect-generation", &now.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(d.app("web")["live"], "blue");
+}
+
+/// `Proceed? [y/N]` on a real terminal (script(1) from util-linux gives
+/// bgctl one): someone switches away and back while the operator reads the
+/// plan - the live color is the one the plan shows, but the state moved -
+/// and the `y` that follows is refused as stale; nothing changes.
+#[test]
+fn a_plan_answered_after_someone_else_changed_things_is_refused() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+
+    use bgproxy_e2e::wait_until;
+
+    let (_b, _g, d) = start();
+    let cmdline = format!(
+        "'{}' switch green --reason 'release 43'",
+        bin("bgctl").display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qefc", &cmdline, "/dev/null"])
+        .env("BGCTL_ADDR", format!("http://{}", d.control))
+        .env("BGCTL_TOKEN", d.token.clone().unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux runs bgctl on a terminal");
+    let seen = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let (seen, mut out) = (seen.clone(), child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let asked = wait_until(T, || seen.lock().unwrap().contains("Proceed? [y/N]"));
+    if !asked {
+        let _ = child.kill();
+    }
+    assert!(
+        asked,
+        "no question on the terminal: {}",
+        seen.lock().unwrap()
+    );
+    assert!(seen.lock().unwrap().contains("new live:     GREEN"));
+
+    // Meanwhile: green and back to blue.
+    assert_eq!(d.switch("web", "green").0, 200);
+    assert_eq!(d.switch("web", "blue").0, 200);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"y\n").unwrap();
+    let ended = wait_until(T, || child.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    let out = seen.lock().unwrap().clone();
+    assert!(ended, "bgctl still running after the answer: {out}");
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("the state changed while you were deciding")
+            && out.contains("run the command again"),
+        "{out}"
+    );
+    let app = d.app("web");
+    assert_eq!(
+        (&app["live"], &app["switch_count"]),
+        (&"blue".into(), &2.into())
+    );
+    let (_, h) = d.api("GET", "/v1/apps/web/history", None);
+    assert!(
+        !h.to_string().contains("release 43"),
+        "the stale switch is not in the history: {h}"
+    );
+}

@@ -2,8 +2,11 @@
 //!
 //! Flow of every command: parse arguments (clap; usage errors exit 2) ->
 //! build a [`Client`] from `--addr`/`BGCTL_ADDR` and the token -> resolve the
-//! app (`--app`, or the only one) -> call the API -> print (text, or the
-//! API's JSON with `--json`) -> exit with the code of design.md:
+//! app (`--app`, or the only one) from `GET /v1/status`, keeping its
+//! `generation` -> call the API (a change carries that generation as
+//! `expect_generation`: the daemon refuses it with `plan_stale` when
+//! someone changed the state after the plan was shown) -> print (text, or
+//! the API's JSON with `--json`) -> exit with the code of design.md:
 //! 0 done, 1 refused or failed, 2 usage, 3 approval needed, 4 cannot reach
 //! or authenticate.
 
@@ -168,6 +171,8 @@ enum Cmd {
         /// always shown).
         #[arg(long, short)]
         verbose: bool,
+        #[command(flatten)]
+        plan: PlanBound,
     },
     /// Run the app's [[app.verify]] checks against the STANDBY color,
     /// through the proxy, and print each; exit 0 when all passed, 1 when one
@@ -191,6 +196,8 @@ struct Approval {
     /// Why, recorded in the history.
     #[arg(long)]
     reason: Option<String>,
+    #[command(flatten)]
+    plan: PlanBound,
 }
 
 /// The approval of a change that has no health gate to skip.
@@ -202,6 +209,26 @@ struct Confirm {
     /// Why, recorded in the history.
     #[arg(long)]
     reason: Option<String>,
+    #[command(flatten)]
+    plan: PlanBound,
+}
+
+/// The generation a change is bound to.
+#[derive(clap::Args)]
+pub struct PlanBound {
+    /// Refuse the change (exit 1, plan_stale) unless the state is still at
+    /// generation N, the `generation` of `bgctl status --json` you decided
+    /// on [default: that of the status the plan was made from].
+    #[arg(long, value_name = "N")]
+    pub expect_generation: Option<u64>,
+}
+
+impl PlanBound {
+    /// `--expect-generation`, else `shown`: the generation of the status
+    /// the plan was made from.
+    pub fn generation(&self, shown: u64) -> Option<u64> {
+        Some(self.expect_generation.unwrap_or(shown))
+    }
 }
 
 fn parse_color(s: &str) -> Result<Color, String> {
@@ -216,6 +243,17 @@ pub struct Failure {
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
+        if let ClientError::Api { error, .. } = &e {
+            if error.code == "plan_stale" {
+                return fail(
+                    EXIT_REFUSED,
+                    format!(
+                        "the state changed while you were deciding: {}; run the command again to see the new plan",
+                        error.error.trim_end_matches('.')
+                    ),
+                );
+            }
+        }
         let code = match e {
             ClientError::Unreachable { .. } | ClientError::Unauthorized { .. } => EXIT_UNREACHABLE,
             ClientError::Api { .. } | ClientError::Protocol { .. } => EXIT_REFUSED,
@@ -302,7 +340,7 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Switch { color, approval } => {
-            let app = resolve_app(&client, cli.app.as_deref())?;
+            let (app, generation) = resolve_app_at(&client, cli.app.as_deref())?;
             if app.live == *color {
                 return Err(fail(
                     EXIT_REFUSED,
@@ -312,10 +350,16 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
                     ),
                 ));
             }
-            change(&client, &app, *color, false, approval, cli.json, style)
+            let plan = Change {
+                app: &app,
+                to: *color,
+                rollback: false,
+                generation,
+            };
+            change(&client, &plan, approval, cli.json, style)
         }
         Cmd::Rollback { approval } => {
-            let app = resolve_app(&client, cli.app.as_deref())?;
+            let (app, generation) = resolve_app_at(&client, cli.app.as_deref())?;
             let last = client.history(&app.name, Some(1))?.history.pop();
             let Some(previous) = last.map(|h| h.from).filter(|_| app.switch_count > 0) else {
                 return Err(fail(
@@ -323,14 +367,24 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
                     format!("app '{}' has never been switched: there is no previous live color to roll back to", app.name),
                 ));
             };
-            change(&client, &app, previous, true, approval, cli.json, style)
+            let plan = Change {
+                app: &app,
+                to: previous,
+                rollback: true,
+                generation,
+            };
+            change(&client, &plan, approval, cli.json, style)
         }
-        Cmd::Deploy { migrate, verbose } => {
-            let app = resolve_app(&client, cli.app.as_deref())?;
+        Cmd::Deploy {
+            migrate,
+            verbose,
+            plan,
+        } => {
+            let (app, generation) = resolve_app_at(&client, cli.app.as_deref())?;
             let req = DeployRequest {
                 migrate: *migrate,
                 actor: Some(actor()),
-                expect_generation: None,
+                expect_generation: plan.generation(generation),
             };
             let stream = client.deploy(&app.name, &req)?;
             deploy::follow(&app, stream, *verbose, cli.json, style)
@@ -406,11 +460,12 @@ fn rollout_cmd(
     wait: bool,
     style: &Style,
 ) -> Result<(), Failure> {
-    let app = resolve_app(client, cli.app.as_deref())?;
+    let (app, generation) = resolve_app_at(client, cli.app.as_deref())?;
     let ask = rollout::Ask {
         yes: confirm.yes,
         emergency,
         reason: confirm.reason.clone(),
+        expect_generation: confirm.plan.generation(generation),
     };
     rollout::run(client, &app, action, &ask, wait, cli.json, style)
 }
@@ -432,8 +487,16 @@ fn unknown_app(name: &str, apps: &[AppStatus]) -> Failure {
 /// `--app`, or the only app; with several apps and no `--app`, a usage error
 /// listing them.
 fn resolve_app(client: &Client, name: Option<&str>) -> Result<AppStatus, Failure> {
-    let mut apps = client.status()?.apps;
-    match name {
+    resolve_app_at(client, name).map(|(app, _)| app)
+}
+
+/// [`resolve_app`] and the `generation` of the status it came from: what a
+/// plan made from that app is bound to.
+pub fn resolve_app_at(client: &Client, name: Option<&str>) -> Result<(AppStatus, u64), Failure> {
+    let status = client.status()?;
+    let generation = status.generation;
+    let mut apps = status.apps;
+    let app = match name {
         Some(n) => match apps.iter().position(|a| a.name == n) {
             Some(i) => Ok(apps.swap_remove(i)),
             None => Err(unknown_app(n, &apps)),
@@ -449,19 +512,35 @@ fn resolve_app(client: &Client, name: Option<&str>) -> Result<AppStatus, Failure
                 ),
             ))
         }
-    }
+    }?;
+    Ok((app, generation))
 }
 
-/// The two-step approval and the change itself (switch or rollback).
-fn change(
-    client: &Client,
-    app: &AppStatus,
+/// A switch or rollback as planned: from the status of generation
+/// `generation`.
+#[derive(Clone, Copy)]
+struct Change<'a> {
+    app: &'a AppStatus,
     to: Color,
     rollback: bool,
+    generation: u64,
+}
+
+/// The two-step approval and the change itself (switch or rollback), bound
+/// to the generation the plan was made from.
+fn change(
+    client: &Client,
+    plan: &Change,
     approval: &Approval,
     json: bool,
     style: &Style,
 ) -> Result<(), Failure> {
+    let Change {
+        app,
+        to,
+        rollback,
+        generation,
+    } = *plan;
     let target = app.colors.get(to);
     if !target.healthy && !approval.emergency {
         if json {
@@ -521,7 +600,7 @@ fn change(
             emergency,
             reason,
             actor,
-            expect_generation: None,
+            expect_generation: approval.plan.generation(generation),
         };
         (
             format!("/v1/apps/{}/rollback", app.name),
@@ -533,7 +612,7 @@ fn change(
             emergency,
             reason,
             actor,
-            expect_generation: None,
+            expect_generation: approval.plan.generation(generation),
         };
         (
             format!("/v1/apps/{}/switch", app.name),

@@ -6,8 +6,10 @@
 //! hides a refusal) -> the plan and the approval of `switch` ([`approve`]) ->
 //! the call -> what changed. `canary --wait` then polls the app ([`follow`])
 //! until the rollout ends: exit 0 when the new color became live, 1 when the
-//! rollout was aborted or paused. The daemon re-checks every gate: a change
-//! made by someone else between the plan and the call is refused there.
+//! rollout was aborted or paused. The daemon re-checks every gate, and the
+//! call carries the generation of the status the plan was made from: a
+//! change made by someone else between the plan and the call is refused
+//! there (`plan_stale`).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -62,11 +64,13 @@ impl Action {
 }
 
 /// The operator's answers: `--yes`, `--emergency` (only where it makes
-/// sense: canary, weight, promote), `--reason`.
+/// sense: canary, weight, promote), `--reason`; and the generation the
+/// plan is bound to (that of the app's status, or `--expect-generation`).
 pub struct Ask {
     pub yes: bool,
     pub emergency: bool,
     pub reason: Option<String>,
+    pub expect_generation: Option<u64>,
 }
 
 /// `--steps 10,25,50,100` (a `%` after a share is allowed).
@@ -171,7 +175,7 @@ pub fn run(
             emergency,
             reason,
             actor,
-            expect_generation: None,
+            expect_generation: ask.expect_generation,
         }),
         Action::Weight { to, percent } => serde_json::to_value(WeightRequest {
             to: *to,
@@ -179,13 +183,13 @@ pub fn run(
             emergency,
             reason,
             actor,
-            expect_generation: None,
+            expect_generation: ask.expect_generation,
         }),
         _ => serde_json::to_value(ActionRequest {
             emergency,
             reason,
             actor,
-            expect_generation: None,
+            expect_generation: ask.expect_generation,
         }),
     }
     .map_err(|e| fail(EXIT_REFUSED, format!("cannot encode the request: {e}")))?;
