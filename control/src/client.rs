@@ -7,12 +7,13 @@ use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    ActionRequest, ApiError, AppStatus, CanaryRequest, DeployEvent, DeployRequest, HistoryResponse,
-    ReloadResponse, RollbackRequest, RolloutResponse, StatusResponse, SwitchRequest,
-    SwitchResponse, VerifyResponse, WeightRequest,
+    ActionRequest, ApiError, AppStatus, CanaryRequest, CreateRequest, DeployEvent, DeployRequest,
+    HistoryResponse, PendingRequest, ReloadResponse, RequestCreated, RequestsResponse,
+    RollbackRequest, RolloutResponse, StatusResponse, SwitchRequest, SwitchResponse,
+    VerifyResponse, WeightRequest,
 };
 
 /// How long a verify call may take: the daemon runs the checks one after
@@ -26,6 +27,16 @@ pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Answered<T> {
     pub value: T,
     pub text: String,
+}
+
+/// What an approved request did: a switch, rollback or promote answers the
+/// switch; a canary answers the rollout it started.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Approved {
+    // First: a rollout answer has `weights`, a switch answer has not.
+    Rollout(Box<RolloutResponse>),
+    Switch(SwitchResponse),
 }
 
 /// Errors of a control API call.
@@ -180,6 +191,65 @@ impl Client {
             &format!("/v1/apps/{app}/verify"),
             None::<&()>,
             Some(VERIFY_TIMEOUT),
+        )
+    }
+
+    /// The pending requests of every app, oldest first (approved, denied
+    /// and expired ones are not listed).
+    pub fn requests(&self) -> Result<Answered<RequestsResponse>, ClientError> {
+        self.call_answered(reqwest::Method::GET, "/v1/requests", None::<&()>, None)
+    }
+
+    /// Records a request for a change that a human approves; moves no
+    /// traffic. A requester's token may. 400 `bad_request` (an action
+    /// other than switch, rollback, canary, promote; switch or canary
+    /// without `to`), 409 `already_live`, `plan_stale`.
+    pub fn create_request(
+        &self,
+        app: &str,
+        req: &CreateRequest,
+    ) -> Result<Answered<RequestCreated>, ClientError> {
+        self.call_answered(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/requests"),
+            Some(req),
+            None,
+        )
+    }
+
+    /// Carries out pending request `id` through the same gates as the
+    /// change itself, bound to the generation it was made against. Needs
+    /// the operator's token (403 `forbidden_for_role` for a requester's);
+    /// 409 `request_closed` (approved or denied already, expired),
+    /// `plan_stale` (the state moved since it was made, or since
+    /// `req.expect_generation`) or any refusal of the change; 404
+    /// `unknown_request`.
+    pub fn approve(
+        &self,
+        id: &str,
+        req: &ActionRequest,
+    ) -> Result<Answered<Approved>, ClientError> {
+        self.call_answered(
+            reqwest::Method::POST,
+            &format!("/v1/requests/{id}/approve"),
+            Some(req),
+            None,
+        )
+    }
+
+    /// Drops pending request `id`; answers it as denied (null if the
+    /// daemon no longer has it). Same token and errors as
+    /// [`Client::approve`], but the state never matters.
+    pub fn deny(
+        &self,
+        id: &str,
+        req: &ActionRequest,
+    ) -> Result<Answered<Option<PendingRequest>>, ClientError> {
+        self.call_answered(
+            reqwest::Method::POST,
+            &format!("/v1/requests/{id}/deny"),
+            Some(req),
+            None,
         )
     }
 

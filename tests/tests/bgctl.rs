@@ -719,3 +719,185 @@ fn a_plan_answered_after_someone_else_changed_things_is_refused() {
         "the stale switch is not in the history: {h}"
     );
 }
+
+/// A daemon with the operator's token `tok-123` and a requester's token
+/// `req-456`, both colors healthy; the dir holds the requester's file.
+fn start_with_requester() -> (Backend, Backend, Daemon, tempfile::TempDir) {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let tokens = tempfile::tempdir().unwrap();
+    let requester = tokens.path().join("requester.token");
+    std::fs::write(&requester, "req-456\n").unwrap();
+    let d = Daemon::start_opts(
+        &[AppSpec::new("web", &[&b], &[&g])],
+        bgproxy_e2e::Options {
+            token: Some("tok-123".into()),
+            control: format!("requester_token_file = \"{}\"\n", requester.display()),
+            ..Default::default()
+        },
+    );
+    assert!(d.wait_health("web", "green", "up", T) && d.wait_health("web", "blue", "up", T));
+    (b, g, d, tokens)
+}
+
+/// `bgctl` with `token` in `BGCTL_TOKEN` instead of the operator's.
+fn bgctl_as(d: &mut Daemon, token: &str, args: &[&str]) -> (i32, String, String) {
+    let operator = d.token.replace(token.to_string());
+    let out = d.bgctl(args);
+    d.token = operator;
+    out
+}
+
+/// A requester asks (`bgctl ask`), nothing moves; `bgctl requests`
+/// lists it; the requester cannot approve it; without a terminal approve
+/// shows the request and its plan and exits 3; `approve --yes` moves the
+/// traffic once; approving again is refused as closed.
+#[test]
+fn request_then_approve_moves_traffic_once() {
+    let (_b, _g, mut d, _t) = start_with_requester();
+    let (code, out, err) = bgctl_as(
+        &mut d,
+        "req-456",
+        &["ask", "switch", "--reason", "release 44"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("switch app 'web' from blue to green"),
+        "the plan: {out}"
+    );
+    let id = out
+        .split("bgctl approve ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the approve command is printed")
+        .to_string();
+    assert_eq!(d.app("web")["live"], "blue", "a request moves nothing");
+    assert_eq!(d.color_of("x"), "blue");
+
+    let (code, out, err) = d.bgctl(&["requests"]);
+    assert_eq!(code, 0, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{id} ")))
+        .unwrap_or_else(|| panic!("request {id} listed: {out}"));
+    assert!(
+        row.contains("switch to green") && row.contains("release 44"),
+        "{row}"
+    );
+    let (code, out, _) = d.bgctl(&["requests", "--json"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).expect("only JSON");
+    assert_eq!(v["requests"][0]["id"], id.as_str());
+    assert_eq!(v["requests"][0]["to"], "green");
+
+    // The requester's token may ask, not decide.
+    let (code, _, err) = bgctl_as(&mut d, "req-456", &["approve", &id, "--yes"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("requester"), "{err}");
+    // No terminal, no --yes: the request and what it would do now; exit 3.
+    let (code, out, err) = d.bgctl(&["approve", &id]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "APPROVE request {id} of app 'web': switch to green"
+        )) && out.contains("reason: release 44")
+            && out.contains("new live:     GREEN")
+            && out.contains("every upstream up"),
+        "{out}"
+    );
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(d.app("web")["live"], "blue", "nothing changed");
+
+    let (code, out, err) = d.bgctl(&["approve", &id, "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("request {id} approved")) && out.contains("GREEN is now LIVE"),
+        "{out}"
+    );
+    assert_eq!(d.color_of("x"), "green");
+    let app = d.app("web");
+    assert_eq!(app["switch_count"], 1);
+    let (code, out, _) = d.bgctl(&["requests"]);
+    assert_eq!((code, out.as_str()), (0, "no pending requests\n"));
+
+    // Twice: closed, nothing changes; without --yes it is refused here.
+    let (code, out, err) = d.bgctl(&["approve", &id, "--yes"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("request {id} was approved already")),
+        "{err}"
+    );
+    let (code, _, err) = d.bgctl(&["approve", &id]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not pending"), "{err}");
+    let (code, _, err) = d.bgctl(&["approve", "999", "--yes"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no request '999'"), "{err}");
+    let (code, _, err) = d.bgctl(&["approve", "../status"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(d.app("web")["switch_count"], 1);
+    let (_, h) = d.api("GET", "/v1/apps/web/history", None);
+    let last = &h["history"][0];
+    assert!(
+        last["reason"].as_str().unwrap().contains("release 44")
+            && last["reason"].as_str().unwrap().contains("requested by"),
+        "{h}"
+    );
+}
+
+/// deny drops a request and changes nothing; a request made before someone
+/// else changed things is refused before anyone is asked (its plan is
+/// stale), and can still be denied; a rollback request names no color.
+#[test]
+fn deny_and_a_stale_request() {
+    let (_b, _g, mut d, _t) = start_with_requester();
+    let create = |d: &mut Daemon, args: &[&str]| -> String {
+        let (code, out, err) = bgctl_as(d, "req-456", args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        let (_, v) = d.api("GET", "/v1/requests", None);
+        v["requests"].as_array().unwrap().last().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let id = create(&mut d, &["ask", "canary", "green"]);
+    let (code, out, err) = d.bgctl(&["deny", &id]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains(&format!("DENY request {id} of app 'web': canary of green")),
+        "{out}"
+    );
+    let (code, out, err) = d.bgctl(&["deny", &id, "--yes", "--reason", "not today"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("request {id} denied")), "{out}");
+    let (code, _, err) = d.bgctl(&["approve", &id, "--yes"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("was denied already"), "{err}");
+    let app = d.app("web");
+    assert_eq!(
+        (&app["live"], &app["rollout"]),
+        (&"blue".into(), &Value::Null)
+    );
+
+    // Made, then someone switches: approving it is refused up front.
+    let id = create(&mut d, &["ask", "switch", "green", "--json"]);
+    assert_eq!(d.switch("web", "green").0, 200);
+    let (code, out, err) = d.bgctl(&["approve", &id, "--yes"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("plan_stale") && err.contains(&format!("bgctl deny {id}")),
+        "{err}"
+    );
+    // ... and the daemon refuses it too, when asked without bgctl's check.
+    let (status, answer) = d.api("POST", &format!("/v1/requests/{id}/approve"), None);
+    assert_eq!((status, answer["code"].as_str()), (409, Some("plan_stale")));
+    let (code, _, err) = d.bgctl(&["deny", &id, "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(d.app("web")["switch_count"], 1);
+
+    let (code, _, err) = bgctl_as(&mut d, "req-456", &["ask", "rollback", "blue"]);
+    assert_eq!(code, 2, "{err}");
+    let id = create(&mut d, &["ask", "rollback", "--reason", "slow"]);
+    let (code, out, err) = d.bgctl(&["approve", &id, "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(d.color_of("x"), "blue");
+}

@@ -12,6 +12,7 @@
 
 mod deploy;
 mod render;
+mod requests;
 mod rollout;
 mod verify;
 
@@ -178,6 +179,51 @@ enum Cmd {
     /// through the proxy, and print each; exit 0 when all passed, 1 when one
     /// failed. Changes nothing.
     Verify,
+    /// The pending requests for a change, oldest first: made with bgctl
+    /// request, by an assistant through bgctl mcp, or through the API.
+    Requests,
+    /// Carry out a pending request (shows it and what it would do now, asks
+    /// first). Needs the operator's token.
+    Approve {
+        /// The request's id, as bgctl requests lists it.
+        #[arg(value_parser = requests::parse_id)]
+        id: String,
+        /// Proceed without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[command(flatten)]
+        plan: PlanBound,
+    },
+    /// Drop a pending request (shows it, asks first); nothing changes.
+    Deny {
+        /// The request's id, as bgctl requests lists it.
+        #[arg(value_parser = requests::parse_id)]
+        id: String,
+        /// Proceed without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Why, recorded in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Ask for a change (a pending request) that an operator carries out
+    /// with bgctl approve. Moves no traffic; a requester's token may.
+    Ask {
+        /// What to ask for.
+        #[arg(value_enum)]
+        action: requests::RequestAction,
+        /// The color, for switch and canary [default: the standby].
+        #[arg(value_parser = parse_color)]
+        color: Option<Color>,
+        /// Ask for it without the health gate.
+        #[arg(long)]
+        emergency: bool,
+        /// Why, shown to whoever decides and recorded in the history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        plan: PlanBound,
+    },
     /// Reload the daemon's configuration file (validated first; a bad file
     /// changes nothing).
     Reload,
@@ -388,6 +434,51 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             };
             let stream = client.deploy(&app.name, &req)?;
             deploy::follow(&app, stream, *verbose, cli.json, style)
+        }
+        Cmd::Requests => requests::list(&client, cli.app.as_deref(), cli.json, style),
+        Cmd::Approve { id, yes, plan } => {
+            let ask = requests::Decide {
+                yes: *yes,
+                reason: None,
+                expect_generation: plan.expect_generation,
+            };
+            requests::decide(
+                &client,
+                id,
+                requests::Decision::Approve,
+                &ask,
+                cli.json,
+                style,
+            )
+        }
+        Cmd::Deny { id, yes, reason } => {
+            let ask = requests::Decide {
+                yes: *yes,
+                reason: reason.clone(),
+                expect_generation: None,
+            };
+            requests::decide(&client, id, requests::Decision::Deny, &ask, cli.json, style)
+        }
+        Cmd::Ask {
+            action,
+            color,
+            emergency,
+            reason,
+            plan,
+        } => {
+            let (app, generation) = resolve_app_at(&client, cli.app.as_deref())?;
+            let generation = plan.expect_generation.unwrap_or(generation);
+            requests::create(
+                &client,
+                &app,
+                generation,
+                *action,
+                *color,
+                *emergency,
+                reason.clone(),
+                cli.json,
+                style,
+            )
         }
         Cmd::Verify => {
             let app = resolve_app(&client, cli.app.as_deref())?;

@@ -442,7 +442,7 @@ fn show_plan(json: bool, plan_json: String, plan: impl FnOnce() -> String) {
 /// The two-step approval of `switch`: with `yes`, go; on a terminal, show
 /// the plan and ask `Proceed? [y/N]`; otherwise print the plan and fail
 /// with exit 3, nothing changed.
-fn approve(
+pub fn approve(
     yes: bool,
     json: bool,
     plan_json: impl FnOnce() -> String,
