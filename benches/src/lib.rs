@@ -49,6 +49,8 @@ pub fn snapshot(apps: usize, hosts: usize) -> Snapshot {
                 preview: Default::default(),
                 mirror: Default::default(),
                 verify: Vec::new(),
+                routes: Vec::new(),
+                rate_limit: None,
             })
         })
         .collect();

@@ -382,8 +382,9 @@ pub struct UpstreamStatus {
 /// One color's pool.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ColorStatus {
-    /// True when every upstream is observed `up`: a normal switch to this
-    /// color is allowed.
+    /// True when every upstream is observed `up` (for an app's own
+    /// `colors`: also every upstream of that color of each of its
+    /// `routes`): a normal switch to this color is allowed.
     pub healthy: bool,
     /// Requests (and upgraded connections, e.g. WebSocket) in flight to
     /// this color: after a switch, what the old color still holds.
@@ -428,6 +429,19 @@ pub struct AppStatus {
     /// The rollout in progress (or a share held by `weight`), or null.
     #[serde(default)]
     pub rollout: Option<RolloutStatus>,
+    /// The app's other services (`[[app.routes]]`), longest prefix first;
+    /// each switches with the app. Empty without routes.
+    #[serde(default)]
+    pub routes: Vec<RouteStatus>,
+}
+
+/// One `[[app.routes]]` service of an app: its pools, shaped like the
+/// app's own `colors`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RouteStatus {
+    pub name: String,
+    pub path_prefix: String,
+    pub colors: Colors,
 }
 
 /// Each color's share of an app's requests, in percent; they sum to 100.

@@ -79,7 +79,7 @@ fn metrics_follow_traffic_switches_and_health() {
 
     let healthy = |c: &str, u: &Backend| {
         d.metric(&format!(
-            "bgproxy_upstream_healthy{{app=\"web\",color=\"{c}\",upstream=\"{}\"}}",
+            "bgproxy_upstream_healthy{{app=\"web\",color=\"{c}\",route=\"\",upstream=\"{}\"}}",
             u.addr
         ))
     };

@@ -170,6 +170,15 @@ pub const MIRROR_MAX_IN_FLIGHT: usize = 100;
 /// `app.verify[].expect_status`.
 pub const VERIFY_EXPECT_STATUS: u16 = 200;
 
+// [[app.routes]], [app.rate_limit]
+
+/// `app.routes[].strip_prefix`: the path goes upstream as it came.
+pub const ROUTE_STRIP_PREFIX: bool = false;
+/// `app.rate_limit.key`: the client address.
+pub const RATE_LIMIT_KEY: super::RateLimitKey = super::RateLimitKey::ClientIp;
+/// `app.rate_limit.max_keys`: keys tracked at once (about 40 bytes each).
+pub const RATE_LIMIT_MAX_KEYS: usize = 100_000;
+
 // [control]
 
 /// `control.request_ttl`: a pending request expires after this.

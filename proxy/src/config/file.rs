@@ -112,6 +112,29 @@ pub struct FileApp {
     pub mirror: Option<FileMirror>,
     #[serde(default)]
     pub verify: Vec<Spanned<FileVerify>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<FileRoute>>,
+    pub rate_limit: Option<Spanned<FileRateLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub name: Spanned<String>,
+    pub path_prefix: Spanned<String>,
+    pub strip_prefix: Option<bool>,
+    pub health: Option<FileHealth>,
+    pub blue: Spanned<FilePool>,
+    pub green: Spanned<FilePool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    pub requests_per_second: Spanned<i64>,
+    pub burst: Option<Spanned<i64>>,
+    pub key: Option<Spanned<String>>,
+    pub max_keys: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,9 +20,10 @@
 pub mod defaults;
 mod file;
 mod key_path;
-mod restart;
 pub mod preview;
+mod restart;
 pub mod rollout;
+pub mod routes;
 mod validate;
 
 use std::net::SocketAddr;
@@ -33,9 +34,10 @@ use std::time::Duration;
 use bgproxy_control::api::Color;
 
 pub use bgproxy_control::duration::parse_duration;
-pub use restart::RestartSettings;
 pub use preview::{MirrorConfig, PreviewConfig, Secret, VerifyCheck};
+pub use restart::RestartSettings;
 pub use rollout::{AnalysisConfig, RolloutConfig, Sticky};
+pub use routes::{RateLimitConfig, RateLimitKey, RouteConfig};
 pub use validate::from_str;
 
 /// The validated configuration of the daemon.
@@ -253,6 +255,11 @@ pub struct AppConfig {
     pub mirror: MirrorConfig,
     /// `[[app.verify]]`: checks of the standby before a switch.
     pub verify: Vec<VerifyCheck>,
+    /// `[[app.routes]]`: more services of the app, by path prefix, in
+    /// configured order. Empty: every request goes to `pools`.
+    pub routes: Vec<RouteConfig>,
+    /// `[app.rate_limit]`; `None`: no limit.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 impl AppConfig {

@@ -351,28 +351,28 @@ upstreams = ["127.0.0.1:3002"]
             apps,
         } = &config;
         let ProxyConfig {
-            listen: _,              // restart
-            threads: _,             // restart
-            work_stealing: _,       // restart
-            tls: _,                 // restart
-            grace_period: _,        // restart
-            shutdown_timeout: _,    // restart
-            max_header_size: _,     // restart
-            max_headers: _,         // restart
-            read_buffer: _,         // restart
-            client_timeout: _,      // restart
-            client_idle_timeout: _, // restart
+            listen: _,                 // restart
+            threads: _,                // restart
+            work_stealing: _,          // restart
+            tls: _,                    // restart
+            grace_period: _,           // restart
+            shutdown_timeout: _,       // restart
+            max_header_size: _,        // restart
+            max_headers: _,            // restart
+            read_buffer: _,            // restart
+            client_timeout: _,         // restart
+            client_idle_timeout: _,    // restart
             request_header_timeout: _, // restart
             max_connections: _,        // restart
             max_connections_per_ip: _, // restart
         } = proxy;
         let ControlConfig {
-            listen: _,       // restart
-            token_file: _,   // restart
-            watch_config: _, // restart
-            nice: _,         // restart
+            listen: _,               // restart
+            token_file: _,           // restart
+            watch_config: _,         // restart
+            nice: _,                 // restart
             requester_token_file: _, // restart
-            request_ttl: _,  // reloadable: read when a request is made
+            request_ttl: _,          // reloadable: read when a request is made
         } = control;
         if let Some(MetricsConfig { listen: _ }) = metrics {} // restart
         let StateConfig { path: _ } = state; // restart
@@ -398,6 +398,8 @@ upstreams = ["127.0.0.1:3002"]
                 preview: _,
                 mirror: _,
                 verify: _,
+                routes: _,
+                rate_limit: _,
             } = app;
         }
     }

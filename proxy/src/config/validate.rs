@@ -550,7 +550,7 @@ fn apps(
             Some(r) => *r.get_ref(),
             None => defaults::REDIRECT_HTTPS,
         };
-        let health = health(a.health.as_ref(), &k, p);
+        let health = health(HealthConfig::default(), a.health.as_ref(), &k, p);
         let blue = pool(&a.blue, &format!("{k}.blue"), p);
         let green = pool(&a.green, &format!("{k}.green"), p);
         for (j, (u, span)) in green.iter().enumerate() {
@@ -565,6 +565,11 @@ fn apps(
                 );
             }
         }
+        let routes = routes(&a.routes, &k, &health, [&blue, &green], p);
+        let rate_limit = a
+            .rate_limit
+            .as_ref()
+            .map(|r| rate_limit(r.get_ref(), &k, p));
         let deploy = deploy(a.deploy.as_ref(), &k, p);
         let rollout = rollout(a.rollout.as_ref(), &k, p);
         let analysis = analysis(a.analysis.as_ref(), &k, p);
@@ -611,9 +616,177 @@ fn apps(
             preview,
             mirror,
             verify,
+            routes,
+            rate_limit,
         });
     }
     out
+}
+
+/// A route's name: it becomes a metric label value and part of a deploy
+/// variable's name (`BG_UPSTREAMS_<NAME>`).
+fn valid_route_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+}
+
+/// `[[app.routes]]`: names unique (also as deploy variables), prefixes
+/// paths and unique, each route's health inheriting every unset field from
+/// the app's (`app_health`), and no upstream serving both colors anywhere
+/// in the app: `app_pools` are the app's own upstreams (blue, green), each
+/// with its place, already checked against each other.
+fn routes(
+    raw: &[Spanned<FileRoute>],
+    k: &str,
+    app_health: &HealthConfig,
+    app_pools: [&[(SocketAddr, Range<usize>)]; 2],
+    p: &mut Problems<'_>,
+) -> Vec<RouteConfig> {
+    // Every upstream of the app so far, per color, with its key and place.
+    let mut seen: [Vec<(SocketAddr, String, Range<usize>)>; 2] = Color::ALL.map(|c| {
+        app_pools[c.index()]
+            .iter()
+            .enumerate()
+            .map(|(j, (a, span))| (*a, format!("{k}.{c}.upstreams[{j}]"), span.clone()))
+            .collect()
+    });
+    let mut names: HashMap<String, (String, Range<usize>)> = HashMap::new();
+    let mut prefixes: HashMap<String, Range<usize>> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let r = r.get_ref();
+        let rk = format!("{k}.routes[{i}]");
+        let name = r.name.get_ref().trim().to_string();
+        if !valid_route_name(&name) {
+            p.at(
+                r.name.span(),
+                format!("{rk}.name"),
+                format!("invalid route name '{name}': use 1-64 letters, digits, '-' or '_'"),
+            );
+        } else {
+            let env = super::routes::env_name(&name);
+            match names.get(&env) {
+                Some((first, span)) => {
+                    let line = p.line(span);
+                    let message = if *first == name {
+                        format!("duplicate route name '{name}' (also line {line}): give each route its own name")
+                    } else {
+                        format!("route names '{first}' (line {line}) and '{name}' give the same deploy variable {env}: give each route its own name")
+                    };
+                    p.at(r.name.span(), format!("{rk}.name"), message);
+                }
+                None => {
+                    names.insert(env, (name.clone(), r.name.span()));
+                }
+            }
+        }
+        let prefix = r.path_prefix.get_ref().clone();
+        let pk = format!("{rk}.path_prefix");
+        if !prefix.starts_with('/')
+            || prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+        {
+            p.at(
+                r.path_prefix.span(),
+                pk,
+                format!("invalid path prefix '{prefix}': it must start with '/' and hold no spaces, '?' or '#', like \"/api/\""),
+            );
+        } else if let Some(first) = prefixes.get(&prefix) {
+            let line = p.line(first);
+            p.at(
+                r.path_prefix.span(),
+                pk,
+                format!("duplicate path prefix '{prefix}' (also line {line}): each prefix goes to one route"),
+            );
+        } else {
+            prefixes.insert(prefix.clone(), r.path_prefix.span());
+        }
+        let health = health(app_health.clone(), r.health.as_ref(), &rk, p);
+        let pools = [(&r.blue, Color::Blue), (&r.green, Color::Green)].map(|(raw, color)| {
+            let ck = format!("{rk}.{color}");
+            let list = pool(raw, &ck, p);
+            let other = &seen[color.other().index()];
+            for (j, (u, span)) in list.iter().enumerate() {
+                if let Some((_, key, first)) = other.iter().find(|(a, _, _)| a == u) {
+                    let line = p.line(first);
+                    p.at(
+                        span.clone(),
+                        format!("{ck}.upstreams[{j}]"),
+                        format!(
+                            "upstream {u} is also {} in {key} (line {line}): an upstream serves one color of the app only, each color needs its own servers",
+                            color.other()
+                        ),
+                    );
+                }
+            }
+            seen[color.index()].extend(
+                list.iter()
+                    .enumerate()
+                    .map(|(j, (a, span))| (*a, format!("{ck}.upstreams[{j}]"), span.clone())),
+            );
+            strip(list)
+        });
+        out.push(RouteConfig {
+            name,
+            path_prefix: prefix,
+            strip_prefix: r.strip_prefix.unwrap_or(defaults::ROUTE_STRIP_PREFIX),
+            health,
+            pools,
+        });
+    }
+    out
+}
+
+/// The largest `requests_per_second` and `burst` accepted.
+const MAX_RATE: i64 = 1_000_000_000;
+
+/// `[app.rate_limit]`.
+fn rate_limit(raw: &FileRateLimit, k: &str, p: &mut Problems<'_>) -> RateLimitConfig {
+    let mut whole = |v: &Spanned<i64>, key: &str, max: i64| -> Option<u64> {
+        match *v.get_ref() {
+            n if (1..=max).contains(&n) => Some(n as u64),
+            _ => {
+                p.at(
+                    v.span(),
+                    format!("{k}.rate_limit.{key}"),
+                    format!("must be between 1 and {max}"),
+                );
+                None
+            }
+        }
+    };
+    let rate = |n: Option<u64>| n.and_then(|n| NonZeroU32::new(n as u32));
+    let rps = rate(whole(
+        &raw.requests_per_second,
+        "requests_per_second",
+        MAX_RATE,
+    ))
+    .unwrap_or(NonZeroU32::MIN);
+    let burst = match &raw.burst {
+        None => rps,
+        Some(b) => rate(whole(b, "burst", MAX_RATE)).unwrap_or(rps),
+    };
+    let max_keys = raw
+        .max_keys
+        .as_ref()
+        .and_then(|m| whole(m, "max_keys", 100_000_000))
+        .map_or(defaults::RATE_LIMIT_MAX_KEYS, |n| n as usize);
+    let key = match &raw.key {
+        None => defaults::RATE_LIMIT_KEY,
+        Some(s) => s.get_ref().trim().parse().unwrap_or_else(|m| {
+            p.at(s.span(), format!("{k}.rate_limit.key"), m);
+            defaults::RATE_LIMIT_KEY
+        }),
+    };
+    RateLimitConfig {
+        requests_per_second: rps,
+        burst,
+        key,
+        max_keys,
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -734,7 +907,12 @@ fn mirror(raw: Option<&FileMirror>, k: &str, p: &mut Problems<'_>) -> MirrorConf
             }
         }
     }
-    m.max_body = size_or(&raw.max_body, m.max_body, &format!("{k}.mirror.max_body"), p);
+    m.max_body = size_or(
+        &raw.max_body,
+        m.max_body,
+        &format!("{k}.mirror.max_body"),
+        p,
+    );
     if let Some(v) = &raw.max_in_flight {
         match usize::try_from(*v.get_ref()) {
             Ok(n) if (1..=100_000).contains(&n) => m.max_in_flight = n,
@@ -887,8 +1065,15 @@ fn analysis(raw: Option<&FileAnalysis>, k: &str, p: &mut Problems<'_>) -> Analys
     a
 }
 
-fn health(raw: Option<&FileHealth>, k: &str, p: &mut Problems<'_>) -> HealthConfig {
-    let mut h = HealthConfig::default();
+/// `[app.health]` (from the defaults) or a route's `[health]` (from the
+/// app's): every field `raw` does not set is `base`'s.
+fn health(
+    base: HealthConfig,
+    raw: Option<&FileHealth>,
+    k: &str,
+    p: &mut Problems<'_>,
+) -> HealthConfig {
+    let mut h = base;
     let Some(raw) = raw else { return h };
     if let Some(path) = &raw.path {
         if path.get_ref().starts_with('/') && !path.get_ref().contains(char::is_whitespace) {
@@ -1666,6 +1851,202 @@ upstreams = ["127.0.0.1:3002"]
         assert_eq!((p.line, p.column), (20, 11), "{p}");
     }
 
+    /// GOOD plus an API route (lines 17-27) and a rate limit.
+    const ROUTED: &str = r#"[[app.routes]]
+name = "api"
+path_prefix = "/api/"
+strip_prefix = true
+[app.routes.health]
+path = "/api/health"
+rise = 1
+[app.routes.blue]
+upstreams = ["127.0.0.1:4001"]
+[app.routes.green]
+upstreams = ["127.0.0.1:4002"]
+"#;
+
+    #[test]
+    fn routes_inherit_the_apps_health_and_rate_limits_have_defaults() {
+        let app_health = "[app.health]\ninterval = \"3s\"\nfall = 5\n";
+        let text =
+            format!("{GOOD}{ROUTED}{app_health}[app.rate_limit]\nrequests_per_second = 10\n");
+        let c = from_str(&text, Path::new("t.toml")).unwrap();
+        let a = &c.apps[0];
+        let r = &a.routes[0];
+        assert_eq!(
+            (r.name.as_str(), r.path_prefix.as_str(), r.strip_prefix),
+            ("api", "/api/", true)
+        );
+        assert_eq!(
+            r.upstreams(Color::Green),
+            ["127.0.0.1:4002".parse().unwrap()]
+        );
+        // Its own path and rise; the app's interval and fall; the defaults' rest.
+        assert_eq!(r.health.path, "/api/health");
+        assert_eq!(r.health.rise.get(), 1);
+        assert_eq!(r.health.interval, Duration::from_secs(3));
+        assert_eq!(r.health.fall.get(), 5);
+        assert_eq!(r.health.timeout, defaults::HEALTH_TIMEOUT);
+        assert_eq!(a.health.path, "/health", "the app keeps its own");
+        let l = a.rate_limit.as_ref().unwrap();
+        assert_eq!(
+            (l.requests_per_second.get(), l.burst.get()),
+            (10, 10),
+            "burst defaults to the rate"
+        );
+        assert_eq!(
+            (l.key.clone(), l.max_keys),
+            (RateLimitKey::ClientIp, 100_000)
+        );
+        let no_strip = ROUTED.replace("strip_prefix = true\n", "");
+        let c = from_str(&format!("{GOOD}{no_strip}"), Path::new("t.toml")).unwrap();
+        assert!(!c.apps[0].routes[0].strip_prefix);
+        assert!(c.apps[0].rate_limit.is_none());
+    }
+
+    #[test]
+    fn bad_routes_are_named_with_their_place() {
+        let two = |second: &str| format!("{GOOD}{ROUTED}{second}");
+        let other = ROUTED.replace("4001", "5001").replace("4002", "5002");
+        // Duplicate name (line 28 is the second route's name).
+        let p = one(&two(&other.replace("/api/", "/v2/")));
+        assert_eq!(
+            (p.key.as_str(), p.line),
+            ("app[0].routes[1].name", 29),
+            "{p}"
+        );
+        assert!(
+            p.message
+                .contains("duplicate route name 'api' (also line 18)"),
+            "{p}"
+        );
+        // Names that make the same deploy variable.
+        let a = ROUTED.replace("\"api\"", "\"api-v2\"");
+        let b = other
+            .replace("\"api\"", "\"API_v2\"")
+            .replace("/api/", "/v2/");
+        let p = one(&format!("{GOOD}{a}{b}"));
+        assert!(
+            p.message
+                .contains("same deploy variable BG_UPSTREAMS_API_V2"),
+            "{p}"
+        );
+        // Duplicate prefix.
+        let p = one(&two(&other.replace("\"api\"", "\"v2\"")));
+        assert_eq!(p.key, "app[0].routes[1].path_prefix");
+        assert!(
+            p.message
+                .contains("duplicate path prefix '/api/' (also line 19)"),
+            "{p}"
+        );
+        // A prefix that is not a path.
+        for bad in ["api/", "/a b/", "/api?x", ""] {
+            let p = one(&format!(
+                "{GOOD}{}",
+                ROUTED.replace("\"/api/\"", &format!("\"{bad}\""))
+            ));
+            assert_eq!(
+                (p.key.as_str(), p.line),
+                ("app[0].routes[0].path_prefix", 19),
+                "{p}"
+            );
+            assert!(p.message.contains("must start with '/'"), "{p}");
+        }
+        let p = one(&format!("{GOOD}{}", ROUTED.replace("\"api\"", "\"a.b\"")));
+        assert_eq!(p.key, "app[0].routes[0].name");
+        // Unknown keys in a route are errors too.
+        let p = one(&format!(
+            "{GOOD}{}",
+            ROUTED.replace("strip_prefix", "strip")
+        ));
+        assert!(p.message.contains("unknown field `strip`"), "{p}");
+    }
+
+    #[test]
+    fn an_upstream_serves_one_color_anywhere_in_the_app() {
+        // The route's green is the app's blue.
+        let p = one(&format!(
+            "{GOOD}{}",
+            ROUTED.replace("127.0.0.1:4002", "127.0.0.1:3001")
+        ));
+        assert_eq!(
+            (p.key.as_str(), p.line),
+            ("app[0].routes[0].green.upstreams[0]", 27),
+            "{p}"
+        );
+        assert!(
+            p.message
+                .contains("also blue in app[0].blue.upstreams[0] (line 13)"),
+            "{p}"
+        );
+        // The route's blue and green share one.
+        let p = one(&format!(
+            "{GOOD}{}",
+            ROUTED.replace("127.0.0.1:4002", "127.0.0.1:4001")
+        ));
+        assert!(
+            p.message
+                .contains("also blue in app[0].routes[0].blue.upstreams[0] (line 25)"),
+            "{p}"
+        );
+        // A second route's blue is the first route's green.
+        let other = ROUTED
+            .replace("\"api\"", "\"v2\"")
+            .replace("/api/", "/v2/")
+            .replace("127.0.0.1:4002", "127.0.0.1:5002")
+            .replace("127.0.0.1:4001", "127.0.0.1:4002");
+        let v = problems(&format!("{GOOD}{ROUTED}{other}"));
+        assert!(
+            v.iter()
+                .any(|p| p.key == "app[0].routes[1].blue.upstreams[0]"
+                    && p.message
+                        .contains("also green in app[0].routes[0].green.upstreams[0]")),
+            "{v:?}"
+        );
+        // The same color in two routes is allowed (one server, two services).
+        let same = ROUTED.replace("\"api\"", "\"v2\"").replace("/api/", "/v2/");
+        assert!(problems(&format!("{GOOD}{ROUTED}{same}")).is_empty());
+    }
+
+    #[test]
+    fn bad_rate_limits_are_named() {
+        let limit = |body: &str| format!("{GOOD}[app.rate_limit]\n{body}");
+        for (body, key) in [
+            (
+                "requests_per_second = 0",
+                "app[0].rate_limit.requests_per_second",
+            ),
+            (
+                "requests_per_second = 5\nburst = -1",
+                "app[0].rate_limit.burst",
+            ),
+            (
+                "requests_per_second = 5\nmax_keys = 0",
+                "app[0].rate_limit.max_keys",
+            ),
+            (
+                "requests_per_second = 5\nkey = \"cookie:x\"",
+                "app[0].rate_limit.key",
+            ),
+        ] {
+            let p = one(&limit(body));
+            assert_eq!(p.key, key, "{p}");
+        }
+        let p = one(&limit("burst = 5"));
+        assert!(
+            p.message.contains("missing field `requests_per_second`"),
+            "{p}"
+        );
+        let c = from_str(
+            &limit("requests_per_second = 1000000\nburst = 1000000\nkey = \"header:X-Api-Key\"\nmax_keys = 50"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let l = c.apps[0].rate_limit.clone().unwrap();
+        assert_eq!(l.key.to_string(), "header:x-api-key");
+        assert_eq!((l.burst.get(), l.max_keys), (1_000_000, 50));
+    }
+
     #[test]
     fn front_door_limits_have_defaults_and_bounds() {
         let c = from_str(GOOD, Path::new("t.toml")).unwrap();
@@ -1685,9 +2066,15 @@ upstreams = ["127.0.0.1:3002"]
             (5, 2)
         );
         for (line, key) in [
-            ("request_header_timeout = \"0\"", "proxy.request_header_timeout"),
+            (
+                "request_header_timeout = \"0\"",
+                "proxy.request_header_timeout",
+            ),
             ("max_connections = 0", "proxy.max_connections"),
-            ("max_connections_per_ip = -1", "proxy.max_connections_per_ip"),
+            (
+                "max_connections_per_ip = -1",
+                "proxy.max_connections_per_ip",
+            ),
         ] {
             let p = one(&GOOD.replace(
                 "listen = [\"127.0.0.1:8080\"]",

@@ -4,12 +4,15 @@
 //! Flow: [`DeployPlan::new`] fixes the plan (the color that is standby now,
 //! the steps, the log file) when the controller accepts the deploy -> [`run`]
 //! executes each step as `sh -c` in its own process group, with `{app}`,
-//! `{color}`, `{host}`, `{port}` filled in and `BG_*` variables set, sending
+//! `{color}`, `{host}`, `{port}` filled in and `BG_*` variables set
+//! (`BG_UPSTREAMS` the app's own upstreams of the color, and
+//! `BG_UPSTREAMS_<ROUTE>` each `[[app.routes]]` route's), sending
 //! every output line as a [`DeployEvent`] on its channel and into the log
 //! file -> a step that exits non-zero or passes its timeout (its whole
 //! process group is killed) fails the deploy and later steps do not run ->
 //! after the last step the runner waits until every upstream of the color
-//! passed a health check made *after* the steps ended -> it returns the
+//! (the app's and every route's) passed a health check made *after* the
+//! steps ended -> it returns the
 //! [`DeployRecord`], which the controller commits.
 //!
 //! The runner knows nothing of the controller: it reads its plan, reports on
@@ -54,9 +57,14 @@ pub struct DeployPlan {
     pub skipped: Vec<String>,
     /// Every configured step name, in configured order.
     pub order: Vec<String>,
-    /// The pool of `color`, for the health wait.
-    pub pool: Arc<Pool>,
+    /// Every pool of `color` (the app's own, then each route's), for the
+    /// health wait.
+    pub pools: Vec<Arc<Pool>>,
+    /// The app's own upstreams of `color` (`BG_UPSTREAMS`, `{host}`).
     pub upstreams: Vec<SocketAddr>,
+    /// Each route's deploy variable (`BG_UPSTREAMS_API`) and upstreams of
+    /// `color`.
+    pub route_upstreams: Vec<(String, Vec<SocketAddr>)>,
     pub health_timeout: Duration,
     pub migrate: bool,
     pub actor: String,
@@ -104,8 +112,14 @@ impl DeployPlan {
             app: app.to_string(),
             color,
             started,
-            pool: route.pool(color).clone(),
+            pools: route.pools_of(color).map(|(_, p)| p.clone()).collect(),
             upstreams: route.config.upstreams(color).to_vec(),
+            route_upstreams: route
+                .config
+                .routes
+                .iter()
+                .map(|r| (r.env_name(), r.upstreams(color).to_vec()))
+                .collect(),
             skipped: skipped.into_iter().map(|s| s.name).collect(),
             order: config.steps.iter().map(|s| s.name.clone()).collect(),
             steps,
@@ -385,13 +399,11 @@ async fn run_step(
             "BG_PORT",
             first.map(|a| a.port().to_string()).unwrap_or_default(),
         )
-        .env(
-            "BG_UPSTREAMS",
-            plan.upstreams
+        .env("BG_UPSTREAMS", joined(&plan.upstreams))
+        .envs(
+            plan.route_upstreams
                 .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+                .map(|(name, addrs)| (name, joined(addrs))),
         )
         .envs(step.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -460,6 +472,15 @@ async fn run_step(
     end
 }
 
+/// `10.0.0.22:3001,10.0.0.23:3001`.
+fn joined(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// SIGTERM to the step's whole process group, then SIGKILL.
 async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
     let Some(pgid) = pgid else { return };
@@ -505,9 +526,9 @@ async fn wait_healthy(
     let mut abort = abort.clone();
     loop {
         let fresh = plan
-            .pool
-            .upstreams
+            .pools
             .iter()
+            .flat_map(|p| p.upstreams.iter())
             .all(|u| u.health.get() == Health::Up && u.health.last_pass_ms() > since);
         if fresh {
             sink.emit(DeployEvent::Healthy {
@@ -518,9 +539,9 @@ async fn wait_healthy(
         }
         if started.elapsed() >= plan.health_timeout {
             let detail = plan
-                .pool
-                .upstreams
+                .pools
                 .iter()
+                .flat_map(|p| p.upstreams.iter())
                 .map(|u| format!("{} is {}", u.name, u.health.get()))
                 .collect::<Vec<_>>()
                 .join(", ");

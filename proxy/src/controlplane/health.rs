@@ -13,8 +13,9 @@
 //! lock-free by the data plane and the control API.
 //!
 //! Flow: [`HealthService`] (a pingora `BackgroundService`) runs one task per
-//! upstream of both colors of every app, each ticking at `interval`, and
-//! follows reloads.
+//! upstream of both colors of every app and of every route of an app
+//! (`[[app.routes]]`, with the route's own health settings), each ticking
+//! at `interval`, and follows reloads.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -111,6 +112,9 @@ fn probe(cfg: &HealthConfig, host: &str, h2: bool) -> HttpHealthCheck {
 /// One health-checked upstream: what a checker task needs.
 pub struct Target {
     pub app: Arc<str>,
+    /// The route the upstream serves (`[[app.routes]]`); `None`: the app's
+    /// own upstreams.
+    pub route: Option<Arc<str>>,
     pub color: Color,
     pub upstream: Arc<Upstream>,
     pub config: HealthConfig,
@@ -147,12 +151,13 @@ pub async fn check_loop(t: Target, mut shutdown: ShutdownWatch) {
         }
         if let Some(h) = tracker.observe(result.is_ok()) {
             t.upstream.set_health(h);
+            let route = t.route.as_deref().unwrap_or("-");
             match (h, &result) {
                 (Health::Down, Err(why)) => {
-                    warn!(app = %t.app, color = %t.color, upstream = %t.upstream.name, "upstream is DOWN: {why}")
+                    warn!(app = %t.app, route, color = %t.color, upstream = %t.upstream.name, "upstream is DOWN: {why}")
                 }
                 _ => {
-                    info!(app = %t.app, color = %t.color, upstream = %t.upstream.name, "upstream is {h}")
+                    info!(app = %t.app, route, color = %t.color, upstream = %t.upstream.name, "upstream is {h}")
                 }
             }
         }
@@ -197,7 +202,9 @@ struct Probe {
 impl BackgroundService for HealthService {
     async fn start(&self, shutdown: ShutdownWatch) {
         let mut generations = self.generations.clone();
-        let mut running: HashMap<(Arc<str>, Color, SocketAddr), Running> = HashMap::new();
+        // By app, route (None: the app's own), color and address.
+        type Key = (Arc<str>, Option<Arc<str>>, Color, SocketAddr);
+        let mut running: HashMap<Key, Running> = HashMap::new();
         let mut stop = shutdown.clone();
         loop {
             let snapshot = self.routing.load_full();
@@ -209,11 +216,17 @@ impl BackgroundService for HealthService {
                     .first()
                     .cloned()
                     .unwrap_or_else(|| "localhost".into());
-                for pool in &app.pools {
+                let own = app.pools.iter().map(|p| (None, p, &app.config.health));
+                let routes = app.paths.iter().flat_map(|r| {
+                    r.pools
+                        .iter()
+                        .map(move |p| (Some(r.name.clone()), p, &r.config.health))
+                });
+                for (route, pool, health) in own.chain(routes) {
                     for u in pool.upstreams.iter() {
-                        let key = (app.name.clone(), pool.color, u.addr);
+                        let key = (app.name.clone(), route.clone(), pool.color, u.addr);
                         let probe = Probe {
-                            config: app.config.health.clone(),
+                            config: health.clone(),
                             host: host.clone(),
                             h2: app.config.h2,
                         };
@@ -236,7 +249,8 @@ impl BackgroundService for HealthService {
                 }
                 let target = Target {
                     app: key.0.clone(),
-                    color: key.1,
+                    route: key.1.clone(),
+                    color: key.2,
                     upstream: upstream.clone(),
                     config: probe.config.clone(),
                     host: probe.host.clone(),

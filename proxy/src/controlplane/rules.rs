@@ -20,7 +20,8 @@ use std::sync::Arc;
 use bgproxy_control::api::{
     AnalysisResult, AnalysisStatus, AppStatus, Color, ColorStatus, Colors, DeployRecord,
     DeployStatus, Health, HistoryEntry, HistoryResponse, PendingRequest, ReloadResponse,
-    RequestStatus, RolloutState, RolloutStatus, StatusResponse, SwitchKind, UpstreamStatus,
+    RequestStatus, RolloutState, RolloutStatus, RouteStatus, StatusResponse, SwitchKind,
+    UpstreamStatus,
 };
 use time::OffsetDateTime;
 
@@ -728,16 +729,28 @@ impl Ctx<'_> {
 
 /// Why `color` of `route` is not healthy (every upstream observed up), or
 /// `None` when it is.
+/// With `[[app.routes]]`, every route's pool of `color` counts too, and
+/// each unhealthy one is named: `route 'api' (/api/): 10.0.0.24:4000 is
+/// down`.
 fn unhealthy(route: &AppRoute, color: Color) -> Option<String> {
-    let pool = route.pool(color);
-    (!pool.all_up()).then(|| {
-        pool.upstreams
-            .iter()
-            .filter(|u| u.health.get() != Health::Up)
-            .map(|u| format!("{} is {}", u.name, u.health.get()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    })
+    let why: Vec<String> = route
+        .pools_of(color)
+        .filter(|(_, pool)| !pool.all_up())
+        .map(|(path_route, pool)| {
+            let down = pool
+                .upstreams
+                .iter()
+                .filter(|u| u.health.get() != Health::Up)
+                .map(|u| format!("{} is {}", u.name, u.health.get()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            match path_route {
+                Some(r) => format!("route '{}' ({}): {down}", r.name, r.prefix),
+                None => down,
+            }
+        })
+        .collect();
+    (!why.is_empty()).then(|| why.join("; "))
 }
 
 /// `green at 25%, step 2/4, running`, for messages.
@@ -918,25 +931,37 @@ pub fn status<'a>(
 }
 
 fn app_status(route: &AppRoute, record: Option<&AppState>) -> AppStatus {
-    let color = |c: Color| {
-        let pool = route.pool(c);
-        ColorStatus {
-            healthy: pool.all_up(),
-            connections: pool.metrics.active.get().max(0) as u64,
-            upstreams: pool
-                .upstreams
-                .iter()
-                .map(|u| UpstreamStatus {
-                    addr: u.name.to_string(),
-                    health: u.health.get(),
-                    since: OffsetDateTime::from_unix_timestamp_nanos(
-                        u.health.since_ms() as i128 * 1_000_000,
-                    )
-                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                })
-                .collect(),
-        }
+    let pool_status = |pool: &crate::dataplane::routing::Pool, healthy: bool| ColorStatus {
+        healthy,
+        connections: pool.metrics.active.get().max(0) as u64,
+        upstreams: pool
+            .upstreams
+            .iter()
+            .map(|u| UpstreamStatus {
+                addr: u.name.to_string(),
+                health: u.health.get(),
+                since: OffsetDateTime::from_unix_timestamp_nanos(
+                    u.health.since_ms() as i128 * 1_000_000,
+                )
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            })
+            .collect(),
     };
+    // An app's color is healthy (switchable) when every pool of it is: its
+    // own and each route's.
+    let color = |c: Color| pool_status(route.pool(c), unhealthy(route, c).is_none());
+    let routes = route
+        .paths
+        .iter()
+        .map(|r| RouteStatus {
+            name: r.name.to_string(),
+            path_prefix: r.prefix.to_string(),
+            colors: Colors {
+                blue: pool_status(r.pool(Color::Blue), r.pool(Color::Blue).all_up()),
+                green: pool_status(r.pool(Color::Green), r.pool(Color::Green).all_up()),
+            },
+        })
+        .collect();
     AppStatus {
         name: route.name.to_string(),
         hosts: route.config.hosts.clone(),
@@ -951,6 +976,7 @@ fn app_status(route: &AppRoute, record: Option<&AppState>) -> AppStatus {
         },
         weights: route.weights(),
         rollout: record.and_then(|r| r.rollout.clone()),
+        routes,
     }
 }
 
@@ -1234,6 +1260,48 @@ upstreams = ["127.0.0.1:6001"]
             )
             .unwrap_err();
         assert_eq!((e.status(), e.code()), (409, "already_live"));
+    }
+
+    #[test]
+    fn every_route_of_the_target_color_must_be_up_and_is_named_in_the_refusal() {
+        let routed = TWO_APPS.replacen(
+            "[[app.deploy.steps]]",
+            "[[app.routes]]\nname = \"api\"\npath_prefix = \"/api/\"\n[app.routes.blue]\nupstreams = [\"127.0.0.1:7001\"]\n[app.routes.green]\nupstreams = [\"127.0.0.1:7002\"]\n[[app.deploy.steps]]",
+            1,
+        );
+        let w = world_with(&routed);
+        let to_green = cmd("web", Change::Switch { to: Color::Green });
+        w.set_health("web", Color::Green, &[Health::Up, Health::Up]);
+        let status = |w: &World| status(&w.snapshot, &w.state, |_| None).apps[0].clone();
+        assert!(!status(&w).colors.green.healthy, "the route is not up yet");
+        let e = w.decide(&to_green, None).unwrap_err();
+        assert_eq!((e.status(), e.code()), (409, "target_unhealthy"));
+        assert!(
+            e.to_string()
+                .contains("route 'api' (/api/): 127.0.0.1:7002 is unknown"),
+            "{e}"
+        );
+        let api = w.snapshot.app("web").unwrap().paths.by_name("api").unwrap();
+        api.pool(Color::Green).upstreams[0].health.set(Health::Down);
+        w.set_health("web", Color::Green, &[Health::Up, Health::Down]);
+        let e = w.decide(&to_green, None).unwrap_err().to_string();
+        assert!(
+            e.contains("127.0.0.1:4002 is down; route 'api' (/api/): 127.0.0.1:7002 is down"),
+            "{e}"
+        );
+        api.pool(Color::Green).upstreams[0].health.set(Health::Up);
+        w.set_health("web", Color::Green, &[Health::Up, Health::Up]);
+        assert!(matches!(
+            w.decide(&to_green, None),
+            Ok(Decision::Switch { .. })
+        ));
+        let s = status(&w);
+        assert!(s.colors.green.healthy);
+        assert_eq!(s.routes.len(), 1);
+        let r = &s.routes[0];
+        assert_eq!((r.name.as_str(), r.path_prefix.as_str()), ("api", "/api/"));
+        assert!(r.colors.green.healthy && !r.colors.blue.healthy);
+        assert_eq!(r.colors.green.upstreams[0].addr, "127.0.0.1:7002");
     }
 
     #[test]

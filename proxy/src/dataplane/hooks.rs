@@ -37,6 +37,8 @@ use crate::dataplane::mirror::{self, MirrorBody, Mirrorer};
 use crate::dataplane::preview::{
     self, Digest, Endpoint, Strip, Verdict, COLOR_HEADER, PREVIEW_HEADER,
 };
+use crate::dataplane::rate_limit;
+use crate::dataplane::routes;
 use crate::dataplane::routing::{strip_port, AppRoute, Pick, Routed, Routing, BUCKET_COOKIE};
 use crate::dataplane::upgrades::{
     Registration, UpgradeConnector, Upgrades, UpstreamIdle, WS_GOING_AWAY,
@@ -260,7 +262,7 @@ impl DataPlane {
             }
             Verdict::Standby => {
                 let color = route.live.other();
-                let pool = route.pool(color);
+                let pool = route.pool_of(ctx.path_route, color);
                 pool.metrics.preview.inc();
                 if !pool.any_up() {
                     let body = Bytes::from(format!(
@@ -413,6 +415,9 @@ pub struct RequestCtx {
     strip: Strip,
     /// Sampled for mirroring: the copy of the body so far.
     mirror: Option<MirrorBody>,
+    /// The app's route (`[[app.routes]]`) serving the path: an index into
+    /// its `paths`, `None` for the app's own pools.
+    path_route: Option<usize>,
 }
 
 impl RequestCtx {
@@ -562,6 +567,12 @@ impl ProxyHttp for DataPlane {
                     session.respond_error_with_body(431, body).await?;
                     return Ok(true);
                 }
+                if let Some(limit) = &route.rate_limit {
+                    if rate_limit::enforce(session, &route.name, limit).await? {
+                        return Ok(true); // 429
+                    }
+                }
+                let path_route = route.paths.find(session.req_header().uri.path());
                 let config = &route.config;
                 let declared = session
                     .req_header()
@@ -586,6 +597,7 @@ impl ProxyHttp for DataPlane {
                     self.redirect(session).await?;
                     return Ok(true);
                 }
+                ctx.path_route = path_route;
                 self.preview_and_mirror(session, ctx).await
             }
             None => {
@@ -625,7 +637,7 @@ impl ProxyHttp for DataPlane {
         };
         // On the retry, skip the upstream that just refused.
         let exclude = if ctx.retried { ctx.upstream } else { None };
-        let pool = route.pool(color);
+        let pool = route.pool_of(ctx.path_route, color);
         let pick = if ctx.preview {
             // A preview never lands on an upstream that is not known `up`.
             pool.pick_up(exclude).map(|upstream| Pick {
@@ -696,12 +708,12 @@ impl ProxyHttp for DataPlane {
         let others = ctx
             .route()
             .zip(ctx.color)
-            .is_some_and(|(r, c)| r.pool(c).upstreams.len() > 1);
+            .is_some_and(|(r, c)| r.pool_of(ctx.path_route, c).upstreams.len() > 1);
         let retry = !ctx.retried && others && session.req_header().method.is_idempotent();
         ctx.retried |= retry;
         if retry {
             if let Some((r, c)) = ctx.route().zip(ctx.color) {
-                r.pool(c).metrics.retries.inc();
+                r.pool_of(ctx.path_route, c).metrics.retries.inc();
             }
         }
         e.set_retry(retry);
@@ -734,6 +746,9 @@ impl ProxyHttp for DataPlane {
                 Some(rest) => upstream_request.insert_header(http::header::COOKIE, rest)?,
                 None => drop(upstream_request.remove_header(&http::header::COOKIE)),
             }
+        }
+        if let Some(route) = ctx.route() {
+            routes::rewrite(route, ctx.path_route, upstream_request);
         }
         add_forwarded_headers(upstream_request, client, proto)
     }

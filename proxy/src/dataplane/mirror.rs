@@ -209,8 +209,14 @@ impl Mirrorer {
             state.count(MirrorResult::Dropped);
             return;
         };
+        // The copy goes where the live request went, in the standby: the
+        // route serving its path, with its prefix stripped if it strips.
+        let path_route = route.paths.find(copy.req.uri.path());
         let header = match copy_header(route, &copy) {
-            Ok(h) => h,
+            Ok(mut h) => {
+                crate::dataplane::routes::rewrite(route, path_route, &mut h);
+                h
+            }
             Err(e) => {
                 debug!(app = %route.name, "cannot copy the request: {e}");
                 state.count(MirrorResult::Error);
@@ -218,7 +224,7 @@ impl Mirrorer {
             }
         };
         let job = Job {
-            pool: route.pool(route.live.other()).clone(),
+            pool: route.pool_of(path_route, route.live.other()).clone(),
             header,
             body: copy.body,
             live_class: copy.live_status / 100,

@@ -15,6 +15,8 @@
 //! headers     X-Forwarded-For/-Proto/-Host for the upstream; which Hosts are valid
 //! routing     Snapshot -> AppRoute (by Host) -> color -> Pool::pick; Routed,
 //!             one request's snapshot and app
+//! routes      an app's services by path prefix ([[app.routes]]), their pools
+//! rate_limit  [app.rate_limit]: a token bucket per client key, 429 past it
 //! health_cell an upstream's observed health, written by the health checker
 //! upgrades    WebSocket connections: tracked per color, closed after drain
 //! preview     preview by header and cookie (the standby), its token and paths
@@ -30,6 +32,8 @@ pub mod hooks;
 pub mod lean;
 pub mod mirror;
 pub mod preview;
+pub mod rate_limit;
+pub mod routes;
 pub mod routing;
 pub mod tls;
 pub mod upgrades;

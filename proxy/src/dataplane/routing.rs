@@ -19,6 +19,11 @@
 //! Buckets below `share * 100` go to the new color, so raising the share
 //! only moves clients from the old color to the new one, and lowering it
 //! only moves them back. No lock, no allocation.
+//!
+//! An app with `[[app.routes]]` holds its services' pools too
+//! ([`PathRoutes`], `routes.rs`): the color is decided once for the app,
+//! then the request's path picks the service, so a switch moves every
+//! service of the app in the same `store`.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -33,6 +38,8 @@ use crate::config::{AppConfig, Sticky};
 use crate::dataplane::health_cell::HealthCell;
 use crate::dataplane::mirror::MirrorState;
 use crate::dataplane::preview::PreviewKey;
+use crate::dataplane::rate_limit::RateLimit;
+use crate::dataplane::routes::{PathRoute, PathRoutes};
 use crate::metrics::{Metrics, PoolMetrics};
 
 /// The shared, swappable routing table.
@@ -212,6 +219,12 @@ pub struct AppRoute {
     pub preview: Option<Arc<PreviewKey>>,
     /// Copies in flight and their counters, kept across snapshots.
     pub mirror: Arc<MirrorState>,
+    /// The app's services by path prefix (`[[app.routes]]`); empty when it
+    /// has none.
+    pub paths: Arc<PathRoutes>,
+    /// `[app.rate_limit]`, kept (with its buckets) across snapshots while
+    /// unchanged.
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 impl AppRoute {
@@ -260,9 +273,60 @@ impl AppRoute {
         bgproxy_control::api::Weights::new(self.live.other(), self.canary)
     }
 
+    /// The app's own pool of `color` (requests matching no route).
     pub fn pool(&self, color: Color) -> &Arc<Pool> {
         &self.pools[color.index()]
     }
+
+    /// The pool of `color` of the route at `path_route` (an index from
+    /// `self.paths.find`), or the app's own when `None`.
+    #[inline]
+    pub fn pool_of(&self, path_route: Option<usize>, color: Color) -> &Arc<Pool> {
+        match path_route.and_then(|i| self.paths.get(i)) {
+            Some(route) => route.pool(color),
+            None => self.pool(color),
+        }
+    }
+
+    /// Every pool of `color`: the app's own, then each route's with its
+    /// name (the health gate, status and deploys cover them all).
+    pub fn pools_of(&self, color: Color) -> impl Iterator<Item = (Option<&PathRoute>, &Arc<Pool>)> {
+        std::iter::once((None, self.pool(color)))
+            .chain(self.paths.iter().map(move |r| (Some(r), r.pool(color))))
+    }
+}
+
+/// Builds the pool of one color of `app`'s `route` (`""`: the app's own)
+/// over `addrs`: `old`, the same pool of the previous snapshot, is reused
+/// when its upstream list is unchanged, and each of its upstreams that
+/// stays, so health, cursors and metric handles carry over.
+fn build_pool(
+    app: &str,
+    route: &str,
+    color: Color,
+    addrs: &[SocketAddr],
+    old: Option<&Arc<Pool>>,
+    metrics: &Metrics,
+) -> Arc<Pool> {
+    if let Some(p) = old.filter(|p| p.upstreams.iter().map(|u| u.addr).eq(addrs.iter().copied())) {
+        return p.clone();
+    }
+    let upstreams = addrs
+        .iter()
+        .map(|a| {
+            old.and_then(|p| p.upstreams.iter().find(|u| u.addr == *a))
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(Upstream::new(
+                        *a,
+                        metrics.upstream(app, route, color, &a.to_string()),
+                    ))
+                })
+        })
+        .collect();
+    // A route's requests count in its app's color: the rollout's analysis
+    // judges the whole color, every service of it.
+    Arc::new(Pool::new(color, upstreams, metrics.pool(app, color)))
 }
 
 /// The whole routing table at one instant.
@@ -322,27 +386,33 @@ impl Snapshot {
                 let old = prev.and_then(|p| p.app_index(&app.name).map(|i| &p.apps[i]));
                 let pools = Color::ALL.map(|c| {
                     let old_pool = old.map(|o| o.pool(c));
-                    let addrs = app.upstreams(c);
-                    if let Some(p) = old_pool
-                        .filter(|p| p.upstreams.iter().map(|u| u.addr).eq(addrs.iter().copied()))
-                    {
-                        return p.clone();
-                    }
-                    let upstreams = addrs
-                        .iter()
-                        .map(|a| {
-                            old_pool
-                                .and_then(|p| p.upstreams.iter().find(|u| u.addr == *a))
-                                .cloned()
-                                .unwrap_or_else(|| {
-                                    Arc::new(Upstream::new(
-                                        *a,
-                                        metrics.upstream(&app.name, c, &a.to_string()),
-                                    ))
-                                })
+                    build_pool(&app.name, "", c, app.upstreams(c), old_pool, metrics)
+                });
+                let paths = app
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        let old_route = old.and_then(|o| o.paths.by_name(&r.name));
+                        PathRoute {
+                            name: r.name.as_str().into(),
+                            prefix: r.path_prefix.as_str().into(),
+                            strip: r.strip_prefix,
+                            pools: Color::ALL.map(|c| {
+                                let old_pool = old_route.map(|o| o.pool(c));
+                                build_pool(&app.name, &r.name, c, r.upstreams(c), old_pool, metrics)
+                            }),
+                            config: Arc::new(r.clone()),
+                        }
+                    })
+                    .collect();
+                let rate_limit = app.rate_limit.as_ref().map(|config| {
+                    old.and_then(|o| o.rate_limit.as_ref())
+                        .filter(|l| l.config() == config)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            let (refused, keys) = metrics.rate_limit(&app.name);
+                            Arc::new(RateLimit::new(config, refused, keys))
                         })
-                        .collect();
-                    Arc::new(Pool::new(c, upstreams, metrics.pool(&app.name, c)))
                 });
                 let Split { live, canary } = split(&app.name).into();
                 let mirror = old.map_or_else(
@@ -361,6 +431,8 @@ impl Snapshot {
                         .as_ref()
                         .map(|t| Arc::new(PreviewKey::new(&app.name, t))),
                     mirror,
+                    paths: Arc::new(PathRoutes::new(paths)),
+                    rate_limit,
                 }
             })
             .collect();
@@ -521,6 +593,8 @@ pub(crate) mod testing {
             preview: Default::default(),
             mirror: Default::default(),
             verify: Vec::new(),
+            routes: Vec::new(),
+            rate_limit: None,
         })
     }
 
@@ -686,6 +760,78 @@ mod tests {
             "a new upstream starts unknown"
         );
         assert_eq!(s2.app_for_host(Some(b"b.example")), Some(1));
+    }
+
+    fn with_route(blue: u16, green: u16, strip: bool) -> Arc<AppConfig> {
+        let mut a = (*app("a", &["a.example"], &[1], &[2])).clone();
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        a.routes = vec![crate::config::RouteConfig {
+            name: "api".into(),
+            path_prefix: "/api/".into(),
+            strip_prefix: strip,
+            health: Default::default(),
+            pools: [vec![addr(blue)], vec![addr(green)]],
+        }];
+        a.rate_limit = Some(crate::config::RateLimitConfig {
+            requests_per_second: std::num::NonZeroU32::new(5).unwrap(),
+            burst: std::num::NonZeroU32::new(5).unwrap(),
+            key: crate::config::RateLimitKey::ClientIp,
+            max_keys: 10,
+        });
+        Arc::new(a)
+    }
+
+    #[test]
+    fn routes_pools_follow_the_color_and_carry_over_a_reload() {
+        let s1 = snapshot(&[with_route(3, 4, false)], None);
+        let a = &s1.apps[0];
+        let api = a.paths.find("/api/items");
+        assert_eq!(api, Some(0));
+        assert_eq!(a.pool_of(api, Color::Green).upstreams[0].addr.port(), 4);
+        assert_eq!(a.pool_of(None, Color::Green).upstreams[0].addr.port(), 2);
+        assert_eq!(
+            a.pool_of(a.paths.find("/"), Color::Blue).upstreams[0]
+                .addr
+                .port(),
+            1
+        );
+        let ports = |c| {
+            a.pools_of(c)
+                .map(|(r, p)| (r.map(|r| &*r.name), p.upstreams[0].addr.port()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ports(Color::Blue), [(None, 1), (Some("api"), 3)]);
+        a.paths.get(0).unwrap().pool(Color::Blue).upstreams[0]
+            .health
+            .set(Health::Up);
+
+        // A reload that changes only the route's strip keeps its pools (and
+        // their health) and the rate limit's buckets.
+        let s2 = snapshot(&[with_route(3, 4, true)], Some(&s1));
+        let (old, new) = (&s1.apps[0], &s2.apps[0]);
+        let pool = |r: &AppRoute, c| r.paths.get(0).unwrap().pool(c).clone();
+        assert!(Arc::ptr_eq(
+            &pool(old, Color::Blue),
+            &pool(new, Color::Blue)
+        ));
+        assert_eq!(pool(new, Color::Blue).upstreams[0].health.get(), Health::Up);
+        assert!(new.paths.get(0).unwrap().strip);
+        let limit = |r: &AppRoute| r.rate_limit.clone().unwrap();
+        assert!(Arc::ptr_eq(&limit(old), &limit(new)));
+        // A new green upstream for the route: a new pool, blue's kept.
+        let s3 = snapshot(&[with_route(3, 5, true)], Some(&s2));
+        assert!(!Arc::ptr_eq(
+            &pool(new, Color::Green),
+            &pool(&s3.apps[0], Color::Green)
+        ));
+        assert!(Arc::ptr_eq(
+            &pool(new, Color::Blue),
+            &pool(&s3.apps[0], Color::Blue)
+        ));
+        // A switch moves the app and its route in the same snapshot.
+        let s4 = s3.with_live(0, Color::Green);
+        assert_eq!(s4.apps[0].live, Color::Green);
+        assert!(Arc::ptr_eq(&s3.apps[0].paths, &s4.apps[0].paths));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub mod names {
     pub const AUTOMATIC_ROLLBACKS_TOTAL: &str = "bgproxy_automatic_rollbacks_total";
     pub const PREVIEW_REQUESTS_TOTAL: &str = "bgproxy_preview_requests_total";
     pub const MIRRORED_REQUESTS_TOTAL: &str = "bgproxy_mirrored_requests_total";
+    pub const RATE_LIMITED_TOTAL: &str = "bgproxy_rate_limited_total";
+    pub const RATE_LIMIT_KEYS: &str = "bgproxy_rate_limit_keys";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -65,6 +67,8 @@ pub mod names {
         AUTOMATIC_ROLLBACKS_TOTAL,
         PREVIEW_REQUESTS_TOTAL,
         MIRRORED_REQUESTS_TOTAL,
+        RATE_LIMITED_TOTAL,
+        RATE_LIMIT_KEYS,
     ];
 }
 
@@ -109,6 +113,8 @@ pub struct Metrics {
     pub automatic_rollbacks: IntCounterVec,
     preview: IntCounterVec,
     mirrored: IntCounterVec,
+    rate_limited: IntCounterVec,
+    rate_limit_keys: IntGaugeVec,
 }
 
 fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -145,7 +151,7 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            upstream_healthy: gauge(names::UPSTREAM_HEALTHY, "1 when the upstream is observed up, 0 when down or not yet checked.", &["app", "color", "upstream"]),
+            upstream_healthy: gauge(names::UPSTREAM_HEALTHY, "1 when the upstream is observed up, 0 when down or not yet checked; route is the [[app.routes]] name, empty for the app's own upstreams.", &["app", "route", "color", "upstream"]),
             live_color: gauge(names::LIVE_COLOR, "1 for the app's live color, 0 for the standby.", &["app", "color"]),
             switches: counter(names::SWITCHES_TOTAL, "Changes of the live color, by app and kind.", &["app", "kind"]),
             deploys: counter(names::DEPLOYS_TOTAL, "Deploys to the standby color, by app, color and result.", &["app", "color", "result"]),
@@ -171,6 +177,8 @@ impl Metrics {
             automatic_rollbacks: counter(names::AUTOMATIC_ROLLBACKS_TOTAL, "Rollouts aborted and switches rolled back by bgproxy itself after a failed analysis.", &["app"]),
             preview: counter(names::PREVIEW_REQUESTS_TOTAL, "Preview requests (a valid X-Bgproxy-Preview token or preview cookie), by app and the color they were sent to.", &["app", "color"]),
             mirrored: counter(names::MIRRORED_REQUESTS_TOTAL, "Copies of live requests sent to the standby ([app.mirror]), by app and result: ok, error, dropped (max_in_flight reached), mismatch (status class differs from the live answer).", &["app", "result"]),
+            rate_limited: counter(names::RATE_LIMITED_TOTAL, "Requests answered 429 by the app's [app.rate_limit], never forwarded.", &["app"]),
+            rate_limit_keys: gauge(names::RATE_LIMIT_KEYS, "Client keys the app's rate limit tracks now (at most its max_keys).", &["app"]),
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -218,10 +226,19 @@ impl Metrics {
         self.mirrored.with_label_values(&[app, result.as_str()])
     }
 
-    /// The health gauge of one upstream.
-    pub fn upstream(&self, app: &str, color: Color, upstream: &str) -> IntGauge {
+    /// The health gauge of one upstream of `app`'s `route` (`""`: the
+    /// app's own upstreams).
+    pub fn upstream(&self, app: &str, route: &str, color: Color, upstream: &str) -> IntGauge {
         self.upstream_healthy
-            .with_label_values(&[app, color.as_str(), upstream])
+            .with_label_values(&[app, route, color.as_str(), upstream])
+    }
+
+    /// The handles of `app`'s rate limit: requests refused, keys tracked.
+    pub fn rate_limit(&self, app: &str) -> (IntCounter, IntGauge) {
+        (
+            self.rate_limited.with_label_values(&[app]),
+            self.rate_limit_keys.with_label_values(&[app]),
+        )
     }
 
     /// Creates an app's series that would otherwise appear only on first use
@@ -478,7 +495,8 @@ mod tests {
         p.record(Some(200), 0.1);
         m.register_app("a", Color::Blue);
         m.set_weights("a", Weights::new(Color::Green, 10));
-        m.upstream("a", Color::Blue, "127.0.0.1:1");
+        m.upstream("a", "", Color::Blue, "127.0.0.1:1");
+        m.rate_limit("a");
         m.deploys.with_label_values(&["a", "blue", "ok"]);
         let families: Vec<String> = m
             .registry

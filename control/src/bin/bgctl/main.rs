@@ -649,7 +649,7 @@ fn change(
             EXIT_REFUSED,
             format!(
                 "refusing: {to} is not healthy ({}); wait until it is, or add --emergency to skip the health gate",
-                render::unhealthy_summary(target)
+                render::app_unhealthy_summary(app, to)
             ),
         ));
     }

@@ -141,6 +141,7 @@ pub fn status(apps: &[&AppStatus], style: &Style) -> String {
                 );
             }
         }
+        routes(&mut out, a, style);
         let deploy = match &a.deploy {
             None => "none".to_string(),
             Some(d) => format!(
@@ -229,6 +230,39 @@ fn switches(h: &HistoryResponse, style: &Style) -> String {
     out
 }
 
+/// Each `[[app.routes]]` service of `a`: its prefix, then per color its
+/// health and upstreams (they switch with the app).
+fn routes(out: &mut String, a: &AppStatus, style: &Style) {
+    for r in &a.routes {
+        let _ = writeln!(out, "  ROUTE {}  {}", style.bold(&r.name), r.path_prefix);
+        for c in Color::ALL {
+            let cs = r.colors.get(c);
+            let verdict = if cs.healthy {
+                style.paint("32", "healthy")
+            } else {
+                style.paint("1;31", "NOT HEALTHY")
+            };
+            let role = if c == a.live { "live" } else { "standby" };
+            let _ = writeln!(
+                out,
+                "    {:<6} {:<8} {}",
+                style.color(c, c.as_str()),
+                role,
+                verdict
+            );
+            for u in &cs.upstreams {
+                let _ = writeln!(
+                    out,
+                    "        {:<24} {} for {}",
+                    u.addr,
+                    style.health(u.health),
+                    ago(u.since)
+                );
+            }
+        }
+    }
+}
+
 /// `10.0.0.24:3001 is down, 10.0.0.25:3001 is unknown`.
 pub fn unhealthy_summary(c: &ColorStatus) -> String {
     c.upstreams
@@ -237,6 +271,28 @@ pub fn unhealthy_summary(c: &ColorStatus) -> String {
         .map(|u| format!("{} is {}", u.addr, u.health))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// [`unhealthy_summary`] of the app's own pool of `to`, then of each
+/// route's that is not healthy, named.
+pub fn app_unhealthy_summary(app: &AppStatus, to: Color) -> String {
+    let own = app.colors.get(to);
+    let mut parts: Vec<String> = Vec::new();
+    if own.upstreams.iter().any(|u| u.health != Health::Up) {
+        parts.push(unhealthy_summary(own));
+    }
+    for r in &app.routes {
+        let c = r.colors.get(to);
+        if !c.healthy {
+            parts.push(format!(
+                "route '{}' ({}): {}",
+                r.name,
+                r.path_prefix,
+                unhealthy_summary(c)
+            ));
+        }
+    }
+    parts.join("; ")
 }
 
 /// The plan shown before asking for approval.
@@ -265,6 +321,12 @@ pub fn target_health(out: &mut String, app: &AppStatus, to: Color, emergency: bo
     for u in &target.upstreams {
         let _ = writeln!(out, "    {:<24} {}", u.addr, style.health(u.health));
     }
+    for r in &app.routes {
+        let _ = writeln!(out, "    route {} ({}):", r.name, r.path_prefix);
+        for u in &r.colors.get(to).upstreams {
+            let _ = writeln!(out, "      {:<22} {}", u.addr, style.health(u.health));
+        }
+    }
     if emergency {
         let _ = writeln!(
             out,
@@ -281,7 +343,7 @@ pub fn target_health(out: &mut String, app: &AppStatus, to: Color, emergency: bo
         let _ = writeln!(
             out,
             "  target health: {}",
-            style.paint("1;31", &unhealthy_summary(target))
+            style.paint("1;31", &app_unhealthy_summary(app, to))
         );
     }
 }
@@ -487,6 +549,7 @@ mod tests {
             },
             weights,
             rollout,
+            routes: Vec::new(),
         }
     }
 
