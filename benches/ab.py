@@ -17,7 +17,8 @@ B_BIN (a binary per side, e.g. a copy of the previous build: default
 BGPROXY_BIN), A_WEIGHT and B_WEIGHT (green's share in percent, set through
 `POST /v1/apps/bench/weight` once green is healthy: a canary split; green
 then gets a second nginx backend), A_APP and B_APP (more tables of the app,
-`;`-separated lines, e.g. `[app.rollout];sticky = "none"`), GREEN (1: give
+`;`-separated lines, e.g. `[app.rollout];sticky = "none"`; `{blue}` and
+`{green}` in them are the ports of blue's and green's upstream), GREEN (1: give
 green its nginx backend and wait until it is healthy, without a split: the
 standby that mirroring copies to), ROUNDS (6), DURATION
 seconds per run (8), CONNECTIONS (50), IDLE_CONNS (5000: idle keep-alive
@@ -30,6 +31,21 @@ What mirroring costs the live traffic (`[app.mirror]`, copies to green):
     GREEN=1 A_APP='[app.mirror];percent = 0' B_APP='[app.mirror];percent = 100' python3 benches/ab.py
 (the default max_in_flight of 100 bounds the copies; add `;max_in_flight = 1000`
 to measure without drops: /metrics shows bgproxy_mirrored_requests_total).
+
+What a rate limit costs when it never triggers (`[app.rate_limit]`: wrk's
+connections all come from 127.0.0.1, one key, whose bucket of a million a
+second never runs dry; check bgproxy_rate_limited_total stays 0):
+    B_APP='[app.rate_limit];requests_per_second = 1000000;burst = 1000000' python3 benches/ab.py
+    B_APP='[app.rate_limit];requests_per_second = 1000000;burst = 1000000;key = "header:X-Api-Key"' python3 benches/ab.py
+(wrk sends no X-Api-Key: the second keys by address too, after a header look-up).
+
+What path routes cost (`[[app.routes]]`): one route that no request matches
+(the prefix scan), one that every request matches (`/`: its own pool, to
+the same nginx), and the same with strip_prefix (a new request target each):
+    P='[app.routes.blue];upstreams = ["127.0.0.1:{blue}"];[app.routes.green];upstreams = ["127.0.0.1:{green}"]'
+    B_APP="[[app.routes]];name = \"api\";path_prefix = \"/api/\";$P" python3 benches/ab.py
+    B_APP="[[app.routes]];name = \"all\";path_prefix = \"/\";$P" python3 benches/ab.py
+    B_APP="[[app.routes]];name = \"all\";path_prefix = \"/\";strip_prefix = true;$P" python3 benches/ab.py
 """
 
 import os
@@ -93,9 +109,10 @@ def main():
     procs = {}
     for side, keys in SIDES.items():
         port, control = free_port(), free_port()
+        green_port = green or free_port()
+        app = APPS[side].replace("{blue}", str(backend)).replace("{green}", str(green_port))
         bgproxy_toml(f"{tmp}/{side}.toml", port, control, f"{tmp}/{side}-state/state.json", backend,
-                     green or free_port(), 'path = "/health"\ninterval = "1s"', keys.replace(";", "\n"),
-                     APPS[side])
+                     green_port, 'path = "/health"\ninterval = "1s"', keys.replace(";", "\n"), app)
         p = start([BINS[side], "--config", f"{tmp}/{side}.toml"], f"{tmp}/{side}.log", load.PROXY_CPU,
                   ENVS[side])
         wait_http(port)
