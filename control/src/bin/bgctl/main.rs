@@ -11,6 +11,8 @@
 //! or authenticate.
 
 mod deploy;
+#[cfg(feature = "mcp")]
+mod mcp;
 mod render;
 mod requests;
 mod rollout;
@@ -224,6 +226,14 @@ enum Cmd {
         #[command(flatten)]
         plan: PlanBound,
     },
+    /// Serve the Model Context Protocol on stdin/stdout, for AI assistants.
+    ///
+    /// Tools: get_deployment_status, get_history (read-only),
+    /// deploy_to_standby, and switch_traffic and rollback, which only create
+    /// a pending request that a human carries out with bgctl approve. Meant
+    /// to run with the requester's token (BGCTL_TOKEN or --token-file).
+    #[cfg(feature = "mcp")]
+    Mcp,
     /// Reload the daemon's configuration file (validated first; a bad file
     /// changes nothing).
     Reload,
@@ -480,6 +490,8 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
                 style,
             )
         }
+        #[cfg(feature = "mcp")]
+        Cmd::Mcp => mcp::serve(client, cli.app.clone()),
         Cmd::Verify => {
             let app = resolve_app(&client, cli.app.as_deref())?;
             verify::run(&client, &app, cli.json, style)
