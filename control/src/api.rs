@@ -441,6 +441,9 @@ pub struct AppStatus {
 pub struct RouteStatus {
     pub name: String,
     pub path_prefix: String,
+    /// Each color's upstreams and health (`healthy`: every upstream of the
+    /// route's pool `up`). A route's requests count in its app's color, so
+    /// `connections` is the app's color's, as in the app's `colors`.
     pub colors: Colors,
 }
 
