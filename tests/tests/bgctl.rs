@@ -901,3 +901,34 @@ fn deny_and_a_stale_request() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(d.color_of("x"), "blue");
 }
+
+/// The next steps bgctl points at: after a deploy, `bgctl verify` then the
+/// switch; in `bgctl status`, the pending requests and how to decide.
+#[test]
+fn deploy_and_status_say_what_comes_next() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let spec = AppSpec::new("web", &[&b], &[&g])
+        .extra("\n[[app.deploy.steps]]\nname = \"build\"\nrun = \"true\"\n");
+    let d = Daemon::start_with(&[spec], Some("tok-123"));
+    assert!(d.wait_health("web", "green", "up", T) && d.wait_health("web", "blue", "up", T));
+    let (code, out, err) = d.bgctl(&["deploy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Next: bgctl verify") && out.contains("then bgctl switch green"),
+        "{out}"
+    );
+    let (code, out, _) = d.bgctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("pending requests"), "{out}");
+    let (code, _, err) = d.bgctl(&["ask", "switch"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = d.bgctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("pending requests: 1 (switch of web)") && out.contains("bgctl approve <id>"),
+        "{out}"
+    );
+    let (code, out, _) = d.bgctl(&["status", "--json"]);
+    assert_eq!(code, 0);
+    serde_json::from_str::<Value>(&out).expect("--json stays the API's JSON only");
+}

@@ -153,7 +153,7 @@ pub fn follow(
                 let standby = app.live.other();
                 match result {
                     DeployResult::Success => println!(
-                        "{} {} deployed and healthy in {took:.1}s; live is still {}. Next: bgctl switch {}",
+                        "{} {} deployed and healthy in {took:.1}s; live is still {}. Next: bgctl verify (the app's [[app.verify]] checks, if it has any), then bgctl switch {}",
                         style.paint("32", "OK"),
                         standby.as_str().to_uppercase(),
                         app.live,

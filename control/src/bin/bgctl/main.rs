@@ -381,6 +381,7 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
                 }
             }
             print!("{}", render::status(&apps, style));
+            pending_hint(&client, &apps);
             Ok(())
         }
         Cmd::History { limit } => {
@@ -571,6 +572,28 @@ fn rollout_cmd(
         expect_generation: confirm.plan.generation(generation),
     };
     rollout::run(client, &app, action, &ask, wait, cli.json, style)
+}
+
+/// After the status table: the pending requests of these apps, if any,
+/// and how to decide on them. Silent when they cannot be read (a daemon
+/// without requests): the status itself was shown.
+fn pending_hint(client: &Client, apps: &[&AppStatus]) {
+    let Ok(answer) = client.requests() else {
+        return;
+    };
+    let ids: Vec<String> = answer
+        .value
+        .requests
+        .iter()
+        .filter(|r| apps.iter().any(|a| a.name == r.app))
+        .map(|r| format!("{} ({} of {})", r.id, r.action, r.app))
+        .collect();
+    if !ids.is_empty() {
+        println!(
+            "\npending requests: {}; see them with bgctl requests, decide with bgctl approve <id> or bgctl deny <id>",
+            ids.join(", ")
+        );
+    }
 }
 
 fn print_raw(client: &Client, path: &str) -> Result<(), Failure> {
