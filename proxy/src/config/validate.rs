@@ -808,6 +808,22 @@ fn valid_host(host: &str) -> bool {
         })
 }
 
+/// An integer key within `range`, as a `T`; else a problem at the key.
+fn int_in<T: TryFrom<i64>>(
+    v: &Spanned<i64>,
+    range: std::ops::RangeInclusive<i64>,
+    key: &str,
+    message: &str,
+    p: &mut Problems<'_>,
+) -> Option<T> {
+    let n = *v.get_ref();
+    let value = T::try_from(n).ok().filter(|_| range.contains(&n));
+    if value.is_none() {
+        p.at(v.span(), key, message);
+    }
+    value
+}
+
 /// Checks a host name and claims it for `owner`: a host is routed to one
 /// place only. Returns it lowercase when valid and free.
 fn claim_host(
@@ -883,14 +899,9 @@ fn mirror(raw: Option<&FileMirror>, k: &str, p: &mut Problems<'_>) -> MirrorConf
     let mut m = MirrorConfig::default();
     let Some(raw) = raw else { return m };
     if let Some(v) = &raw.percent {
-        match u8::try_from(*v.get_ref()) {
-            Ok(n) if n <= 100 => m.percent = n,
-            _ => p.at(
-                v.span(),
-                format!("{k}.mirror.percent"),
-                "must be a share between 0 and 100",
-            ),
-        }
+        let key = format!("{k}.mirror.percent");
+        m.percent =
+            int_in(v, 0..=100, &key, "must be a share between 0 and 100", p).unwrap_or(m.percent);
     }
     if let Some(methods) = &raw.methods {
         m.methods.clear();
@@ -914,14 +925,9 @@ fn mirror(raw: Option<&FileMirror>, k: &str, p: &mut Problems<'_>) -> MirrorConf
         p,
     );
     if let Some(v) = &raw.max_in_flight {
-        match usize::try_from(*v.get_ref()) {
-            Ok(n) if (1..=100_000).contains(&n) => m.max_in_flight = n,
-            _ => p.at(
-                v.span(),
-                format!("{k}.mirror.max_in_flight"),
-                "must be between 1 and 100000",
-            ),
-        }
+        let key = format!("{k}.mirror.max_in_flight");
+        m.max_in_flight = int_in(v, 1..=100_000, &key, "must be between 1 and 100000", p)
+            .unwrap_or(m.max_in_flight);
     }
     m
 }
@@ -949,17 +955,20 @@ fn verify(raw: &[Spanned<FileVerify>], k: &str, p: &mut Problems<'_>) -> Vec<Ver
                 "must start with '/' and contain no spaces",
             );
         }
-        let mut expect_status = defaults::VERIFY_EXPECT_STATUS;
-        if let Some(s) = &c.expect_status {
-            match u16::try_from(*s.get_ref()) {
-                Ok(code) if (100..=599).contains(&code) => expect_status = code,
-                _ => p.at(
-                    s.span(),
-                    format!("{key}.expect_status"),
+        let expect_status = c
+            .expect_status
+            .as_ref()
+            .and_then(|s| {
+                let key = format!("{key}.expect_status");
+                int_in(
+                    s,
+                    100..=599,
+                    &key,
                     "must be an HTTP status between 100 and 599",
-                ),
-            }
-        }
+                    p,
+                )
+            })
+            .unwrap_or(defaults::VERIFY_EXPECT_STATUS);
         out.push(VerifyCheck {
             name,
             path,
@@ -1019,24 +1028,14 @@ fn analysis(raw: Option<&FileAnalysis>, k: &str, p: &mut Problems<'_>) -> Analys
         p,
     );
     if let Some(n) = &raw.min_requests {
-        match u64::try_from(*n.get_ref()) {
-            Ok(v) if v >= 1 => a.min_requests = v,
-            _ => p.at(
-                n.span(),
-                format!("{k}.analysis.min_requests"),
-                "must be at least 1",
-            ),
-        }
+        let key = format!("{k}.analysis.min_requests");
+        a.min_requests =
+            int_in(n, 1..=i64::MAX, &key, "must be at least 1", p).unwrap_or(a.min_requests);
     }
     if let Some(n) = &raw.max_inconclusive {
-        match u32::try_from(*n.get_ref()) {
-            Ok(v) if (1..=1000).contains(&v) => a.max_inconclusive = v,
-            _ => p.at(
-                n.span(),
-                format!("{k}.analysis.max_inconclusive"),
-                "must be between 1 and 1000",
-            ),
-        }
+        let key = format!("{k}.analysis.max_inconclusive");
+        a.max_inconclusive = int_in(n, 1..=1000, &key, "must be between 1 and 1000", p)
+            .unwrap_or(a.max_inconclusive);
     }
     if let Some(r) = &raw.max_error_ratio {
         match *r.get_ref() {
@@ -1109,14 +1108,15 @@ fn health(
         }
     }
     if let Some(s) = &raw.expect_status {
-        match u16::try_from(*s.get_ref()) {
-            Ok(code) if (100..=599).contains(&code) => h.expect_status = code,
-            _ => p.at(
-                s.span(),
-                format!("{k}.health.expect_status"),
-                "must be an HTTP status between 100 and 599",
-            ),
-        }
+        let key = format!("{k}.health.expect_status");
+        h.expect_status = int_in(
+            s,
+            100..=599,
+            &key,
+            "must be an HTTP status between 100 and 599",
+            p,
+        )
+        .unwrap_or(h.expect_status);
     }
     h
 }
@@ -2081,6 +2081,58 @@ upstreams = ["127.0.0.1:4002"]
                 &format!("listen = [\"127.0.0.1:8080\"]\n{line}"),
             ));
             assert_eq!((p.key.as_str(), p.line), (key, 4), "{p}");
+        }
+    }
+
+    /// Every rollout, analysis, mirror and verify value out of its range is
+    /// named by key and line; good ones load.
+    #[test]
+    fn rollout_analysis_mirror_and_verify_values_name_their_key() {
+        let good = format!(
+            "{GOOD}[app.rollout]\nsteps = [\"20%\", \"100%\"]\nsticky = \"client_ip\"\n\
+             [app.analysis]\nmin_requests = 5\nmax_inconclusive = 2\nwatch = \"30s\"\n\
+             [app.mirror]\npercent = 10\n\
+             [[app.verify]]\nname = \"home\"\npath = \"/\"\nexpect_status = 204\n"
+        );
+        let c = from_str(&good, Path::new("/etc/bgproxy/t.toml")).unwrap();
+        let app = &c.apps[0];
+        assert_eq!(app.rollout.steps, [20, 100]);
+        assert_eq!(app.rollout.sticky, Sticky::ClientIp);
+        assert_eq!(
+            (app.analysis.min_requests, app.analysis.max_inconclusive),
+            (5, 2)
+        );
+        assert_eq!(app.mirror.percent, 10);
+        assert_eq!(app.verify[0].expect_status, 204);
+        for (from, to, key) in [
+            (
+                "min_requests = 5",
+                "min_requests = 0",
+                "app[0].analysis.min_requests",
+            ),
+            (
+                "max_inconclusive = 2",
+                "max_inconclusive = 5000",
+                "app[0].analysis.max_inconclusive",
+            ),
+            ("percent = 10", "percent = 101", "app[0].mirror.percent"),
+            (
+                "expect_status = 204",
+                "expect_status = 99",
+                "app[0].verify[0].expect_status",
+            ),
+            (
+                "\"20%\", \"100%\"",
+                "\"50%\", \"20%\", \"100%\"",
+                "app[0].rollout.steps",
+            ),
+            ("\"client_ip\"", "\"sometimes\"", "app[0].rollout.sticky"),
+        ] {
+            let bad = good.replace(from, to);
+            let p = one(&bad);
+            assert_eq!(p.key, key, "{p}");
+            let line = bad.lines().position(|l| l.contains(to)).unwrap() + 1;
+            assert_eq!(p.line, line, "{p}");
         }
     }
 }
