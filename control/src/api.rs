@@ -433,6 +433,26 @@ pub struct AppStatus {
     /// each switches with the app. Empty without routes.
     #[serde(default)]
     pub routes: Vec<RouteStatus>,
+    /// How the standby can be tried before a switch.
+    #[serde(default)]
+    pub trying: Trying,
+}
+
+/// How an app's standby can be tried before a switch: preview, color host
+/// names, mirroring, verify checks (as configured).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trying {
+    /// `[app.preview] token_file` is set: the `X-Bgproxy-Preview` header
+    /// and the `/.bgproxy/preview` cookie reach the standby.
+    pub preview: bool,
+    /// `blue_hosts`, `green_hosts`: names always routed to that color.
+    pub blue_hosts: Vec<String>,
+    pub green_hosts: Vec<String>,
+    /// `[app.mirror] percent`: the share of live requests copied to the
+    /// standby (0: off).
+    pub mirror_percent: u8,
+    /// The names of the `[[app.verify]]` checks (they gate a switch).
+    pub verify_checks: Vec<String>,
 }
 
 /// One `[[app.routes]]` service of an app: its pools, shaped like the

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bgproxy_control::api::{
     AnalysisResult, AnalysisStatus, AppStatus, Color, ColorStatus, Colors, DeployRecord,
     DeployStatus, Health, HistoryEntry, HistoryResponse, PendingRequest, ReloadResponse,
-    RequestStatus, RolloutState, RolloutStatus, RouteStatus, StatusResponse, SwitchKind,
+    RequestStatus, RolloutState, RolloutStatus, RouteStatus, StatusResponse, SwitchKind, Trying,
     UpstreamStatus,
 };
 use time::OffsetDateTime;
@@ -977,6 +977,13 @@ fn app_status(route: &AppRoute, record: Option<&AppState>) -> AppStatus {
         weights: route.weights(),
         rollout: record.and_then(|r| r.rollout.clone()),
         routes,
+        trying: Trying {
+            preview: route.config.preview.token.is_some(),
+            blue_hosts: route.config.preview.hosts[Color::Blue.index()].clone(),
+            green_hosts: route.config.preview.hosts[Color::Green.index()].clone(),
+            mirror_percent: route.config.mirror.percent,
+            verify_checks: route.config.verify.iter().map(|c| c.name.clone()).collect(),
+        },
     }
 }
 
@@ -2139,5 +2146,29 @@ upstreams = ["127.0.0.1:6001"]
             w.state.requests.last().unwrap().id,
             (REQUEST_LIMIT + 6).to_string()
         );
+    }
+
+    #[test]
+    fn status_says_how_the_standby_can_be_tried() {
+        let text = TWO_APPS.replace(
+            "[[app.deploy.steps]]",
+            "[app.preview]\ngreen_hosts = [\"green.web.example\"]\n[app.mirror]\npercent = 10\n\
+             [[app.verify]]\nname = \"home\"\npath = \"/\"\n[[app.deploy.steps]]",
+        );
+        let w = world_with(&text);
+        let status = status(&w.snapshot, &w.state, |_| None);
+        let web = status.apps.iter().find(|a| a.name == "web").unwrap();
+        assert_eq!(
+            web.trying,
+            Trying {
+                preview: false,
+                blue_hosts: vec![],
+                green_hosts: vec!["green.web.example".into()],
+                mirror_percent: 10,
+                verify_checks: vec!["home".into()],
+            }
+        );
+        let api = status.apps.iter().find(|a| a.name == "api").unwrap();
+        assert_eq!(api.trying, Trying::default());
     }
 }

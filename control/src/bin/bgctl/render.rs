@@ -142,6 +142,9 @@ pub fn status(apps: &[&AppStatus], style: &Style) -> String {
             }
         }
         routes(&mut out, a, style);
+        if let Some(line) = trying_line(a) {
+            let _ = writeln!(out, "  {line}");
+        }
         let deploy = match &a.deploy {
             None => "none".to_string(),
             Some(d) => format!(
@@ -425,6 +428,35 @@ pub fn split(w: Weights, style: &Style) -> String {
     )
 }
 
+/// How the standby can be tried, when the app configures any of it:
+/// `try the standby (green): X-Bgproxy-Preview header or /.bgproxy/preview,
+/// green.shop.test, mirroring 10%, bgctl verify (2 checks)`.
+pub fn trying_line(a: &AppStatus) -> Option<String> {
+    let t = &a.trying;
+    let mut ways = Vec::new();
+    if t.preview {
+        ways.push("X-Bgproxy-Preview header or /.bgproxy/preview?token=...".to_string());
+    }
+    let hosts = match a.standby {
+        Color::Blue => &t.blue_hosts,
+        Color::Green => &t.green_hosts,
+    };
+    if !hosts.is_empty() {
+        ways.push(hosts.join(", "));
+    }
+    if t.mirror_percent > 0 {
+        ways.push(format!("mirroring {}% of live requests", t.mirror_percent));
+    }
+    if !t.verify_checks.is_empty() {
+        ways.push(format!(
+            "bgctl verify ({} check{}, run before every switch)",
+            t.verify_checks.len(),
+            if t.verify_checks.len() == 1 { "" } else { "s" }
+        ));
+    }
+    (!ways.is_empty()).then(|| format!("try the standby ({}): {}", a.standby, ways.join("; ")))
+}
+
 /// The split line of `bgctl status`, when the app has a rollout or its
 /// requests are split: `split  blue 75% / green 25%   rollout green step
 /// 2/4 (25%) running, 40s left, last analysis pass (...)`.
@@ -550,7 +582,32 @@ mod tests {
             weights,
             rollout,
             routes: Vec::new(),
+            trying: Default::default(),
         }
+    }
+
+    #[test]
+    fn trying_line_names_each_way_to_the_standby() {
+        let mut a = app(Weights::new(Color::Blue, 100), None);
+        assert_eq!(trying_line(&a), None);
+        a.trying.preview = true;
+        a.trying.green_hosts = vec!["green.web.test".into()];
+        a.trying.blue_hosts = vec!["blue.web.test".into()];
+        a.trying.mirror_percent = 10;
+        a.trying.verify_checks = vec!["home".into()];
+        let line = trying_line(&a).unwrap();
+        assert!(
+            line.starts_with("try the standby (green): X-Bgproxy-Preview"),
+            "{line}"
+        );
+        assert!(
+            line.contains("green.web.test") && !line.contains("blue.web.test"),
+            "{line}"
+        );
+        assert!(
+            line.contains("mirroring 10%") && line.contains("bgctl verify (1 check,"),
+            "{line}"
+        );
     }
 
     fn rollout(now: OffsetDateTime) -> RolloutStatus {
