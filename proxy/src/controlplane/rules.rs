@@ -169,9 +169,18 @@ pub fn decide(
                 app: req.app.clone(),
                 change: requested_change(req)?,
                 emergency: req.emergency,
-                reason: Some(match &req.reason {
-                    Some(why) => format!("{why} (requested by {}, request {id})", req.requested_by),
-                    None => format!("requested by {}, request {id}", req.requested_by),
+                reason: Some({
+                    let asked = format!("requested by {}, request {id}", req.requested_by);
+                    // Both people's words: why it was asked, why approved.
+                    let whys: Vec<&str> = [req.reason.as_deref(), cmd.reason.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    if whys.is_empty() {
+                        asked
+                    } else {
+                        format!("{} ({asked})", whys.join("; approved: "))
+                    }
                 }),
                 actor: cmd.actor.clone(),
                 client: cmd.client.clone(),
@@ -261,8 +270,16 @@ pub fn plan(req: &PendingRequest, route: &AppRoute) -> String {
         "switch" => format!("switch app '{app}' from {live} to {to}{how}"),
         "rollback" => format!("roll app '{app}' back from {live} to {}{how}", live.other()),
         "canary" => format!(
-            "start a canary of {to} for app '{app}' (steps {:?}, {:?} each){how}",
-            route.config.rollout.steps, route.config.rollout.step_interval
+            "start a canary of {to} for app '{app}' (steps {}, {} each){how}",
+            route
+                .config
+                .rollout
+                .steps
+                .iter()
+                .map(|s| format!("{s}%"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            bgproxy_control::duration::format_duration(route.config.rollout.step_interval)
         ),
         _ => format!(
             "promote the rollout of app '{app}': make {} live{how}",
@@ -411,6 +428,9 @@ impl Ctx<'_> {
             decided_at: None,
         };
         requested_change(&req)?;
+        if action == "rollback" && rollback_target(self.state, &self.cmd.app).is_none() {
+            return Err(ControlError::NothingToRollBack(self.cmd.app.clone()));
+        }
         if to == Some(route.live) && matches!(action, "switch" | "canary") {
             return Err(ControlError::AlreadyLive {
                 app: self.cmd.app.clone(),
@@ -2077,7 +2097,7 @@ upstreams = ["127.0.0.1:6001"]
         w.set_health("web", Color::Green, &UP);
         w.set_health("web", Color::Blue, &UP);
         decide_commit(&mut w, &request("switch", Some(Color::Green)));
-        decide_commit(&mut w, &request("rollback", None));
+        decide_commit(&mut w, &request("promote", None));
         // Someone switches meanwhile: the first request's plan is stale.
         decide_commit(&mut w, &cmd("web", Change::Switch { to: Color::Green }));
         let e = w
@@ -2108,6 +2128,7 @@ upstreams = ["127.0.0.1:6001"]
             (request("switch", None), "bad_request"),
             (request("explode", None), "bad_request"),
             (request("switch", Some(Color::Blue)), "already_live"),
+            (request("rollback", None), "nothing_to_roll_back"),
             (
                 cmd(
                     "nope",
@@ -2127,9 +2148,9 @@ upstreams = ["127.0.0.1:6001"]
     #[test]
     fn decided_requests_are_kept_up_to_the_limit_and_pending_ones_always() {
         let mut w = world();
-        decide_commit(&mut w, &request("rollback", None));
+        decide_commit(&mut w, &request("promote", None));
         for i in 0..(REQUEST_LIMIT + 5) {
-            decide_commit(&mut w, &request("rollback", None));
+            decide_commit(&mut w, &request("promote", None));
             let id = (i + 2).to_string();
             decide_commit(&mut w, &cmd("web", Change::Deny { id }));
         }
