@@ -188,6 +188,51 @@ pub struct ActionRequest {
     pub expect_generation: Option<u64>,
 }
 
+impl RolloutStatus {
+    /// `green at 25%, step 2/4, running`, or `green held at 30% by weight`:
+    /// how the daemon's messages and bgctl name a rollout.
+    pub fn describe(&self) -> String {
+        if self.steps.is_empty() {
+            format!("{} held at {}% by weight", self.to, self.percent)
+        } else {
+            format!(
+                "{} at {}%, step {}/{}, {}",
+                self.to,
+                self.percent,
+                self.step + 1,
+                self.steps.len(),
+                self.state
+            )
+        }
+    }
+}
+
+/// Checks a list of rollout steps (the new color's share at each step): at
+/// least one, each 1-100, strictly increasing, the last 100. The one rule
+/// for `[app.rollout] steps`, a canary call's `steps` and `bgctl canary
+/// --steps`.
+pub fn rollout_steps(raw: &[u32]) -> Result<Vec<u8>, String> {
+    if raw.is_empty() {
+        return Err("needs at least one step, and the last must be 100".into());
+    }
+    if let Some(bad) = raw.iter().find(|&&s| !(1..=100).contains(&s)) {
+        return Err(format!("step {bad} is not a share between 1 and 100"));
+    }
+    if let Some(w) = raw.windows(2).find(|w| w[1] <= w[0]) {
+        return Err(format!(
+            "steps must increase: {} comes after {}",
+            w[1], w[0]
+        ));
+    }
+    match raw.last() {
+        Some(100) => Ok(raw.iter().map(|&s| s as u8).collect()),
+        last => Err(format!(
+            "the last step must be 100 (the new color live), not {}",
+            last.copied().unwrap_or_default()
+        )),
+    }
+}
+
 /// Body of `POST /v1/apps/{app}/canary`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

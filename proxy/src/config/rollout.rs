@@ -95,29 +95,9 @@ impl Default for AnalysisConfig {
     }
 }
 
-/// Checks a list of rollout steps (percent of the new color at each step):
-/// at least one, each 1-100, strictly increasing, the last 100.
-pub fn steps(raw: &[u32]) -> Result<Vec<u8>, String> {
-    if raw.is_empty() {
-        return Err("needs at least one step, and the last must be 100".into());
-    }
-    if let Some(bad) = raw.iter().find(|&&s| !(1..=100).contains(&s)) {
-        return Err(format!("step {bad} is not a share between 1 and 100"));
-    }
-    if let Some(w) = raw.windows(2).find(|w| w[1] <= w[0]) {
-        return Err(format!(
-            "steps must increase: {} comes after {}",
-            w[1], w[0]
-        ));
-    }
-    if raw.last() != Some(&100) {
-        return Err(format!(
-            "the last step must be 100 (the new color live), not {}",
-            raw[raw.len() - 1]
-        ));
-    }
-    Ok(raw.iter().map(|&s| s as u8).collect())
-}
+/// Checks a list of rollout steps: the one rule, shared with the control
+/// API and bgctl.
+pub use bgproxy_control::api::rollout_steps as steps;
 
 #[cfg(test)]
 mod tests {

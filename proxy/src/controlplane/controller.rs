@@ -527,10 +527,10 @@ impl Controller {
                     (Some(r), _) => match r.last_analysis.as_ref().filter(|_| verdict.is_some()) {
                         Some(a) => info!(
                             app = %cmd.app, result = a.result.as_str(),
-                            "rollout: {} (analysis: {})", rules::describe(r), a.detail
+                            "rollout: {} (analysis: {})", r.describe(), a.detail
                         ),
                         None => info!(
-                            app = %cmd.app, actor = %cmd.actor, "rollout: {}", rules::describe(r)
+                            app = %cmd.app, actor = %cmd.actor, "rollout: {}", r.describe()
                         ),
                     },
                     (None, Some(e)) => warn!(

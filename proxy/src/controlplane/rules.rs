@@ -129,7 +129,7 @@ pub fn decide(
             if let Some(r) = ctx.rollout() {
                 return Err(ControlError::RolloutRunning {
                     app: cmd.app.clone(),
-                    detail: describe(r),
+                    detail: r.describe(),
                 });
             }
             Ok(Decision::Deploy {
@@ -328,7 +328,7 @@ impl Ctx<'_> {
         match self.rollout() {
             Some(r) if !self.cmd.emergency => Err(ControlError::RolloutRunning {
                 app: self.cmd.app.clone(),
-                detail: describe(r),
+                detail: r.describe(),
             }),
             _ => Ok(()),
         }
@@ -451,7 +451,7 @@ impl Ctx<'_> {
         if let Some(r) = self.rollout() {
             return Err(ControlError::RolloutRunning {
                 app: self.cmd.app.clone(),
-                detail: describe(r),
+                detail: r.describe(),
             });
         }
         if to == route.live {
@@ -771,22 +771,6 @@ fn unhealthy(route: &AppRoute, color: Color) -> Option<String> {
         })
         .collect();
     (!why.is_empty()).then(|| why.join("; "))
-}
-
-/// `green at 25%, step 2/4, running`, for messages.
-pub fn describe(r: &RolloutStatus) -> String {
-    if r.steps.is_empty() {
-        format!("{} held at {}% by weight", r.to, r.percent)
-    } else {
-        format!(
-            "{} at {}%, step {}/{}, {}",
-            r.to,
-            r.percent,
-            r.step + 1,
-            r.steps.len(),
-            r.state
-        )
-    }
 }
 
 /// The color a rollback goes to: the previous live color, which with two

@@ -84,22 +84,9 @@ pub fn parse_steps(s: &str) -> Result<Steps, String> {
         .split(',')
         .map(|p| parse_share(p).map_err(|e| format!("{e} in '{s}'")))
         .collect::<Result<Vec<u32>, String>>()?;
-    if let Some(bad) = steps.iter().find(|&&p| p == 0) {
-        return Err(format!("step {bad} is not a share between 1 and 100"));
-    }
-    if let Some(w) = steps.windows(2).find(|w| w[1] <= w[0]) {
-        return Err(format!(
-            "steps must increase: {} comes after {}",
-            w[1], w[0]
-        ));
-    }
-    match steps.last() {
-        Some(100) => Ok(Steps(steps)),
-        Some(last) => Err(format!(
-            "the last step must be 100 (the new color live), not {last}: like 10,25,50,100"
-        )),
-        None => Err("needs at least one step, like 10,25,50,100".into()),
-    }
+    bgproxy_control::api::rollout_steps(&steps)
+        .map(|_| Steps(steps))
+        .map_err(|e| format!("{e}: like 10,25,50,100"))
 }
 
 /// Parses a share: `30` or `30%`, 0 to 100.
@@ -244,7 +231,7 @@ fn check(app: &AppStatus, action: &Action, emergency: bool) -> Result<Option<Col
     match (action, &app.rollout) {
         (Action::Canary { .. }, Some(r)) => refuse(format!(
             "a rollout of app '{name}' is running ({}): promote or abort it first",
-            describe(r)
+            r.describe()
         )),
         (Action::Canary { to, .. }, None) if *to == app.live => refuse(format!(
             "{to} is already live for app '{name}': nothing to do"
@@ -271,22 +258,6 @@ fn check(app: &AppStatus, action: &Action, emergency: bool) -> Result<Option<Col
             "the rollout of app '{name}' holds a share set by weight and has no steps to go on with: promote or abort it"
         )),
         (Action::Pause | Action::Resume, Some(_)) => Ok(None),
-    }
-}
-
-/// `green at 50%, step 1/2, running` (the daemon's words).
-fn describe(r: &RolloutStatus) -> String {
-    if r.steps.is_empty() {
-        format!("{} held at {}% by weight", r.to, r.percent)
-    } else {
-        format!(
-            "{} at {}%, step {}/{}, {}",
-            r.to,
-            r.percent,
-            r.step + 1,
-            r.steps.len(),
-            r.state
-        )
     }
 }
 
