@@ -347,15 +347,11 @@ fn second_daemon_on_same_state_refuses_to_start() {
 /// Zero-downtime binary upgrade under keep-alive load: start the new
 /// process with --upgrade, send SIGQUIT to the old one. Zero failed
 /// requests; the old process exits 0; the new one serves and holds the state
-/// (a switch after the handover is kept).
-///
-/// Ignored until issue #28: since the load never retries, about one run in
-/// twelve sees one request reset - a connection the old process accepted in
-/// its last moments (pingora keeps accepting for its close timeout after
-/// the sockets are passed) and closed unread when it exits. Run it with
-/// `cargo test -p bgproxy-e2e --test operations -- --ignored`.
+/// (a switch after the handover is kept). The load never retries, so a
+/// connection the old process accepted in its last moments and closed
+/// unread fails it (one run in about twelve before the front door's
+/// LAST_CALL).
 #[test]
-#[ignore = "issue #28: a connection accepted by the old process just before it exits is reset, ~1 run in 12"]
 fn graceful_upgrade_under_load_loses_nothing() {
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
     let mut d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);

@@ -107,6 +107,9 @@ pub struct Metrics {
     benign: IntCounterVec,
     drained: IntCounterVec,
     traffic_weight: IntGaugeVec,
+    /// Client connections the front door still waits on for a request head
+    /// after shutdown began (not a metric: part of [`Metrics::in_flight`]).
+    pub heads_awaited: std::sync::atomic::AtomicI64,
     /// Analysis windows by app and result (`pass`, `fail`, `inconclusive`).
     pub analysis: IntCounterVec,
     /// Rollouts aborted and switches rolled back by bgproxy itself.
@@ -172,6 +175,7 @@ impl Metrics {
             refused: counter(names::CONNECTIONS_REFUSED_TOTAL, "Client connections closed as they came because a connection limit was reached, by limit.", &["reason"]),
             benign: counter(names::BENIGN_ERRORS_TOTAL, "Errors that need no operator, logged at debug: clients that went away or stalled, client handshakes that failed, upstream pool races.", &["kind"]),
             drained: counter(names::DRAINED_CONNECTIONS_TOTAL, "Upgraded (WebSocket) connections closed because their color stayed standby for the app's drain_timeout.", &["app", "color"]),
+            heads_awaited: std::sync::atomic::AtomicI64::new(0),
             traffic_weight: gauge(names::TRAFFIC_WEIGHT, "Each color's share of the app's requests, in percent (a rollout's split; 100 for the live color otherwise).", &["app", "color"]),
             analysis: counter(names::ANALYSIS_TOTAL, "Analysis windows of a rollout step or of the watch after a switch, by app and result.", &["app", "result"]),
             automatic_rollbacks: counter(names::AUTOMATIC_ROLLBACKS_TOTAL, "Rollouts aborted and switches rolled back by bgproxy itself after a failed analysis.", &["app"]),
@@ -293,14 +297,20 @@ impl Metrics {
     }
 
     /// Requests in flight to any color of any app, including apps a reload
-    /// removed while their requests were still running.
+    /// removed while their requests were still running, and the connections
+    /// whose request head shutdown still waits for.
     pub fn in_flight(&self) -> i64 {
-        self.active
+        let requests: i64 = self
+            .active
             .collect()
             .iter()
             .flat_map(|family| family.get_metric())
             .map(|m| m.get_gauge().get_value() as i64)
-            .sum()
+            .sum();
+        requests
+            + self
+                .heads_awaited
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Sets the live-color gauges of an app.
