@@ -96,6 +96,31 @@ impl AppSpec {
     }
 }
 
+/// `bgproxy --check --config path`: whether it passed, and what it wrote
+/// to stderr.
+pub fn check_file(path: &Path) -> (bool, String) {
+    let out = std::process::Command::new(bin("bgproxy"))
+        .arg("--check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `bgproxy --check` of `toml` (written to a temp file): whether it passed,
+/// and its stderr with the file's path written `F`.
+pub fn check_text(toml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bgproxy.toml");
+    std::fs::write(&path, toml).unwrap();
+    let (ok, err) = check_file(&path);
+    (ok, err.replace(&path.display().to_string(), "F"))
+}
+
 /// Extra settings of a test daemon.
 #[derive(Clone, Debug, Default)]
 pub struct Options {

@@ -226,19 +226,7 @@ fn control_input_is_validated_and_changes_nothing() {
 }
 
 fn check(toml: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bgproxy.toml");
-    std::fs::write(&path, toml).unwrap();
-    let out = Command::new(bin("bgproxy"))
-        .arg("--check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "F"),
-    )
+    bgproxy_e2e::check_text(toml)
 }
 
 /// `bgproxy --check` rejects each kind of bad config naming key and line,
@@ -361,13 +349,8 @@ fn control_nice_lets_the_control_api_thread_outrank_the_data_plane() {
     let bad = d.render(&apps).replace("nice = -10", "nice = -21");
     let path = d.dir.path().join("bad.toml");
     std::fs::write(&path, &bad).unwrap();
-    let out = Command::new(bin("bgproxy"))
-        .args(["--check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, stderr) = bgproxy_e2e::check_file(&path);
+    assert!(!ok, "{stderr}");
     assert!(stderr.contains("control.nice"), "{stderr}");
     assert!(stderr.contains("between -20 and 19"), "{stderr}");
 }

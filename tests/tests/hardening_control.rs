@@ -373,19 +373,7 @@ fn state_dir_is_private_and_links_are_refused() {
 
 /// Runs `bgproxy --check` on `toml`; (success, stderr with the path as F).
 fn check(toml: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bgproxy.toml");
-    std::fs::write(&path, toml).unwrap();
-    let out = Command::new(bin("bgproxy"))
-        .arg("--check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "F"),
-    )
+    bgproxy_e2e::check_text(toml)
 }
 
 /// Item 9: `--check` names the key of a bad enum value and of a value of

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bgproxy_e2e::{bin, wait_until, AppSpec, Backend, Daemon, H2Backend, Load, Options, Port};
+use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon, H2Backend, Load, Options, Port};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(10);
@@ -985,18 +985,7 @@ fn config_errors_name_the_key_and_the_line() {
         std::fs::write(&path, &text).unwrap();
         (path, text)
     };
-    let check = |path: &Path| {
-        let out = std::process::Command::new(bin("bgproxy"))
-            .arg("--check")
-            .arg("--config")
-            .arg(path)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let check = |path: &Path| bgproxy_e2e::check_file(path);
     let line_of = |text: &str, needle: &str| {
         text.lines()
             .position(|l| l.contains(needle))

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use bgproxy_e2e::{bin, wait_until, AppSpec, Backend, Daemon, Options, Port};
+use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon, Options, Port};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
@@ -233,16 +233,7 @@ fn check_validates_certificates() {
             t.port.number()
         );
         std::fs::write(d.join("c.toml"), conf).unwrap();
-        let out = std::process::Command::new(bin("bgproxy"))
-            .arg("--check")
-            .arg("--config")
-            .arg(d.join("c.toml"))
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        bgproxy_e2e::check_file(&d.join("c.toml"))
     };
     let (ok, err) = check("a.pem", "a.key");
     assert!(ok, "{err}");
