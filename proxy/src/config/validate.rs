@@ -808,6 +808,19 @@ fn valid_host(host: &str) -> bool {
         })
 }
 
+/// The path of a request bgproxy makes itself (a health check, a verify
+/// check): it starts with `/` and holds no white space; else a problem at
+/// the key.
+fn request_path(v: &Spanned<String>, key: &str, p: &mut Problems<'_>) -> Option<String> {
+    let path = v.get_ref();
+    if path.starts_with('/') && !path.contains(char::is_whitespace) {
+        Some(path.clone())
+    } else {
+        p.at(v.span(), key, "must start with '/' and contain no spaces");
+        None
+    }
+}
+
 /// An integer key within `range`, as a `T`; else a problem at the key.
 fn int_in<T: TryFrom<i64>>(
     v: &Spanned<i64>,
@@ -948,13 +961,7 @@ fn verify(raw: &[Spanned<FileVerify>], k: &str, p: &mut Problems<'_>) -> Vec<Ver
             );
         }
         let path = c.path.get_ref().clone();
-        if !path.starts_with('/') || path.contains(char::is_whitespace) {
-            p.at(
-                c.path.span(),
-                format!("{key}.path"),
-                "must start with '/' and contain no spaces",
-            );
-        }
+        request_path(&c.path, &format!("{key}.path"), p);
         let expect_status = c
             .expect_status
             .as_ref()
@@ -1075,14 +1082,8 @@ fn health(
     let mut h = base;
     let Some(raw) = raw else { return h };
     if let Some(path) = &raw.path {
-        if path.get_ref().starts_with('/') && !path.get_ref().contains(char::is_whitespace) {
-            h.path = path.get_ref().clone();
-        } else {
-            p.at(
-                path.span(),
-                format!("{k}.health.path"),
-                "must start with '/' and contain no spaces",
-            );
+        if let Some(path) = request_path(path, &format!("{k}.health.path"), p) {
+            h.path = path;
         }
     }
     h.interval = positive(
