@@ -9,6 +9,11 @@
 //! then opens a new connection for the next one. A response with
 //! `Connection: close` ends the connection after it, as HTTP says.
 //!
+//! A client may instead open a new connection for every request
+//! ([`Load::mixed`], with `Connection: close`), the way a script or a
+//! health checker does: its connections are always fresh, so a server that
+//! closes a connection it accepted but has not read yet fails it.
+//!
 //! Every request is recorded as a [`Sample`]: client, connection, when it
 //! was sent and answered, its status and the color that answered
 //! (`X-Color`), so a test can ask what each connection saw after a given
@@ -69,13 +74,22 @@ pub struct Load {
 impl Load {
     /// Starts `clients` keep-alive clients against `d`'s front door.
     pub fn start(d: &Daemon, host: &str, clients: usize) -> Load {
+        Self::mixed(d.proxy, host, clients, 0)
+    }
+
+    /// Starts `keep_alive` keep-alive clients and then `fresh` clients that
+    /// open a new connection for every request (numbered after the
+    /// keep-alive ones), against the front door at `addr`.
+    pub fn mixed(addr: SocketAddr, host: &str, keep_alive: usize, fresh: usize) -> Load {
+        let clients = keep_alive + fresh;
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let threads = (0..clients)
             .map(|client| {
                 let (stop, samples) = (stop.clone(), samples.clone());
-                let (addr, host) = (d.proxy, host.to_string());
-                thread::spawn(move || run(client, addr, &host, &stop, &samples))
+                let host = host.to_string();
+                let new_each_time = client >= keep_alive;
+                thread::spawn(move || run(client, addr, &host, new_each_time, &stop, &samples))
             })
             .collect();
         Load {
@@ -167,7 +181,21 @@ impl Report {
 
 /// One client: requests on a kept-alive connection, a new connection after
 /// a failure or a `Connection: close`, until stopped or a bound is reached.
-fn run(client: usize, addr: SocketAddr, host: &str, stop: &AtomicBool, out: &Mutex<Vec<Sample>>) {
+/// With `new_each_time`, every request asks `Connection: close` and so has
+/// a connection of its own.
+fn run(
+    client: usize,
+    addr: SocketAddr,
+    host: &str,
+    new_each_time: bool,
+    stop: &AtomicBool,
+    out: &Mutex<Vec<Sample>>,
+) {
+    let close = if new_each_time {
+        "Connection: close\r\n"
+    } else {
+        ""
+    };
     let started = Instant::now();
     let mut conn: Option<BufReader<TcpStream>> = None;
     let mut conn_id = 0u64;
@@ -176,7 +204,7 @@ fn run(client: usize, addr: SocketAddr, host: &str, stop: &AtomicBool, out: &Mut
             break;
         }
         let sent = Instant::now();
-        let request = format!("GET /load/{client}/{n} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let request = format!("GET /load/{client}/{n} HTTP/1.1\r\nHost: {host}\r\n{close}\r\n");
         let result = (|| {
             if conn.is_none() {
                 let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
