@@ -201,6 +201,8 @@ pub enum ControlError {
     Stale(String),
     #[error("the plan was made at generation {expected}, but the state is at generation {current} now (someone changed it meanwhile): nothing was changed; look at the status again and decide anew")]
     PlanStale { expected: u64, current: u64 },
+    #[error("no quorum: {0}; this instance keeps routing by the last state it applied and takes changes again once it reaches etcd")]
+    NoQuorum(String),
     #[error("request {id} {detail}: nothing was changed")]
     RequestClosed { id: String, detail: String },
     #[error("no request '{0}': see GET /v1/requests (bgctl requests) for the pending ones")]
@@ -232,7 +234,7 @@ impl ControlError {
             | ControlError::RequestClosed { .. } => 409,
             ControlError::Persist(_) => 500,
             ControlError::BadRequest(_) | ControlError::InvalidConfig(_) => 400,
-            ControlError::ShuttingDown => 503,
+            ControlError::ShuttingDown | ControlError::NoQuorum(_) => 503,
         }
     }
 
@@ -255,6 +257,7 @@ impl ControlError {
             ControlError::VerifyFailed { .. } => "verify_failed",
             ControlError::PlanStale { .. } => "plan_stale",
             ControlError::RequestClosed { .. } => "request_closed",
+            ControlError::NoQuorum(_) => "no_quorum",
             ControlError::UnknownRequest(_) => "unknown_request",
         }
     }

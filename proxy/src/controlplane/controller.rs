@@ -45,6 +45,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tracing::{debug, error, info, warn};
 
 use super::audit::{AuditLog, AuditRecord};
+use super::backend::{BackendError, FileBackend, Revision, StateBackend};
 use super::change::{Attempt, Change, Command, ControlError};
 use super::deploy::{self, DeployPlan};
 use super::rules::{self, Decision};
@@ -83,6 +84,9 @@ struct Inner {
     lock: Option<StateLock>,
     /// Deploys in progress, by app.
     deploys: HashMap<String, RunningDeploy>,
+    /// The revision `state` was read at (see [`Revision`]): a change is
+    /// written on condition that the shared state is still there.
+    revision: Revision,
 }
 
 /// A deploy in progress: what status shows, and how to abort it.
@@ -94,7 +98,11 @@ struct RunningDeploy {
 /// The single writer. Cheap to share behind an `Arc`.
 pub struct Controller {
     routing: Routing,
-    store: StateStore,
+    /// The local state file: the state itself, or with `[cluster]` the
+    /// last applied copy.
+    store: Arc<StateStore>,
+    /// Where a commit writes: the file, or etcd then the file.
+    backend: Arc<dyn StateBackend>,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
     audit: AuditLog,
@@ -112,14 +120,18 @@ impl Controller {
     /// (records of apps no longer configured are kept), persists the result
     /// (so the state directory is proven writable before any port opens) and
     /// builds the first snapshot.
+    ///
+    /// `backend` is where commits write: `None` for the state file alone.
     pub fn start(
         config: Arc<Config>,
         store: StateStore,
+        backend: Option<Arc<dyn StateBackend>>,
         metrics: Arc<Metrics>,
         audit: AuditLog,
         verifier: Verifier,
         lock_wait: Duration,
     ) -> Result<Self, StateError> {
+        let store = Arc::new(store);
         let lock = store.lock(lock_wait)?;
         let (mut state, recoveries) = store.load();
         for r in &recoveries {
@@ -143,14 +155,17 @@ impl Controller {
             metrics.set_weights(&app.name, app.weights());
         }
         let generation = snapshot.generation;
+        let backend = backend.unwrap_or_else(|| Arc::new(FileBackend::new(store.clone())));
         Ok(Controller {
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             store,
+            backend,
             inner: Mutex::new(Inner {
                 state,
                 config: config.clone(),
                 lock: Some(lock),
                 deploys: HashMap::new(),
+                revision: 0,
             }),
             boot: config,
             metrics,
@@ -204,8 +219,10 @@ impl Controller {
             Err(e) => Err(e),
             Ok(()) => {
                 let mut inner = self.inner.lock().await;
-                self.decide(&inner, &cmd)
-                    .and_then(|decision| self.commit(&mut inner, &cmd, decision, started))
+                match self.decide(&inner, &cmd) {
+                    Ok(decision) => self.commit(&mut inner, &cmd, decision, started).await,
+                    Err(e) => Err(e),
+                }
             }
         };
         let mut attempt = cmd.attempt();
@@ -386,7 +403,7 @@ impl Controller {
 
     /// The one commit: persist -> publish -> metrics (and deploy
     /// bookkeeping) -> answer. The audit line follows in `apply`.
-    fn commit(
+    async fn commit(
         self: &Arc<Self>,
         inner: &mut Inner,
         cmd: &Command,
@@ -421,9 +438,24 @@ impl Controller {
         );
         if next != inner.state {
             let write_started = Instant::now();
-            if let Err(e) = self.store.persist(&next) {
-                self.metrics.state_write_failures.inc();
-                return Err(e.into());
+            match self.backend.persist(&next, inner.revision).await {
+                Ok(revision) => inner.revision = revision,
+                Err(BackendError::Persist(e)) => {
+                    self.metrics.state_write_failures.inc();
+                    return Err(e.into());
+                }
+                Err(BackendError::NoQuorum(why)) => return Err(ControlError::NoQuorum(why)),
+                Err(BackendError::Conflict(current)) => {
+                    let expected = inner.state.generation;
+                    if let Some(current) = current {
+                        let (state, revision) = *current;
+                        self.adopt_locked(inner, state, revision);
+                    }
+                    return Err(ControlError::PlanStale {
+                        expected,
+                        current: inner.state.generation,
+                    });
+                }
             }
             self.metrics
                 .state_write
@@ -641,6 +673,48 @@ impl Controller {
                 .with_label_values(&[app])
                 .inc();
         }
+    }
+
+    /// Puts a state decided elsewhere in force (another instance's change,
+    /// read from the shared state at `revision`): no rules, no gates (they
+    /// ran where it was decided), just the local copy and the routing. An
+    /// older or the same revision is ignored. Every configured app keeps a
+    /// record (`merge_new_apps`).
+    fn adopt_locked(&self, inner: &mut Inner, mut state: State, revision: Revision) -> bool {
+        if revision <= inner.revision {
+            return false;
+        }
+        inner.revision = revision;
+        rules::merge_new_apps(&mut state, &inner.config.apps);
+        if state == inner.state {
+            return false;
+        }
+        // The local copy is what a start without etcd comes up with; failing
+        // to write it does not stop the routing from following the cluster.
+        if let Err(e) = self.store.persist(&state) {
+            self.metrics.state_write_failures.inc();
+            error!("cannot write the local copy of the shared state: {e}");
+        }
+        inner.state = state;
+        let current = self.routing.load_full();
+        let snapshot = Snapshot::build(
+            inner.state.generation,
+            &app_configs(&inner.config),
+            |a| split_of(&inner.state, a),
+            Some(&current),
+            &self.metrics,
+        );
+        for app in &snapshot.apps {
+            let old = current.app(&app.name);
+            if old.is_none_or(|o| o.live != app.live || o.canary != app.canary) {
+                info!(app = %app.name, live = %app.live, canary = app.canary,
+                    "applied the shared state: {} is LIVE", app.live);
+            }
+            self.metrics.set_live(&app.name, app.live);
+            self.metrics.set_weights(&app.name, app.weights());
+        }
+        self.publish(snapshot, inner.state.generation);
+        true
     }
 
     /// The only `store` of the routing: the snapshot carries the state's

@@ -8,6 +8,7 @@
 //! controller  the writer: decide (rules) -> commit: persist -> publish ->
 //!             metrics -> audit
 //! rules       the decisions, pure: gates, targets, next state, reports
+//! backend     where a commit writes: the state file, or etcd ([cluster])
 //! state       the JSON state file: atomic writes, recovery from corruption
 //! state_dir   the state directory: created 0700, files opened O_NOFOLLOW
 //! audit       audit.log: one fsync'd JSON line per control action
@@ -23,6 +24,7 @@ pub mod analysis;
 pub mod api;
 pub mod api_guard;
 pub mod audit;
+pub mod backend;
 pub mod change;
 pub mod controller;
 pub mod deploy;

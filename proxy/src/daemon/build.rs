@@ -178,6 +178,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     let controller = Controller::start(
         config.clone(),
         StateStore::new(&config.state.path),
+        None,
         metrics.clone(),
         audit,
         Verifier::new(&config, verify_secret.clone()),
