@@ -165,6 +165,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     let metrics = Arc::new(Metrics::new());
     // pingora's own error lines that need no operator are counted here.
     crate::daemon::logging::count_benign_in(&metrics);
+    crate::dataplane::access_log::count_drops_in(metrics.access_log_dropped.clone());
     let audit = AuditLog::open(&state_dir)
         .with_context(|| format!("cannot open the audit log in {}", state_dir.display()))?;
     let lock_wait = if opts.upgrade {

@@ -1,9 +1,14 @@
-//! Logs go to stderr through a writer thread. A thread that logs (the data
-//! plane with its access lines, the control API with "green is now LIVE")
-//! queues the line and goes on: it never waits for the disk or journald,
+//! Logs go to stderr through a writer thread. A thread that logs (the
+//! control API with "green is now LIVE", pingora's errors) queues the line
+//! and goes on: it never waits for the disk or journald,
 //! whose writes can stall for milliseconds while a file system commits its
 //! journal. When [`QUEUE`] lines are waiting, loggers wait too: no line is
 //! dropped, and memory stays bounded.
+//!
+//! The access log is not a `tracing` event: its lines are formatted on the
+//! worker and written in batches by a writer of their own
+//! (`dataplane::access_log`), started here when the log level lets target
+//! `access` log at INFO.
 //!
 //! [`flush`] writes out what is queued; the process calls it before it
 //! exits on its own (drained shutdown, failed start). Lines logged after it
@@ -73,7 +78,8 @@ pub fn init(log: &LogConfig, format: Option<LogFormat>) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(LogWriter(writer));
-    match format.unwrap_or(log.format) {
+    let format = format.unwrap_or(log.format);
+    match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -85,6 +91,9 @@ pub fn init(log: &LogConfig, format: Option<LogFormat>) {
             .finish()
             .with(BenignLines)
             .init(),
+    }
+    if tracing::enabled!(target: "access", Level::INFO) {
+        crate::dataplane::access_log::init(format);
     }
 }
 
@@ -206,9 +215,11 @@ impl<S: Subscriber> Layer<S> for BenignLines {
     }
 }
 
-/// Writes out every queued line and stops the writer thread; lines logged
+/// Writes out every queued line (the access log's first) and stops the
+/// writer threads; lines logged
 /// afterwards are written directly. Call it just before the process exits.
 pub fn flush() {
+    crate::dataplane::access_log::flush();
     CLOSED.store(true, Ordering::Release);
     drop(WRITER.lock().unwrap_or_else(|p| p.into_inner()).take());
 }

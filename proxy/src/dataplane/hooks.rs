@@ -32,6 +32,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use tracing::{debug, info, warn};
 
 use crate::config::{LogConfig, ProxyConfig, Secret};
+use crate::dataplane::access_log::{self, AccessWriter};
 use crate::dataplane::headers::{add_forwarded_headers, valid_host};
 use crate::dataplane::mirror::{self, MirrorBody, Mirrorer};
 use crate::dataplane::preview::{
@@ -343,41 +344,44 @@ impl DataPlane {
     }
 }
 
-/// Which requests get an access log line: none, all, or an evenly spaced
-/// fraction (deterministic, lock-free: request n is logged when
-/// `floor((n+1)*rate) > floor(n*rate)`).
+/// Which requests get an access log line (none, all, or an evenly spaced
+/// fraction: deterministic, lock-free, request n is logged when
+/// `floor((n+1)*rate) > floor(n*rate)`), and where it goes: the process's
+/// [`AccessWriter`], absent when the log level keeps target `access` quiet.
+#[derive(Clone)]
 struct AccessLog {
     rate: f64,
     seen: Arc<AtomicU64>,
-}
-
-impl Clone for AccessLog {
-    fn clone(&self) -> Self {
-        AccessLog {
-            rate: self.rate,
-            seen: self.seen.clone(),
-        }
-    }
+    writer: Option<&'static AccessWriter>,
 }
 
 impl AccessLog {
     fn new(log: &LogConfig) -> Self {
+        let writer = access_log::global();
         AccessLog {
-            rate: if log.access { log.access_sample } else { 0.0 },
+            rate: if log.access && writer.is_some() {
+                log.access_sample
+            } else {
+                0.0
+            },
             seen: Arc::new(AtomicU64::new(0)),
+            writer,
         }
     }
 
+    /// The writer, when this request gets a line.
     #[inline]
-    fn sample(&self) -> bool {
-        if self.rate >= 1.0 {
-            return true;
-        }
+    fn sample(&self) -> Option<&'static AccessWriter> {
         if self.rate <= 0.0 {
-            return false;
+            return None;
         }
-        let n = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
-        ((n + 1.0) * self.rate).floor() > (n * self.rate).floor()
+        if self.rate < 1.0 {
+            let n = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
+            if ((n + 1.0) * self.rate).floor() <= (n * self.rate).floor() {
+                return None;
+            }
+        }
+        self.writer
     }
 }
 
@@ -482,26 +486,6 @@ fn client_gone(e: &Error) -> Option<Benign> {
         ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Benign::ClientTimeout),
         _ => None,
     }
-}
-
-/// A `Host` value for the access log: as it came when it is a valid host
-/// (nothing in it can forge a log field), else quoted and escaped.
-struct LoggedHost<'a>(Option<&'a [u8]>);
-
-impl std::fmt::Display for LoggedHost<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            None => f.write_str("-"),
-            // Valid hosts are ASCII: the lossy conversion changes nothing.
-            Some(h) if !h.is_empty() && valid_host(h) => f.write_str(&String::from_utf8_lossy(h)),
-            Some(h) => write!(f, "{:?}", String::from_utf8_lossy(h)),
-        }
-    }
-}
-
-/// Milliseconds, rounded to the microsecond, for the access log.
-fn rounded_ms(elapsed: Duration) -> f64 {
-    (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 fn host_of(req: &RequestHeader) -> Option<&[u8]> {
@@ -881,32 +865,30 @@ impl ProxyHttp for DataPlane {
         if let Some(body) = copy {
             self.mirror(session, e, status, body, ctx);
         }
-        if !self.access.sample() {
+        let Some(writer) = self.access.sample() else {
             return;
-        }
+        };
         let req = session.req_header();
         let client = match session.client_addr() {
-            Some(PingoraAddr::Inet(a)) => a.ip().to_string(),
-            _ => String::new(),
+            Some(PingoraAddr::Inet(a)) => Some(a.ip()),
+            _ => None,
         };
         // Client-controlled values cannot forge log fields: the path is
-        // logged with Debug quoting, the host as it came only when it is a
-        // valid host (else quoted too).
-        info!(
-            target: "access",
-            app = app.map_or("-", |a| &**a),
-            color = color.map_or("-", Color::as_str),
-            upstream = %ctx.upstream.map_or("-".to_string(), |u| u.to_string()),
-            method = %req.method,
-            path = ?req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            host = %LoggedHost(host_of(req)),
-            status = status.unwrap_or(0),
-            bytes = session.body_bytes_sent(),
-            duration_ms = rounded_ms(elapsed),
-            client = %client,
-            error = e.map(|e| e.etype().as_str()),
-            "request"
-        );
+        // quoted and escaped, the host written as it came only when it is
+        // a valid host (else quoted too).
+        writer.log(&access_log::Line {
+            app: app.map_or("-", |a| &**a),
+            color: color.map_or("-", Color::as_str),
+            upstream: ctx.upstream,
+            method: req.method.as_str(),
+            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            host: host_of(req),
+            status: status.unwrap_or(0),
+            bytes: session.body_bytes_sent(),
+            duration: elapsed,
+            client,
+            error: e.map(|e| e.etype().as_str()),
+        });
     }
 
     async fn fail_to_proxy(
@@ -1065,20 +1047,5 @@ mod tests {
             client_gone(&e(ErrorType::InvalidHTTPHeader, Downstream)),
             None
         );
-    }
-
-    #[test]
-    fn access_log_values_are_plain() {
-        let host = |h: Option<&[u8]>| LoggedHost(h).to_string();
-        assert_eq!(host(Some(b"shop.test")), "shop.test");
-        assert_eq!(host(Some(b"shop.test:8080")), "shop.test:8080");
-        assert_eq!(host(None), "-");
-        assert_eq!(host(Some(b"")), r#""""#);
-        assert_eq!(host(Some(b"a status=200")), r#""a status=200""#);
-        assert_eq!(host(Some(b"a\"b")), r#""a\"b""#);
-        assert_eq!(rounded_ms(Duration::from_nanos(400_348)), 0.4);
-        assert_eq!(rounded_ms(Duration::from_nanos(1_234_567)), 1.235);
-        assert_eq!(rounded_ms(Duration::from_secs(2)), 2000.0);
-        assert_eq!(rounded_ms(Duration::from_nanos(300_000)).to_string(), "0.3");
     }
 }

@@ -12,6 +12,7 @@
 //! lean        the lean loop: one plain HTTP/1 request on a straight line
 //! hooks       the ProxyHttp hooks both paths call: limits, routing, retries,
 //!             error pages, metrics and the access log
+//! access_log  the access log's lines, per-thread buffers and their one writer
 //! headers     X-Forwarded-For/-Proto/-Host for the upstream; which Hosts are valid
 //! routing     Snapshot -> AppRoute (by Host) -> color -> Pool::pick; Routed,
 //!             one request's snapshot and app
@@ -24,6 +25,7 @@
 //! tls         certificates by SNI, reloaded without a restart
 //! ```
 
+pub mod access_log;
 pub mod connections;
 pub mod front_door;
 pub mod headers;

@@ -43,6 +43,7 @@ pub mod names {
     pub const MIRRORED_REQUESTS_TOTAL: &str = "bgproxy_mirrored_requests_total";
     pub const RATE_LIMITED_TOTAL: &str = "bgproxy_rate_limited_total";
     pub const RATE_LIMIT_KEYS: &str = "bgproxy_rate_limit_keys";
+    pub const ACCESS_LOG_DROPPED_TOTAL: &str = "bgproxy_access_log_dropped_total";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -69,6 +70,7 @@ pub mod names {
         MIRRORED_REQUESTS_TOTAL,
         RATE_LIMITED_TOTAL,
         RATE_LIMIT_KEYS,
+        ACCESS_LOG_DROPPED_TOTAL,
     ];
 }
 
@@ -118,6 +120,8 @@ pub struct Metrics {
     mirrored: IntCounterVec,
     rate_limited: IntCounterVec,
     rate_limit_keys: IntGaugeVec,
+    /// Access log lines dropped because the log's sink did not keep up.
+    pub access_log_dropped: IntCounter,
 }
 
 fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -183,6 +187,7 @@ impl Metrics {
             mirrored: counter(names::MIRRORED_REQUESTS_TOTAL, "Copies of live requests sent to the standby ([app.mirror]), by app and result: ok, error, dropped (max_in_flight reached), mismatch (status class differs from the live answer).", &["app", "result"]),
             rate_limited: counter(names::RATE_LIMITED_TOTAL, "Requests answered 429 by the app's [app.rate_limit], never forwarded.", &["app"]),
             rate_limit_keys: gauge(names::RATE_LIMIT_KEYS, "Client keys the app's rate limit tracks now (at most its max_keys).", &["app"]),
+            access_log_dropped: register(&r, IntCounter::new(names::ACCESS_LOG_DROPPED_TOTAL, "Access log lines dropped because stderr did not take them fast enough (a stalled disk or a full pipe); requests never wait for their line.").expect("valid metric")),
             registry: r,
         };
         for result in ["success", "failure"] {
