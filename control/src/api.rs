@@ -422,6 +422,19 @@ pub struct UpstreamStatus {
     /// `unknown`).
     #[serde(with = "time::serde::rfc3339")]
     pub since: OffsetDateTime,
+    /// Checks passed in a row so far (a `down` upstream turns `up` at
+    /// `rise`).
+    #[serde(default)]
+    pub passes: u32,
+    /// Checks failed in a row so far (an `up` upstream turns `down` at
+    /// `fall`).
+    #[serde(default)]
+    pub fails: u32,
+    /// The thresholds of its health checks (0 before the first check).
+    #[serde(default)]
+    pub rise: u32,
+    #[serde(default)]
+    pub fall: u32,
 }
 
 /// One color's pool.
@@ -820,6 +833,52 @@ pub struct ApiError {
     pub error: String,
     /// A stable machine-readable code, e.g. `target_unhealthy`.
     pub code: String,
+}
+
+/// `GET /v1/traffic`: each app's colors over the last minute, from the
+/// proxy's own counters (the status page's numbers).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrafficResponse {
+    /// Generation of the routing snapshot these apps are from.
+    pub generation: u64,
+    /// Seconds covered by one point of a color's `points`.
+    pub period_s: f64,
+    pub apps: Vec<AppTraffic>,
+}
+
+/// One app's traffic by color.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppTraffic {
+    pub name: String,
+    pub live: Color,
+    pub blue: ColorTraffic,
+    pub green: ColorTraffic,
+}
+
+/// One color's traffic over the last `seconds` (up to a minute).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ColorTraffic {
+    /// Responses per second.
+    pub rate: f64,
+    /// 5xx / responses (0 without responses).
+    pub error_ratio: f64,
+    /// p99 latency, when there were responses.
+    pub p99_ms: Option<f64>,
+    /// Responses in all.
+    pub requests: u64,
+    /// The time covered (less than a minute after start).
+    pub seconds: f64,
+    /// The same per period, oldest first (for a sparkline).
+    pub points: Vec<TrafficPoint>,
+}
+
+/// One period of a color's traffic.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficPoint {
+    pub rate: f64,
+    pub error_ratio: f64,
+    pub p99_ms: Option<f64>,
+    pub requests: u64,
 }
 
 #[cfg(test)]

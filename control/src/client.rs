@@ -319,6 +319,46 @@ impl Client {
         })
     }
 
+    /// Follows `GET /v1/events` (Server-Sent Events), resuming after
+    /// `last_event_id` when given. The stream ends when the daemon closes
+    /// it (shutdown, or this client fell behind): reconnect with the last
+    /// [`ServerEvent::id`] seen.
+    pub fn events(&self, last_event_id: Option<&str>) -> Result<EventStream, ClientError> {
+        let mut req = self
+            .http
+            .get(format!("{}/v1/events", self.base))
+            .header("Accept", "text/event-stream")
+            // A stream lasts as long as the daemon keeps it open.
+            .timeout(Duration::from_secs(365 * 24 * 3600));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().map_err(|e| self.unreachable(&e))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = resp.text().unwrap_or_default();
+            let error: ApiError = serde_json::from_str(&text).unwrap_or(ApiError {
+                error: format!("HTTP {status}: {text:.200}"),
+                code: "http_error".into(),
+            });
+            if status == 401 || status == 403 {
+                return Err(ClientError::Unauthorized {
+                    addr: self.base.clone(),
+                    message: error.error,
+                });
+            }
+            return Err(ClientError::Api { status, error });
+        }
+        Ok(EventStream {
+            lines: BufReader::new(resp).lines(),
+            addr: self.base.clone(),
+            parser: SseParser::default(),
+        })
+    }
+
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
         ClientError::Unreachable {
             addr: self.base.clone(),
@@ -399,6 +439,85 @@ impl Iterator for DeployStream {
     }
 }
 
+/// One Server-Sent Event of `GET /v1/events`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerEvent {
+    /// Its `id:` (to resume after it), when it had one.
+    pub id: Option<String>,
+    /// Its `event:` name: `message` for a change, `resync` when the
+    /// events since the `Last-Event-ID` are gone (read the status anew).
+    pub event: String,
+    /// Its data: one JSON object, `{"type", "app", "generation", ...}`.
+    pub data: String,
+}
+
+/// Turns the lines of an SSE stream into events (the parts of the
+/// format the daemon uses: `id`, `event`, `data`, comments).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    id: Option<String>,
+    event: Option<String>,
+    data: Vec<String>,
+}
+
+impl SseParser {
+    /// Feeds one line (without its end); answers the event a blank line
+    /// completes.
+    pub fn line(&mut self, line: &str) -> Option<ServerEvent> {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            let event = ServerEvent {
+                id: self.id.take(),
+                event: self.event.take().unwrap_or_else(|| "message".into()),
+                data: self.data.join("\n"),
+            };
+            let had_data = !self.data.is_empty();
+            self.data.clear();
+            return had_data.then_some(event);
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => self.id = Some(value.to_string()),
+            "event" => self.event = Some(value.to_string()),
+            "data" => self.data.push(value.to_string()),
+            _ => {}
+        }
+        None
+    }
+}
+
+/// The events of `GET /v1/events`, as they come.
+pub struct EventStream {
+    lines: std::io::Lines<BufReader<reqwest::blocking::Response>>,
+    addr: String,
+    parser: SseParser,
+}
+
+impl Iterator for EventStream {
+    type Item = Result<ServerEvent, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let line = match self.lines.next()? {
+                Ok(l) => l,
+                Err(e) => {
+                    return Some(Err(ClientError::Unreachable {
+                        addr: self.addr.clone(),
+                        reason: format!("the event stream broke: {e}"),
+                    }))
+                }
+            };
+            if let Some(event) = self.parser.line(&line) {
+                return Some(Ok(event));
+            }
+        }
+    }
+}
+
 /// The innermost cause: "Connection refused (os error 111)" rather than
 /// reqwest's "error sending request for url".
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -407,4 +526,52 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_lines_make_events() {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        for line in [
+            ": bgproxy events",
+            "retry: 2000",
+            "",
+            "id: 1-5",
+            "data: {\"type\":\"switch\"}",
+            "",
+            "event: resync",
+            "id: 1-9",
+            "data: {\"type\":\"resync\"}\r",
+            "\r",
+            "data: a",
+            "data: b",
+            "",
+        ] {
+            out.extend(p.line(line));
+        }
+        assert_eq!(
+            out,
+            vec![
+                ServerEvent {
+                    id: Some("1-5".into()),
+                    event: "message".into(),
+                    data: r#"{"type":"switch"}"#.into()
+                },
+                ServerEvent {
+                    id: Some("1-9".into()),
+                    event: "resync".into(),
+                    data: r#"{"type":"resync"}"#.into()
+                },
+                ServerEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: "a\nb".into()
+                },
+            ]
+        );
+    }
 }

@@ -74,6 +74,7 @@ pub struct FileControl {
     pub nice: Option<Spanned<i64>>,
     pub requester_token_file: Option<Spanned<String>>,
     pub request_ttl: Option<Spanned<String>>,
+    pub public_read: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -195,6 +195,10 @@ pub struct ControlConfig {
     /// How long a pending request may wait for its approval. Default
     /// [`defaults::REQUEST_TTL`].
     pub request_ttl: Duration,
+    /// Answer reads (`GET`, the status page's data and events) from
+    /// non-loopback clients without a token. Default false: with a token
+    /// configured, they need one of either role.
+    pub public_read: bool,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

@@ -111,6 +111,8 @@ restart_settings! {
     "control.watch_config" => control_watch_config: bool = config.control.watch_config;
     /// Set on the control API's thread when it starts.
     "control.nice" => control_nice: Option<i32> = config.control.nice;
+    /// The control API is built with it at start.
+    "control.public_read" => control_public_read: bool = config.control.public_read;
     /// `None` without `[metrics]`: adding or removing it needs a restart too.
     "metrics.listen" => metrics_listen: Option<SocketAddr> =
         config.metrics.as_ref().map(|m| m.listen);
@@ -236,6 +238,9 @@ upstreams = ["127.0.0.1:3002"]
             c.control.watch_config = !c.control.watch_config
         }),
         ("control.nice", |c| c.control.nice = Some(-5)),
+        ("control.public_read", |c| {
+            c.control.public_read = !c.control.public_read
+        }),
         ("metrics.listen", |c| {
             c.metrics = Some(MetricsConfig {
                 listen: addr("127.0.0.1:9911"),
@@ -373,6 +378,7 @@ upstreams = ["127.0.0.1:3002"]
             nice: _,                 // restart
             requester_token_file: _, // restart
             request_ttl: _,          // reloadable: read when a request is made
+            public_read: _,          // restart
         } = control;
         if let Some(MetricsConfig { listen: _ }) = metrics {} // restart
         let StateConfig { path: _ } = state; // restart

@@ -168,6 +168,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             nice: None,
             requester_token_file: None,
             request_ttl: defaults::REQUEST_TTL,
+            public_read: false,
         },
         Some(c) => ControlConfig {
             listen: c
@@ -212,6 +213,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
                 "control.request_ttl",
                 p,
             ),
+            public_read: c.public_read.unwrap_or(false),
         },
     };
     let metrics = raw.metrics.and_then(|m| {

@@ -24,6 +24,15 @@
 //!   (body optional); these and `canary`/`weight` answer a `RolloutResponse`
 //! - `POST /v1/reload`: reload the config file
 //! - `POST /v1/apps/{app}/deploy` `{"migrate","actor"}`: streams NDJSON events
+//! - `GET /v1/events`: Server-Sent Events, one per change ([`super::events`]),
+//!   resumed with `Last-Event-ID`; `GET /v1/traffic`: each color's last
+//!   minute ([`super::traffic`]); `GET /`: the status page
+//!   ([`super::status_page`])
+//!
+//! Reads: a `GET` from a non-loopback client needs a token of either role
+//! when one is configured, unless `control.public_read` (see
+//! [`api_guard::read_needs_token`]); the page itself (`GET /`) holds no
+//! data and is served to anyone who reaches the listener.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -47,6 +56,9 @@ use tracing::debug;
 use super::api_guard;
 use super::change::{Attempt, Change, Command, ControlError};
 use super::controller::{Controller, Outcome};
+use super::events::{self, Resume};
+use super::status_page;
+use super::traffic::Traffic;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -82,6 +94,10 @@ pub struct ControlApi {
     auth: Auth,
     /// `control.nice`: asked for the serving thread at its first connection.
     nice: Option<i32>,
+    /// `control.public_read`: reads from other hosts need no token.
+    public_read: bool,
+    /// Each color's last minute, for `GET /v1/traffic`.
+    traffic: Traffic,
 }
 
 impl ControlApi {
@@ -90,19 +106,36 @@ impl ControlApi {
             controller,
             auth,
             nice: None,
+            public_read: false,
+            traffic: Traffic::default(),
         }
     }
 
+    /// `control.public_read`: answer reads from non-loopback clients
+    /// without a token.
+    pub fn with_public_read(mut self, public_read: bool) -> Self {
+        self.public_read = public_read;
+        self
+    }
+
+    /// The readings `GET /v1/traffic` answers from (filled by a
+    /// [`super::traffic::TrafficSampler`]).
+    pub fn with_traffic(mut self, traffic: Traffic) -> Self {
+        self.traffic = traffic;
+        self
+    }
     pub fn with_nice(mut self, nice: Option<i32>) -> Self {
         self.nice = nice;
         self
     }
 }
 
-/// An answer: status and JSON body, and for errors the code and message.
+/// An answer: status and body (JSON unless said otherwise), and for
+/// errors the code and message.
 struct Reply {
     status: u16,
     body: Vec<u8>,
+    content_type: &'static str,
     error: Option<(&'static str, String)>,
 }
 
@@ -113,6 +146,16 @@ impl Reply {
         Reply {
             status,
             body,
+            content_type: "application/json",
+            error: None,
+        }
+    }
+
+    fn html(page: &str) -> Reply {
+        Reply {
+            status: 200,
+            body: page.as_bytes().to_vec(),
+            content_type: "text/html; charset=utf-8",
             error: None,
         }
     }
@@ -161,6 +204,48 @@ impl ControlApi {
             ));
         }
         api_guard::content_type(headers).map_err(refused)
+    }
+
+    /// Whether this read may be answered: from loopback, with
+    /// `control.public_read`, without any token configured, or with a
+    /// token of either role.
+    fn authorize_read(&self, s: &ServerSession, client: Option<&str>) -> Result<(), Reply> {
+        let (operator, requester) = match &self.auth {
+            Auth::Token {
+                operator,
+                requester,
+            } => (Some(operator), requester.as_ref()),
+            Auth::LoopbackOnly { requester } => (None, requester.as_ref()),
+        };
+        let configured = operator.is_some() || requester.is_some();
+        let ip = client.and_then(|c| c.parse::<IpAddr>().ok());
+        if !api_guard::read_needs_token(ip, configured, self.public_read) {
+            return Ok(());
+        }
+        let given = s
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .map(|t| t.trim_ascii());
+        let matches = |token: Option<&Vec<u8>>| {
+            given
+                .zip(token)
+                .is_some_and(|(g, t)| constant_time_eq(g, t))
+        };
+        if matches(operator) || matches(requester) {
+            return Ok(());
+        }
+        Err(Reply::error(
+            401,
+            "unauthorized",
+            if given.is_some() {
+                "invalid bearer token"
+            } else {
+                "reads from another host need 'Authorization: Bearer <token>' (the operator's or the requester's token), unless control.public_read = true"
+            },
+        ))
     }
 
     fn authenticate(&self, s: &ServerSession, client: Option<&str>) -> Result<Role, Reply> {
@@ -265,7 +350,19 @@ impl ControlApi {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let get = method == http::Method::GET;
         let post = method == http::Method::POST;
+        if get && path != "/" {
+            if let Err(r) = self.authorize_read(s, client.as_deref()) {
+                return r;
+            }
+        }
         match segments.as_slice() {
+            [""] if get => Reply::html(status_page::PAGE),
+            ["v1", "traffic"] if get => Reply::json(
+                200,
+                &self
+                    .traffic
+                    .report(&self.controller.routing().load(), std::time::Instant::now()),
+            ),
             ["v1", "status"] if get => Reply::json(200, &self.controller.status().await),
             ["v1", "apps", app] if get => match self.controller.app(app).await {
                 Ok(a) => Reply::json(200, &a),
@@ -413,6 +510,8 @@ impl ControlApi {
                 format!("{method} is not allowed on {path}"),
             ),
             ["v1", "status"]
+            | [""]
+            | ["v1", "events" | "traffic"]
             | ["v1", "reload"]
             | ["v1", "apps", _]
             | ["v1", "requests"]
@@ -649,12 +748,44 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 /// Writes a whole JSON reply.
 async fn write_reply(s: &mut ServerSession, reply: &Reply) -> pingora::Result<()> {
     let mut header = ResponseHeader::build(reply.status, Some(3))?;
-    header.insert_header("Content-Type", "application/json")?;
+    header.insert_header("Content-Type", reply.content_type)?;
     header.insert_header("Content-Length", reply.body.len())?;
     header.insert_header("Cache-Control", "no-store")?;
     s.write_response_header(Box::new(header)).await?;
     s.write_response_body(Bytes::copy_from_slice(&reply.body), true)
         .await
+}
+
+/// Bytes written to this connection's socket and not sent yet (the
+/// client does not read them), when the kernel says.
+fn unsent(s: &ServerSession) -> Option<u32> {
+    let info = s.digest()?.socket_digest.as_ref()?.tcp_info()?;
+    Some(info.tcpi_notsent_bytes)
+}
+
+/// Writes SSE text once the socket holds at most
+/// [`events::QUEUE_LIMIT`] unsent bytes, waiting at most
+/// [`events::WRITE_TIMEOUT`] in all: `Err(true)` when the client stopped
+/// reading, `Err(false)` when it went.
+async fn write_event(s: &mut ServerSession, text: String) -> Result<(), bool> {
+    let deadline = tokio::time::Instant::now() + events::WRITE_TIMEOUT;
+    while unsent(s).is_some_and(|n| n > events::QUEUE_LIMIT) {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    match tokio::time::timeout_at(deadline, s.write_response_body(Bytes::from(text), false)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(false),
+        Err(_) => Err(true),
+    }
+}
+
+/// Whether this is `GET /v1/events`.
+fn is_events(s: &ServerSession) -> bool {
+    let req = s.req_header();
+    req.method == http::Method::GET && req.uri.path().trim_end_matches('/') == "/v1/events"
 }
 
 /// The app of a `POST /v1/apps/{app}/deploy`, if this is one.
@@ -750,6 +881,89 @@ impl ControlApi {
     }
 }
 
+impl ControlApi {
+    /// `GET /v1/events`: Server-Sent Events until the client goes, falls
+    /// more than [`events::CLIENT_BUFFER`] events behind, leaves a write
+    /// waiting [`events::WRITE_TIMEOUT`] (both counted as dropped), or
+    /// shutdown begins. A client that sends `Last-Event-ID` gets the kept
+    /// events after it first, or a `resync` event when they are gone.
+    async fn events(&self, s: &mut ServerSession, mut shutdown: ShutdownWatch) {
+        s.set_keepalive(None);
+        let client = client_ip(s);
+        if let Err(reply) = self.authorize_read(s, client.as_deref()) {
+            let _ = write_reply(s, &reply).await;
+            return;
+        }
+        let hub = self.controller.events();
+        let last = s
+            .req_header()
+            .headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut sub = hub.subscribe(last.as_deref());
+        let header = async {
+            let mut header = ResponseHeader::build(200, Some(4))?;
+            header.insert_header("Content-Type", "text/event-stream")?;
+            header.insert_header("Transfer-Encoding", "chunked")?;
+            header.insert_header("Cache-Control", "no-store")?;
+            header.insert_header("X-Accel-Buffering", "no")?;
+            s.write_response_header(Box::new(header)).await
+        };
+        if header.await.is_err() {
+            return;
+        }
+        let generation = self.controller.routing().load().generation;
+        let mut first = format!(": bgproxy events, generation {generation}\nretry: 2000\n\n");
+        match sub.resume {
+            Resume::Live => {}
+            Resume::From(kept) => kept.iter().for_each(|e| first.push_str(&e.frame())),
+            Resume::Resync(why) => {
+                let data = serde_json::json!({
+                    "type": "resync", "app": null, "generation": generation, "reason": why,
+                });
+                // Its id lets the next reconnect resume from here.
+                let id = hub
+                    .last_id()
+                    .map(|id| format!("id: {id}\n"))
+                    .unwrap_or_default();
+                first.push_str(&format!("event: resync\n{id}data: {data}\n\n"));
+            }
+        }
+        if let Err(stalled) = write_event(s, first).await {
+            if stalled {
+                hub.dropped_client();
+            }
+            return;
+        }
+        let mut keep_alive = tokio::time::interval(events::KEEP_ALIVE);
+        keep_alive.reset();
+        loop {
+            let text = tokio::select! {
+                e = sub.events.recv() => match e {
+                    Ok(e) => e.frame(),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        debug!("events: a client fell {n} events behind: dropped");
+                        hub.dropped_client();
+                        break;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                _ = keep_alive.tick() => ": keep-alive\n\n".to_string(),
+                _ = shutdown.changed() => break,
+            };
+            if let Err(stalled) = write_event(s, text).await {
+                // A write error is a client that went (not counted); a
+                // timeout, one that stopped reading.
+                if stalled {
+                    hub.dropped_client();
+                }
+                break;
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl HttpServerApp for ControlApi {
     async fn process_new_http(
@@ -769,6 +983,11 @@ impl HttpServerApp for ControlApi {
             }
         }
         s.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        if is_events(&s) {
+            // Streams until the client goes, falls behind, or shutdown.
+            self.events(&mut s, shutdown.clone()).await;
+            return None;
+        }
         if let Some(app) = deploy_target(&s) {
             // Streams its answer; the connection is not reused after it.
             self.deploy(&mut s, &app).await;

@@ -20,6 +20,11 @@
 //!   none (`bgctl reload`, a rollback without options). Else 415
 //!   `unsupported_media_type`.
 //!
+//! - **Reads.** A `GET` of the API from a non-loopback client needs a
+//!   token of either role when one is configured, unless
+//!   `control.public_read = true` ([`read_needs_token`]): the status says
+//!   which hosts and upstreams exist, and who changed what.
+//!
 //! Loopback also covers IPv4-mapped IPv6 addresses (`::ffff:127.0.0.1`),
 //! which is how IPv4 clients of a dual-stack (`[::]`) listener appear.
 
@@ -40,6 +45,14 @@ pub struct Refusal {
 /// Whether `ip` is a loopback address, IPv4-mapped IPv6 included.
 pub fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
+}
+
+/// Whether a read (`GET`) from `client` must carry a token: when a token
+/// (`control.token_file` or `control.requester_token_file`) is configured,
+/// the client is not on loopback (or unknown), and `control.public_read` is
+/// off.
+pub fn read_needs_token(client: Option<IpAddr>, token_configured: bool, public_read: bool) -> bool {
+    token_configured && !public_read && !client.is_some_and(is_loopback)
 }
 
 /// Checks the `Origin` of a mutating call with `headers`, which reached
@@ -130,6 +143,22 @@ mod tests {
         origin(&h, local.parse().ok())
             .and_then(|()| content_type(&h))
             .map_err(|r| r.code)
+    }
+
+    #[test]
+    fn reads_from_other_hosts_need_a_token_when_one_is_configured() {
+        let other: IpAddr = "10.201.0.2".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(read_needs_token(Some(other), true, false));
+        assert!(read_needs_token(None, true, false), "unknown: not loopback");
+        assert!(!read_needs_token(Some(other), true, true), "public_read");
+        assert!(
+            !read_needs_token(Some(other), false, false),
+            "no token at all"
+        );
+        assert!(!read_needs_token(Some(lo), true, false));
+        assert!(!read_needs_token(Some(mapped), true, false));
     }
 
     #[test]

@@ -40,6 +40,7 @@ use bgproxy_control::api::{
     PendingRequest, ReloadResponse, RequestCreated, RequestStatus, RequestsResponse,
     RolloutResponse, StatusResponse, SwitchKind, SwitchResponse, VerifyResponse, Weights,
 };
+use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, Mutex};
 use tracing::{debug, error, info, warn};
@@ -48,6 +49,7 @@ use super::audit::{AuditLog, AuditRecord};
 use super::backend::{BackendError, FileBackend, Revision, StateBackend};
 use super::change::{Attempt, Change, Command, ControlError};
 use super::deploy::{self, DeployPlan};
+use super::events::{EventType, Events};
 use super::rules::{self, Decision};
 use super::state::{State, StateError, StateLock, StateStore};
 use super::verify::{self, Verifier};
@@ -108,6 +110,9 @@ pub struct Controller {
     audit: AuditLog,
     verifier: Verifier,
     generation: watch::Sender<u64>,
+    /// What `GET /v1/events` streams: one event per committed change
+    /// (published in `effects`), health transitions and deploy steps.
+    events: Arc<Events>,
     /// The configuration the process started with: listeners, threads and
     /// the like stay as they were then, whatever reloads came since.
     boot: Arc<Config>,
@@ -155,6 +160,7 @@ impl Controller {
             metrics.set_weights(&app.name, app.weights());
         }
         let generation = snapshot.generation;
+        let events = Arc::new(Events::new(metrics.events_dropped_clients.clone()));
         let backend = backend.unwrap_or_else(|| Arc::new(FileBackend::new(store.clone())));
         Ok(Controller {
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
@@ -172,12 +178,18 @@ impl Controller {
             audit,
             verifier,
             generation: watch::channel(generation).0,
+            events,
         })
     }
 
     /// The routing table the data plane reads.
     pub fn routing(&self) -> Routing {
         self.routing.clone()
+    }
+
+    /// The event hub of `GET /v1/events`.
+    pub fn events(&self) -> Arc<Events> {
+        self.events.clone()
     }
 
     /// Follows published generations (for the health checker).
@@ -480,11 +492,24 @@ impl Controller {
                 inner: decision,
             } => {
                 info!(app = %cmd.app, id, approver = %cmd.actor, "request approved");
-                self.effects(inner, cmd, *decision, started)
+                let outcome = self.effects(inner, cmd, *decision, started)?;
+                self.event(
+                    inner,
+                    EventType::Request,
+                    &cmd.app,
+                    json!({"action": "approved", "id": id, "by": cmd.actor, "reason": cmd.reason}),
+                );
+                Ok(outcome)
             }
             Decision::Request(req) => {
                 info!(app = %cmd.app, id = %req.id, action = %req.action, by = %req.requested_by,
                     "request recorded: waiting for approval");
+                self.event(
+                    inner,
+                    EventType::Request,
+                    &cmd.app,
+                    json!({"action": "created", "request": &*req}),
+                );
                 let snapshot = self.routing.load();
                 let plan = snapshot
                     .app(&req.app)
@@ -498,6 +523,12 @@ impl Controller {
             }
             Decision::Deny { id } => {
                 info!(app = %cmd.app, id, by = %cmd.actor, "request denied");
+                self.event(
+                    inner,
+                    EventType::Request,
+                    &cmd.app,
+                    json!({"action": "denied", "id": id, "by": cmd.actor, "reason": cmd.reason}),
+                );
                 let req = inner.state.requests.iter().find(|r| r.id == id).cloned();
                 Ok(Outcome::Denied(req.map(Box::new)))
             }
@@ -522,6 +553,24 @@ impl Controller {
                     app = %cmd.app, from = %entry.from, to = %entry.to, kind = %entry.kind,
                     actor = %entry.actor, reason = entry.reason.as_deref().unwrap_or(""),
                     switch = switch_count, "{} is now LIVE", entry.to
+                );
+                if let Some(v) = verdict {
+                    self.event(
+                        inner,
+                        EventType::Analysis,
+                        &cmd.app,
+                        json!({"result": v.as_str(), "color": entry.from, "detail": entry.reason}),
+                    );
+                }
+                self.event(
+                    inner,
+                    EventType::Switch,
+                    &cmd.app,
+                    json!({
+                        "from": entry.from, "to": entry.to, "live": entry.to, "kind": entry.kind,
+                        "actor": entry.actor, "reason": entry.reason,
+                        "switch_count": switch_count, "time": rfc3339(entry.time),
+                    }),
                 );
                 Ok(Outcome::Switched(SwitchResponse {
                     app: cmd.app.clone(),
@@ -572,6 +621,29 @@ impl Controller {
                     ),
                     (None, None) => {}
                 }
+                if let Some(a) = rollout
+                    .as_ref()
+                    .and_then(|r| r.last_analysis.as_ref())
+                    .filter(|_| verdict.is_some())
+                {
+                    self.event(
+                        inner,
+                        EventType::Analysis,
+                        &cmd.app,
+                        json!({"result": a.result.as_str(), "color": live.other(), "analysis": a}),
+                    );
+                }
+                self.event(
+                    inner,
+                    EventType::Rollout,
+                    &cmd.app,
+                    json!({
+                        "live": live, "weights": weights, "rollout": rollout,
+                        "kind": event.as_ref().map(|e| e.kind),
+                        "actor": event.as_ref().map_or(cmd.actor.as_str(), |e| e.actor.as_str()),
+                        "reason": event.as_ref().map_or(cmd.reason.as_deref(), |e| e.reason.as_deref()),
+                    }),
+                );
                 Ok(Outcome::Rollout(RolloutResponse {
                     app: cmd.app.clone(),
                     live,
@@ -588,6 +660,13 @@ impl Controller {
                     }
                     _ => info!(app = %cmd.app, "analysis: {}: {detail}", verdict.as_str()),
                 }
+                let live = self.routing.load().app(&cmd.app).map(|a| a.live);
+                self.event(
+                    inner,
+                    EventType::Analysis,
+                    &cmd.app,
+                    json!({"result": verdict.as_str(), "color": live, "detail": detail, "watch": true}),
+                );
                 Ok(Outcome::Observed)
             }
             Decision::Reload { config, mut report } => {
@@ -618,6 +697,15 @@ impl Controller {
                         report.restart_required.join(", ")
                     );
                 }
+                self.events.publish(
+                    EventType::Reload,
+                    None,
+                    report.generation,
+                    json!({
+                        "added": report.added, "removed": report.removed,
+                        "changed": report.changed, "restart_required": report.restart_required,
+                    }),
+                );
                 Ok(Outcome::Reloaded(report))
             }
             Decision::Deploy { index, migrate } => {
@@ -633,6 +721,12 @@ impl Controller {
                 let status = plan.status();
                 info!(app = %cmd.app, color = %plan.color, id = %plan.id, migrate, actor = %cmd.actor,
                     "deploy started on the standby color");
+                self.event(
+                    inner,
+                    EventType::Deploy,
+                    &cmd.app,
+                    json!({"phase": "started", "deploy": &status}),
+                );
                 inner
                     .deploys
                     .insert(cmd.app.clone(), RunningDeploy { status, abort });
@@ -643,8 +737,27 @@ impl Controller {
                 );
                 Ok(Outcome::DeployStarted(stream))
             }
-            Decision::DeployFinished(_) => Ok(Outcome::DeployRecorded),
+            Decision::DeployFinished(record) => {
+                self.event(
+                    inner,
+                    EventType::Deploy,
+                    &cmd.app,
+                    json!({
+                        "phase": "finished", "id": record.id, "color": record.color,
+                        "result": record.result, "error": record.error,
+                        "duration_ms": record.duration_ms, "actor": record.actor,
+                    }),
+                );
+                Ok(Outcome::DeployRecorded)
+            }
         }
+    }
+
+    /// Publishes an event about `app` at the state's generation (after the
+    /// commit: the generation the change made).
+    fn event(&self, inner: &Inner, kind: EventType, app: &str, details: serde_json::Value) {
+        self.events
+            .publish(kind, Some(app), inner.state.generation, details);
     }
 
     /// An emergency change onto a color under deploy aborts that deploy:
@@ -767,8 +880,23 @@ impl Controller {
         event: DeployEvent,
         caller: &mpsc::UnboundedSender<DeployEvent>,
     ) {
-        if let Some(d) = self.inner.lock().await.deploys.get_mut(app) {
-            deploy::follow(&mut d.status, &event);
+        {
+            let mut inner = self.inner.lock().await;
+            let generation = inner.state.generation;
+            if let Some(d) = inner.deploys.get_mut(app) {
+                deploy::follow(&mut d.status, &event);
+                if matches!(
+                    event,
+                    DeployEvent::StepStarted { .. } | DeployEvent::HealthWait { .. }
+                ) {
+                    self.events.publish(
+                        EventType::Deploy,
+                        Some(app),
+                        generation,
+                        json!({"phase": "step", "deploy": &d.status}),
+                    );
+                }
+            }
         }
         // The caller may be gone: the deploy goes on regardless.
         let _ = caller.send(event);
@@ -817,6 +945,12 @@ fn audit_record<'a>(
         to: attempt.to.map(|c| c.as_str()),
         error: error.map(|(_, m)| m),
     }
+}
+
+/// A time as RFC 3339 text, as the API writes times.
+fn rfc3339(t: OffsetDateTime) -> Option<String> {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 /// The audit result of a finished deploy (`None`: ok).

@@ -15,7 +15,8 @@
 //! Flow: [`HealthService`] (a pingora `BackgroundService`) runs one task per
 //! upstream of both colors of every app and of every route of an app
 //! (`[[app.routes]]`, with the route's own health settings), each ticking
-//! at `interval`, and follows reloads.
+//! at `interval`, and follows reloads. Every transition is also published
+//! as a `health` event ([`super::events`]) with the rise/fall progress.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tracing::{info, warn};
 
+use super::events::{EventType, Events};
 use crate::config::HealthConfig;
 use crate::dataplane::routing::{Routing, Upstream};
 
@@ -52,6 +54,11 @@ impl Tracker {
             rise,
             fall,
         }
+    }
+
+    /// Consecutive passes and failures so far (one of them is 0).
+    pub fn progress(&self) -> (u32, u32) {
+        (self.passes, self.fails)
     }
 
     /// Records one check result; returns the new state if it changed.
@@ -122,6 +129,10 @@ pub struct Target {
     pub host: String,
     /// Probe over HTTP/2 (the app's `h2`).
     pub h2: bool,
+    /// Where transitions are published, if anywhere.
+    pub events: Option<Arc<Events>>,
+    /// The routing, for the generation of a published transition.
+    pub routing: Option<Routing>,
 }
 
 /// Runs one upstream's checks until shutdown.
@@ -149,7 +160,12 @@ pub async fn check_loop(t: Target, mut shutdown: ShutdownWatch) {
         if result.is_ok() {
             t.upstream.health.passed();
         }
-        if let Some(h) = tracker.observe(result.is_ok()) {
+        let changed = tracker.observe(result.is_ok());
+        let (passes, fails) = tracker.progress();
+        t.upstream
+            .health
+            .set_streak(passes, fails, t.config.rise.get(), t.config.fall.get());
+        if let Some(h) = changed {
             t.upstream.set_health(h);
             let route = t.route.as_deref().unwrap_or("-");
             match (h, &result) {
@@ -159,6 +175,22 @@ pub async fn check_loop(t: Target, mut shutdown: ShutdownWatch) {
                 _ => {
                     info!(app = %t.app, route, color = %t.color, upstream = %t.upstream.name, "upstream is {h}")
                 }
+            }
+            if let Some(events) = &t.events {
+                let generation = t.routing.as_ref().map_or(0, |r| r.load().generation);
+                events.publish(
+                    EventType::Health,
+                    Some(&t.app),
+                    generation,
+                    serde_json::json!({
+                        "route": t.route.as_deref(), "color": t.color,
+                        "upstream": &*t.upstream.name, "health": h,
+                        "since_ms": t.upstream.health.since_ms(),
+                        "passes": passes, "fails": fails,
+                        "rise": t.config.rise.get(), "fall": t.config.fall.get(),
+                        "error": result.as_ref().err(),
+                    }),
+                );
             }
         }
     }
@@ -172,6 +204,7 @@ pub async fn check_loop(t: Target, mut shutdown: ShutdownWatch) {
 pub struct HealthService {
     routing: Routing,
     generations: tokio::sync::watch::Receiver<u64>,
+    events: Option<Arc<Events>>,
 }
 
 impl HealthService {
@@ -179,7 +212,14 @@ impl HealthService {
         HealthService {
             routing,
             generations,
+            events: None,
         }
+    }
+
+    /// Publishes every transition on `events`.
+    pub fn with_events(mut self, events: Arc<Events>) -> Self {
+        self.events = Some(events);
+        self
     }
 }
 
@@ -255,6 +295,8 @@ impl BackgroundService for HealthService {
                     config: probe.config.clone(),
                     host: probe.host.clone(),
                     h2: probe.h2,
+                    events: self.events.clone(),
+                    routing: Some(self.routing.clone()),
                 };
                 let task = tokio::spawn(check_loop(target, shutdown.clone()));
                 running.insert(

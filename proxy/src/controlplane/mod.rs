@@ -18,6 +18,9 @@
 //! analysis    a window of a color's own counters -> pass / fail / inconclusive
 //! rollout     the driver: ends rollout steps and watch windows, submits verdicts
 //! verify      [[app.verify]] checks against the standby, through the front door
+//! events      GET /v1/events: one event per change, a ring to resume from
+//! traffic     each color's last minute (rate, 5xx, p99) for the status page
+//! status_page GET /: the self-contained page (HTML, CSS, JS in the binary)
 //! ```
 
 pub mod analysis;
@@ -28,10 +31,13 @@ pub mod backend;
 pub mod change;
 pub mod controller;
 pub mod deploy;
+pub mod events;
 pub mod health;
 pub mod priority;
 pub mod rollout;
 pub mod rules;
 pub mod state;
 pub mod state_dir;
+pub mod status_page;
+pub mod traffic;
 pub mod verify;

@@ -941,13 +941,20 @@ fn app_status(route: &AppRoute, record: Option<&AppState>) -> AppStatus {
         upstreams: pool
             .upstreams
             .iter()
-            .map(|u| UpstreamStatus {
-                addr: u.name.to_string(),
-                health: u.health.get(),
-                since: OffsetDateTime::from_unix_timestamp_nanos(
-                    u.health.since_ms() as i128 * 1_000_000,
-                )
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            .map(|u| {
+                let (passes, fails, rise, fall) = u.health.streak();
+                UpstreamStatus {
+                    addr: u.name.to_string(),
+                    health: u.health.get(),
+                    passes,
+                    fails,
+                    rise,
+                    fall,
+                    since: OffsetDateTime::from_unix_timestamp_nanos(
+                        u.health.since_ms() as i128 * 1_000_000,
+                    )
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                }
             })
             .collect(),
     };

@@ -26,6 +26,7 @@ use crate::controlplane::health::HealthService;
 use crate::controlplane::rollout::RolloutDriver;
 use crate::controlplane::state::StateStore;
 use crate::controlplane::state_dir;
+use crate::controlplane::traffic::{Traffic, TrafficSampler};
 use crate::controlplane::verify::Verifier;
 use crate::daemon::lifecycle::LifecycleService;
 use crate::dataplane::connections::{Gate, Tally};
@@ -255,9 +256,14 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     };
     server.add_service(front);
 
+    // Each color's last minute for the status page (GET /v1/traffic).
+    let traffic = Traffic::default();
     let mut control = Service::new(
         "control api".into(),
-        ControlApi::new(controller.clone(), auth).with_nice(config.control.nice),
+        ControlApi::new(controller.clone(), auth)
+            .with_nice(config.control.nice)
+            .with_public_read(config.control.public_read)
+            .with_traffic(traffic.clone()),
     );
     control.add_tcp(&config.control.listen.to_string());
     control.threads = Some(1);
@@ -277,7 +283,15 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
 
     server.add_service(background_service(
         "health checks",
-        HealthService::new(controller.routing(), controller.subscribe()),
+        HealthService::new(controller.routing(), controller.subscribe())
+            .with_events(controller.events()),
+    ));
+    server.add_service(background_service(
+        "traffic sampler",
+        TrafficSampler {
+            routing: controller.routing(),
+            traffic,
+        },
     ));
     server.add_service(background_service(
         "rollouts",

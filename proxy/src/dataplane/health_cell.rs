@@ -3,7 +3,7 @@
 //! read it. It lives down here so that the routing table need not import
 //! the checker.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bgproxy_control::api::Health;
@@ -16,6 +16,9 @@ pub struct HealthCell {
     since_ms: AtomicU64,
     /// Unix milliseconds of the last passing check (0: none yet).
     last_pass_ms: AtomicU64,
+    /// Checks passed and failed in a row, and the rise and fall thresholds
+    /// (for the status page's progress; 0 before the first check).
+    streak: [AtomicU32; 4],
 }
 
 impl Default for HealthCell {
@@ -31,6 +34,7 @@ impl HealthCell {
             state: AtomicU8::new(0),
             since_ms: AtomicU64::new(now_ms()),
             last_pass_ms: AtomicU64::new(0),
+            streak: Default::default(),
         }
     }
 
@@ -58,6 +62,21 @@ impl HealthCell {
     /// Records a passing check.
     pub fn passed(&self) {
         self.last_pass_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Records the checker's progress: passes and failures in a row, and
+    /// its rise and fall thresholds.
+    pub fn set_streak(&self, passes: u32, fails: u32, rise: u32, fall: u32) {
+        for (cell, v) in self.streak.iter().zip([passes, fails, rise, fall]) {
+            cell.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// `(passes, fails, rise, fall)` as last recorded by the checker.
+    pub fn streak(&self) -> (u32, u32, u32, u32) {
+        let [p, f, r, l] = &self.streak;
+        let get = |c: &AtomicU32| c.load(Ordering::Relaxed);
+        (get(p), get(f), get(r), get(l))
     }
 
     /// When the last check passed, as Unix milliseconds (0: never).

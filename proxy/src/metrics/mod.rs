@@ -44,6 +44,7 @@ pub mod names {
     pub const RATE_LIMITED_TOTAL: &str = "bgproxy_rate_limited_total";
     pub const RATE_LIMIT_KEYS: &str = "bgproxy_rate_limit_keys";
     pub const ACCESS_LOG_DROPPED_TOTAL: &str = "bgproxy_access_log_dropped_total";
+    pub const EVENTS_DROPPED_CLIENTS_TOTAL: &str = "bgproxy_events_dropped_clients_total";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -71,6 +72,7 @@ pub mod names {
         RATE_LIMITED_TOTAL,
         RATE_LIMIT_KEYS,
         ACCESS_LOG_DROPPED_TOTAL,
+        EVENTS_DROPPED_CLIENTS_TOTAL,
     ];
 }
 
@@ -122,6 +124,9 @@ pub struct Metrics {
     rate_limit_keys: IntGaugeVec,
     /// Access log lines dropped because the log's sink did not keep up.
     pub access_log_dropped: IntCounter,
+    /// `GET /v1/events` clients closed because they fell behind or stopped
+    /// reading.
+    pub events_dropped_clients: IntCounter,
 }
 
 fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -188,6 +193,7 @@ impl Metrics {
             rate_limited: counter(names::RATE_LIMITED_TOTAL, "Requests answered 429 by the app's [app.rate_limit], never forwarded.", &["app"]),
             rate_limit_keys: gauge(names::RATE_LIMIT_KEYS, "Client keys the app's rate limit tracks now (at most its max_keys).", &["app"]),
             access_log_dropped: register(&r, IntCounter::new(names::ACCESS_LOG_DROPPED_TOTAL, "Access log lines dropped because stderr did not take them fast enough (a stalled disk or a full pipe); requests never wait for their line.").expect("valid metric")),
+            events_dropped_clients: register(&r, IntCounter::new(names::EVENTS_DROPPED_CLIENTS_TOTAL, "Clients of GET /v1/events closed because they fell behind the events or their socket accepted nothing for 10s; they reconnect and resume.").expect("valid metric")),
             registry: r,
         };
         for result in ["success", "failure"] {

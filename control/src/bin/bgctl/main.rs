@@ -17,6 +17,7 @@ mod render;
 mod requests;
 mod rollout;
 mod verify;
+mod watch;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -237,6 +238,15 @@ enum Cmd {
     /// Reload the daemon's configuration file (validated first; a bad file
     /// changes nothing).
     Reload,
+    /// Follow the daemon's events as they happen, one line each (switches,
+    /// health, rollouts, analyses, deploys, requests, reloads); --json
+    /// prints each event's JSON. Reconnects (resuming where it stopped)
+    /// until interrupted.
+    Watch {
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -497,6 +507,7 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             let app = resolve_app(&client, cli.app.as_deref())?;
             verify::run(&client, &app, cli.json, style)
         }
+        Cmd::Watch { count } => watch::run(&client, cli.app.as_deref(), *count, cli.json, style),
         Cmd::Reload => {
             if cli.json {
                 let text = client.call_raw(reqwest::Method::POST, "/v1/reload", None::<&()>)?;
