@@ -289,6 +289,12 @@ pub struct RolloutResponse {
     /// When the change made a color live (promote, a last step of 100%).
     #[serde(default)]
     pub switch: Option<SwitchResponse>,
+    /// `[cluster]`: as in [`SwitchResponse::applied_by`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_by: Option<Vec<String>>,
+    /// `[cluster]`: as in [`SwitchResponse::missing`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<String>>,
 }
 
 /// One `[[app.verify]]` check run against a color.
@@ -410,6 +416,14 @@ pub struct SwitchResponse {
     pub time: OffsetDateTime,
     /// How long validate + persist + publish took on the daemon.
     pub duration_ms: f64,
+    /// `[cluster]`: the instances that applied the change within
+    /// `ack_timeout` (this one included); absent without a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_by: Option<Vec<String>>,
+    /// `[cluster]`: the instances known to the cluster that had not applied
+    /// it when the answer was sent (they apply it when they can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<String>>,
 }
 
 /// One upstream of a color, with its observed health.
@@ -824,6 +838,36 @@ pub struct ReloadResponse {
     /// Changed settings that take effect only after a restart (listeners,
     /// threads, TLS files, ...), by config key.
     pub restart_required: Vec<String>,
+}
+
+/// `GET /v1/cluster`: the instances sharing this state through etcd
+/// (`[cluster]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterResponse {
+    /// This instance (`cluster.name`).
+    pub name: String,
+    /// The etcd key prefix of this site.
+    pub prefix: String,
+    /// The etcd client URLs.
+    pub etcd: Vec<String>,
+    /// Whether this instance reaches an etcd quorum (and so takes changes).
+    pub connected: bool,
+    /// The revision of the shared state this instance applied last.
+    pub revision: i64,
+    /// The instance that runs automatic actions, when one is elected.
+    pub leader: Option<String>,
+    /// Every instance whose lease is alive, by name.
+    pub members: Vec<ClusterMember>,
+}
+
+/// One instance of the cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub name: String,
+    /// The revision of the shared state it applied last.
+    pub applied_revision: i64,
+    /// Whether it is the elected leader.
+    pub leader: bool,
 }
 
 /// Every error answer of the API: `{"error": "...", "code": "..."}`.

@@ -92,6 +92,11 @@ impl Client {
         self.call(reqwest::Method::GET, "/v1/status", None::<&()>)
     }
 
+    /// `GET /v1/cluster`: the instances sharing the state (`[cluster]`).
+    pub fn cluster(&self) -> Result<crate::api::ClusterResponse, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/cluster", None::<&()>)
+    }
+
     pub fn app(&self, app: &str) -> Result<AppStatus, ClientError> {
         self.call(
             reqwest::Method::GET,

@@ -6,6 +6,8 @@
 //! - [`daemon`]: the daemon under test. [`Daemon`] writes a config
 //!   ([`AppSpec`], [`Options`]) into a temp dir, runs `bgproxy`, waits for
 //!   its control API, kills it on drop; [`bin`] finds the binaries.
+//! - [`etcd`]: a real three-member etcd cluster on loopback ([`etcd::Etcd`])
+//!   and a TCP relay a test can cut ([`etcd::Relay`]), for `[cluster]`.
 //! - [`load`]: keep-alive load ([`Load`]) on raw connections that never
 //!   retry, recording every request ([`Sample`]).
 //! - [`ports`]: ports for the daemon's listeners, held until the test ends
@@ -20,6 +22,7 @@
 
 pub mod backends;
 pub mod daemon;
+pub mod etcd;
 pub mod load;
 pub mod ports;
 pub mod procfs;

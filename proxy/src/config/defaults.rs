@@ -183,3 +183,9 @@ pub const RATE_LIMIT_MAX_KEYS: usize = 100_000;
 
 /// `control.request_ttl`: a pending request expires after this.
 pub const REQUEST_TTL: Duration = Duration::from_secs(3600);
+
+/// `cluster.prefix`: the etcd keys of this site start with it.
+pub const CLUSTER_PREFIX: &str = "/bgproxy";
+/// `cluster.ack_timeout`: how long the answer to a change waits for the
+/// other instances to say they applied it.
+pub const CLUSTER_ACK_TIMEOUT: Duration = Duration::from_secs(1);

@@ -15,8 +15,18 @@ pub struct FileConfig {
     pub metrics: Option<FileMetrics>,
     pub state: Option<FileState>,
     pub log: Option<FileLog>,
+    pub cluster: Option<Spanned<FileCluster>>,
     #[serde(default)]
     pub app: Vec<Spanned<FileApp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    pub etcd: Spanned<Vec<Spanned<String>>>,
+    pub prefix: Option<Spanned<String>>,
+    pub name: Option<Spanned<String>>,
+    pub ack_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,7 @@
 //! `bgproxy --check` runs steps 1 and 2 (plus the state file and token file
 //! checks) and prints the errors.
 
+pub mod cluster;
 pub mod defaults;
 mod file;
 mod key_path;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use bgproxy_control::api::Color;
 
 pub use bgproxy_control::duration::parse_duration;
+pub use cluster::ClusterConfig;
 pub use preview::{MirrorConfig, PreviewConfig, Secret, VerifyCheck};
 pub use restart::RestartSettings;
 pub use rollout::{AnalysisConfig, RolloutConfig, Sticky};
@@ -50,6 +52,8 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     pub state: StateConfig,
     pub log: LogConfig,
+    /// `[cluster]`: the state shared through etcd; `None`: the local file.
+    pub cluster: Option<ClusterConfig>,
     pub apps: Vec<AppConfig>,
 }
 

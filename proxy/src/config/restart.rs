@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Config, LogConfig, TlsConfig};
+use super::{ClusterConfig, Config, LogConfig, TlsConfig};
 
 /// Declares [`RestartSettings`] from one list of
 /// `"dotted.key" => field: Type = expression of the config;`.
@@ -121,6 +121,8 @@ restart_settings! {
     "state.path" => state_path: PathBuf = config.state.path.clone();
     /// The subscriber and the access log's sampling are set up at start.
     "log" => log: LogConfig = config.log.clone();
+    /// The etcd connection and this instance's name are set up at start.
+    "cluster" => cluster: Option<ClusterConfig> = config.cluster.clone();
 }
 
 impl Config {
@@ -248,6 +250,14 @@ upstreams = ["127.0.0.1:3002"]
         }),
         ("state.path", |c| c.state.path = "/tmp/other.json".into()),
         ("log", |c| c.log.format = LogFormat::Json),
+        ("cluster", |c| {
+            c.cluster = Some(crate::config::ClusterConfig {
+                etcd: vec!["http://127.0.0.1:2379".into()],
+                prefix: "/bgproxy".into(),
+                name: "lb1".into(),
+                ack_timeout: Duration::from_secs(1),
+            })
+        }),
     ];
 
     #[test]
@@ -352,7 +362,8 @@ upstreams = ["127.0.0.1:3002"]
             control,
             metrics,
             state,
-            log: _, // restart: log
+            log: _,     // restart: log
+            cluster: _, // restart: cluster
             apps,
         } = &config;
         let ProxyConfig {

@@ -239,6 +239,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
     };
 
     let log = log(raw.log.as_ref(), p);
+    let cluster = raw.cluster.as_ref().map(|c| cluster(c, p));
     if raw.app.is_empty() {
         p.at(
             p.end(),
@@ -342,7 +343,67 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         metrics,
         state,
         log,
+        cluster,
         apps,
+    }
+}
+
+fn cluster(raw: &Spanned<FileCluster>, p: &mut Problems<'_>) -> ClusterConfig {
+    let c = raw.get_ref();
+    if c.etcd.get_ref().is_empty() {
+        p.at(
+            c.etcd.span(),
+            "cluster.etcd",
+            "needs at least one etcd client URL, like [\"http://10.0.0.5:2379\"]",
+        );
+    }
+    for url in c.etcd.get_ref() {
+        if let Err(m) = cluster::check_etcd_url(url.get_ref().trim()) {
+            p.at(url.span(), "cluster.etcd", m);
+        }
+    }
+    let prefix = match &c.prefix {
+        None => defaults::CLUSTER_PREFIX.to_string(),
+        Some(s) => {
+            let v = s.get_ref().trim_end_matches('/');
+            if !s.get_ref().starts_with('/') || v.is_empty() {
+                p.at(
+                    s.span(),
+                    "cluster.prefix",
+                    "must start with '/' and name more than the root, like \"/bgproxy/prod\"",
+                );
+            }
+            v.to_string()
+        }
+    };
+    let name = match &c.name {
+        None => cluster::host_name(),
+        Some(s) => {
+            if !cluster::valid_instance_name(s.get_ref()) {
+                p.at(
+                    s.span(),
+                    "cluster.name",
+                    "must be 1 to 64 letters, digits, '.', '_' or '-', like \"lb1\"",
+                );
+            }
+            s.get_ref().clone()
+        }
+    };
+    ClusterConfig {
+        etcd: c
+            .etcd
+            .get_ref()
+            .iter()
+            .map(|u| u.get_ref().trim().trim_end_matches('/').to_string())
+            .collect(),
+        prefix,
+        name,
+        ack_timeout: positive(
+            &c.ack_timeout,
+            defaults::CLUSTER_ACK_TIMEOUT,
+            "cluster.ack_timeout",
+            p,
+        ),
     }
 }
 

@@ -397,6 +397,14 @@ impl ControlApi {
                 }
             }
             ["v1", "requests"] if get => Reply::json(200, &self.controller.requests().await),
+            ["v1", "cluster"] if get => match self.controller.cluster().await {
+                Some(c) => Reply::json(200, &c),
+                None => Reply::error(
+                    404,
+                    "no_cluster",
+                    "this bgproxy has no [cluster]: its state is the local state file alone",
+                ),
+            },
             ["v1", "apps", app, "requests"] if post => {
                 let mut attempt = Attempt {
                     action: "request",
@@ -497,6 +505,8 @@ impl ControlApi {
                             weights: Weights::new(done.live, 100),
                             rollout: None,
                             switch: Some(done),
+                            applied_by: None,
+                            missing: None,
                         },
                     ),
                     Ok(Outcome::Rollout(r)) => Reply::json(200, &r),

@@ -47,6 +47,7 @@ use tracing::{debug, error, info, warn};
 
 use super::audit::{AuditLog, AuditRecord};
 use super::backend::{BackendError, FileBackend, Revision, StateBackend};
+use super::cluster::{AppCounts, Cluster};
 use super::change::{Attempt, Change, Command, ControlError};
 use super::deploy::{self, DeployPlan};
 use super::events::{EventType, Events};
@@ -105,6 +106,8 @@ pub struct Controller {
     store: Arc<StateStore>,
     /// Where a commit writes: the file, or etcd then the file.
     backend: Arc<dyn StateBackend>,
+    /// `[cluster]`: the instances sharing the state (the backend too).
+    cluster: Option<Arc<Cluster>>,
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
     audit: AuditLog,
@@ -126,17 +129,17 @@ impl Controller {
     /// (so the state directory is proven writable before any port opens) and
     /// builds the first snapshot.
     ///
-    /// `backend` is where commits write: `None` for the state file alone.
+    /// With `cluster`, commits write to etcd (then the local copy);
+    /// without, to the state file alone.
     pub fn start(
         config: Arc<Config>,
-        store: StateStore,
-        backend: Option<Arc<dyn StateBackend>>,
+        store: Arc<StateStore>,
+        cluster: Option<Arc<Cluster>>,
         metrics: Arc<Metrics>,
         audit: AuditLog,
         verifier: Verifier,
         lock_wait: Duration,
     ) -> Result<Self, StateError> {
-        let store = Arc::new(store);
         let lock = store.lock(lock_wait)?;
         let (mut state, recoveries) = store.load();
         for r in &recoveries {
@@ -161,11 +164,15 @@ impl Controller {
         }
         let generation = snapshot.generation;
         let events = Arc::new(Events::new(metrics.events_dropped_clients.clone()));
-        let backend = backend.unwrap_or_else(|| Arc::new(FileBackend::new(store.clone())));
+        let backend: Arc<dyn StateBackend> = match &cluster {
+            Some(c) => c.clone(),
+            None => Arc::new(FileBackend::new(store.clone())),
+        };
         Ok(Controller {
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             store,
             backend,
+            cluster,
             inner: Mutex::new(Inner {
                 state,
                 config: config.clone(),
@@ -227,16 +234,38 @@ impl Controller {
         }
         // Verify checks are I/O (HTTP through the front door): they run
         // before the decision, outside the writer lock.
-        let result = match self.verify_gate(&cmd, requested.as_ref()).await {
+        let mut written = None;
+        let mut result = match self.verify_gate(&cmd, requested.as_ref()).await {
             Err(e) => Err(e),
             Ok(()) => {
                 let mut inner = self.inner.lock().await;
-                match self.decide(&inner, &cmd) {
+                let before = inner.revision;
+                let result = match self.decide(&inner, &cmd) {
                     Ok(decision) => self.commit(&mut inner, &cmd, decision, started).await,
                     Err(e) => Err(e),
-                }
+                };
+                written = (result.is_ok() && inner.revision != before).then_some(inner.revision);
+                result
             }
         };
+        // [cluster]: the answer says which instances applied the change
+        // (waiting outside the writer lock, up to ack_timeout).
+        if let (Some(cluster), Some(revision)) = (&self.cluster, written) {
+            if let Ok(Outcome::Switched(_) | Outcome::Rollout(_)) = &result {
+                let (applied, missing) = cluster.acks(revision).await;
+                match &mut result {
+                    Ok(Outcome::Switched(r)) => {
+                        r.applied_by = Some(applied);
+                        r.missing = Some(missing);
+                    }
+                    Ok(Outcome::Rollout(r)) => {
+                        r.applied_by = Some(applied);
+                        r.missing = Some(missing);
+                    }
+                    _ => {}
+                }
+            }
+        }
         let mut attempt = cmd.attempt();
         match (&result, &cmd.change) {
             // Audited when it ends, with its result.
@@ -401,6 +430,11 @@ impl Controller {
         // logged (see `commit`); every other change is refused.
         if inner.lock.is_none() && !matches!(cmd.change, Change::DeployFinished(_)) {
             return Err(ControlError::ShuttingDown);
+        }
+        // [cluster]: cut off from etcd, nothing is decided on a state that
+        // may be old (before any gate, so the answer says the real reason).
+        if let Some(c) = self.cluster.as_ref().filter(|c| !c.connected()) {
+            return Err(ControlError::NoQuorum(c.unreachable()));
         }
         rules::decide(
             &self.routing.load(),
@@ -581,6 +615,8 @@ impl Controller {
                     switch_count,
                     time: entry.time,
                     duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    applied_by: None,
+                    missing: None,
                 }))
             }
             Decision::Rollout {
@@ -650,6 +686,8 @@ impl Controller {
                     weights,
                     rollout,
                     switch: None,
+                    applied_by: None,
+                    missing: None,
                 }))
             }
             Decision::Observed { verdict, detail } => {
@@ -786,6 +824,68 @@ impl Controller {
                 .with_label_values(&[app])
                 .inc();
         }
+    }
+
+    /// [`Self::adopt_locked`] under the writer lock; returns the revision
+    /// applied now.
+    pub async fn adopt(&self, state: State, revision: Revision) -> Revision {
+        let mut inner = self.inner.lock().await;
+        self.adopt_locked(&mut inner, state, revision);
+        inner.revision
+    }
+
+    /// The revision of the state in force (0: none read from etcd yet).
+    pub async fn revision(&self) -> Revision {
+        self.inner.lock().await.revision
+    }
+
+    /// The state in force and its revision.
+    pub async fn shared_state(&self) -> (State, Revision) {
+        let inner = self.inner.lock().await;
+        (inner.state.clone(), inner.revision)
+    }
+
+    /// Whether automatic actions (rollout steps, analysis, automatic
+    /// rollback) run here: always on one host; with `[cluster]`, on the
+    /// elected instance only.
+    pub fn leads(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.leading())
+    }
+
+    /// `GET /v1/cluster`; `None` without `[cluster]`.
+    pub async fn cluster(&self) -> Option<bgproxy_control::api::ClusterResponse> {
+        let cluster = self.cluster.as_ref()?;
+        let revision = self.revision().await;
+        Some(cluster.response(revision))
+    }
+
+    /// This instance's per-color counters of every app (published for the
+    /// leader).
+    pub fn local_counts(&self) -> AppCounts {
+        self.routing
+            .load()
+            .apps
+            .iter()
+            .map(|a| {
+                let counts = Color::ALL.map(|c| a.pool(c).metrics.counts());
+                (a.name.to_string(), counts)
+            })
+            .collect()
+    }
+
+    /// An app's counters for analysis: `local` (this instance's), plus,
+    /// with `[cluster]`, what every other instance published.
+    pub fn summed_counts(&self, app: &str, mut local: [crate::metrics::Counts; 2]) -> [crate::metrics::Counts; 2] {
+        if let Some(cluster) = &self.cluster {
+            for counts in cluster.others_counts().values() {
+                if let Some(theirs) = counts.get(app) {
+                    for c in Color::ALL {
+                        super::cluster::add_counts(&mut local[c.index()], &theirs[c.index()]);
+                    }
+                }
+            }
+        }
+        local
     }
 
     /// Puts a state decided elsewhere in force (another instance's change,

@@ -5,6 +5,8 @@
 //! api         /v1 HTTP/JSON -> a Command -> Controller::apply
 //! api_guard   what a mutating call must be: origin, content type, loopback
 //! change      the vocabulary: Change, Command, ControlError
+//! cluster     [cluster]: the state in etcd, watched and applied by every
+//!             instance; acks, partitions, the leader of automatic actions
 //! controller  the writer: decide (rules) -> commit: persist -> publish ->
 //!             metrics -> audit
 //! rules       the decisions, pure: gates, targets, next state, reports
@@ -29,6 +31,7 @@ pub mod api_guard;
 pub mod audit;
 pub mod backend;
 pub mod change;
+pub mod cluster;
 pub mod controller;
 pub mod deploy;
 pub mod events;

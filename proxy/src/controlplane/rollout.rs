@@ -128,6 +128,12 @@ impl BackgroundService for RolloutDriver {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = shutdown.changed() => return,
             }
+            // [cluster]: automatic actions run on the elected instance only.
+            if !self.controller.leads() {
+                steps.clear();
+                watches.clear();
+                continue;
+            }
             let now = Instant::now();
             let views = self.controller.views().await;
             // Apps a reload removed leave nothing behind.
@@ -136,7 +142,11 @@ impl BackgroundService for RolloutDriver {
             steps.retain(|app, _| known(app));
             watches.retain(|app, _| known(app));
             for view in views {
-                let counts = Color::ALL.map(|c| view.pools[c.index()].metrics.counts());
+                // [cluster]: every instance's counters, summed.
+                let counts = self.controller.summed_counts(
+                    &view.name,
+                    Color::ALL.map(|c| view.pools[c.index()].metrics.counts()),
+                );
                 for c in Color::ALL {
                     sampler.sample(
                         &view.name,

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::config::{Config, Secret};
 use crate::controlplane::api::{Auth, ControlApi};
 use crate::controlplane::audit::AuditLog;
+use crate::controlplane::cluster::{Cluster, ClusterService};
 use crate::controlplane::controller::Controller;
 use crate::controlplane::health::HealthService;
 use crate::controlplane::rollout::RolloutDriver;
@@ -177,10 +178,16 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     // The process's own preview secret: verify checks go through the front
     // door as preview requests of the standby (controlplane/verify.rs).
     let verify_secret = random_secret().context("cannot read /dev/urandom")?;
+    // [cluster]: the state in etcd, the file as its last applied copy.
+    let store = Arc::new(StateStore::new(&config.state.path));
+    let cluster = config
+        .cluster
+        .as_ref()
+        .map(|c| Arc::new(Cluster::new(c.clone(), store.clone(), metrics.clone())));
     let controller = Controller::start(
         config.clone(),
-        StateStore::new(&config.state.path),
-        None,
+        store,
+        cluster.clone(),
         metrics.clone(),
         audit,
         Verifier::new(&config, verify_secret.clone()),
@@ -299,6 +306,15 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             controller: controller.clone(),
         },
     ));
+    if let Some(cluster) = cluster {
+        server.add_service(background_service(
+            "cluster",
+            ClusterService {
+                cluster,
+                controller: controller.clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "websocket drain",
         DrainService {

@@ -30,6 +30,8 @@ pub mod names {
     pub const CONFIG_RELOADS_TOTAL: &str = "bgproxy_config_reloads_total";
     pub const STATE_WRITE_DURATION_SECONDS: &str = "bgproxy_state_write_duration_seconds";
     pub const STATE_WRITE_FAILURES_TOTAL: &str = "bgproxy_state_write_failures_total";
+    pub const CLUSTER_CONNECTED: &str = "bgproxy_cluster_connected";
+    pub const CLUSTER_LEADER: &str = "bgproxy_cluster_leader";
     pub const PANIC_ROUTED_TOTAL: &str = "bgproxy_panic_routed_requests_total";
     pub const UPSTREAM_RETRIES_TOTAL: &str = "bgproxy_upstream_retries_total";
     pub const UNROUTED_TOTAL: &str = "bgproxy_unrouted_requests_total";
@@ -58,6 +60,8 @@ pub mod names {
         CONFIG_RELOADS_TOTAL,
         STATE_WRITE_DURATION_SECONDS,
         STATE_WRITE_FAILURES_TOTAL,
+        CLUSTER_CONNECTED,
+        CLUSTER_LEADER,
         PANIC_ROUTED_TOTAL,
         UPSTREAM_RETRIES_TOTAL,
         UNROUTED_TOTAL,
@@ -101,6 +105,10 @@ pub struct Metrics {
     pub state_write: Histogram,
     /// Failed state writes (the change was refused).
     pub state_write_failures: IntCounter,
+    /// `[cluster]`: 1 while this instance reaches an etcd quorum.
+    pub cluster_connected: IntGauge,
+    /// `[cluster]`: 1 while this instance leads (runs automatic actions).
+    pub cluster_leader: IntGauge,
     panic_routed: IntCounterVec,
     retries: IntCounterVec,
     /// Requests for a Host no app serves (no labels on purpose).
@@ -178,6 +186,8 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             state_write_failures: register(&r, IntCounter::new(names::STATE_WRITE_FAILURES_TOTAL, "State writes that failed; the change they carried was refused.").expect("valid metric")),
+            cluster_connected: register(&r, IntGauge::new(names::CLUSTER_CONNECTED, "[cluster]: 1 while this instance reaches an etcd quorum and takes changes, 0 while it routes by the last state it applied and refuses changes.").expect("valid metric")),
+            cluster_leader: register(&r, IntGauge::new(names::CLUSTER_LEADER, "[cluster]: 1 while this instance is the elected one that runs automatic actions (rollout steps, analysis, automatic rollback).").expect("valid metric")),
             panic_routed: counter(names::PANIC_ROUTED_TOTAL, "Requests sent to a live color whose upstreams were all down (panic routing).", &["app", "color"]),
             retries: counter(names::UPSTREAM_RETRIES_TOTAL, "Requests retried on another upstream of the same color after a refused connection.", &["app", "color"]),
             unrouted: register(&r, IntCounter::new(names::UNROUTED_TOTAL, "Requests for a Host that no app serves (answered 404).").expect("valid metric")),
@@ -348,7 +358,9 @@ impl Default for Metrics {
 }
 
 /// One reading of a color's request counters and latency histogram.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Serialised for `[cluster]`: every instance publishes its own, the
+/// leader judges their sum.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     /// Requests by status class: 1xx, 2xx, 3xx, 4xx, 5xx, no response.
     pub by_class: [u64; 6],

@@ -185,6 +185,10 @@ enum Cmd {
     /// The pending requests for a change, oldest first: made with bgctl
     /// request, by an assistant through bgctl mcp, or through the API.
     Requests,
+    /// The bgproxy instances sharing this state through etcd ([cluster]):
+    /// each one's applied revision, who leads, whether this one is
+    /// connected.
+    Cluster,
     /// Carry out a pending request (shows it and what it would do now, asks
     /// first). Needs the operator's token.
     Approve {
@@ -338,6 +342,35 @@ pub fn fail(code: u8, message: impl Into<String>) -> Failure {
     }
 }
 
+/// `bgctl cluster`: one line per instance.
+fn cluster_text(c: &bgproxy_control::api::ClusterResponse) -> String {
+    let mut out = format!(
+        "cluster {} on {} ({}): this instance {} at revision {}\n",
+        c.prefix,
+        c.etcd.join(", "),
+        if c.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED: routing by the last applied state, refusing changes"
+        },
+        c.name,
+        c.revision
+    );
+    out.push_str(&format!("{:<24} {:>10}  ROLE\n", "INSTANCE", "APPLIED"));
+    for m in &c.members {
+        let role = if m.leader { "leader" } else { "" };
+        let me = if m.name == c.name { " (this)" } else { "" };
+        out.push_str(&format!(
+            "{:<24} {:>10}  {role}{me}\n",
+            m.name, m.applied_revision
+        ));
+    }
+    if c.leader.is_none() {
+        out.push_str("no leader elected: automatic actions wait\n");
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let style = Style::detect(cli.json);
@@ -457,6 +490,13 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             deploy::follow(&app, stream, *verbose, cli.json, style)
         }
         Cmd::Requests => requests::list(&client, cli.app.as_deref(), cli.json, style),
+        Cmd::Cluster => {
+            if cli.json {
+                return print_raw(&client, "/v1/cluster");
+            }
+            print!("{}", cluster_text(&client.cluster()?));
+            Ok(())
+        }
         Cmd::Approve { id, yes, plan } => {
             let ask = requests::Decide {
                 yes: *yes,
