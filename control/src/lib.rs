@@ -6,8 +6,10 @@
 //! - [`duration`]: the `500ms` / `2s` / `1m` duration syntax of the config
 //!   and of `bgctl --timeout`.
 //! - [`client`] (feature `client`): a typed blocking client of that API.
+//! - [`build_info`]: the version and git commit both binaries print.
 
 pub mod api;
+pub mod build_info;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod duration;

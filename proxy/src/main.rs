@@ -16,7 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// bgproxy: the traffic switch of a blue/green deployment.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = bgproxy_control::build_info::VERSION, about)]
 struct Cli {
     /// Configuration file.
     #[arg(
