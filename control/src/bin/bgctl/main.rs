@@ -17,6 +17,7 @@ mod render;
 mod requests;
 mod rollout;
 mod verify;
+mod watch;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -185,6 +186,10 @@ enum Cmd {
     /// The pending requests for a change, oldest first: made with bgctl
     /// request, by an assistant through bgctl mcp, or through the API.
     Requests,
+    /// The bgproxy instances sharing this state through etcd ([cluster]):
+    /// each one's applied revision, who leads, whether this one is
+    /// connected.
+    Cluster,
     /// Carry out a pending request (shows it and what it would do now, asks
     /// first). Needs the operator's token.
     Approve {
@@ -238,6 +243,15 @@ enum Cmd {
     /// Reload the daemon's configuration file (validated first; a bad file
     /// changes nothing).
     Reload,
+    /// Follow the daemon's events as they happen, one line each (switches,
+    /// health, rollouts, analyses, deploys, requests, reloads); --json
+    /// prints each event's JSON. Reconnects (resuming where it stopped)
+    /// until interrupted.
+    Watch {
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -327,6 +341,35 @@ pub fn fail(code: u8, message: impl Into<String>) -> Failure {
         code,
         message: message.into(),
     }
+}
+
+/// `bgctl cluster`: one line per instance.
+fn cluster_text(c: &bgproxy_control::api::ClusterResponse) -> String {
+    let mut out = format!(
+        "cluster {} on {} ({}): this instance {} at revision {}\n",
+        c.prefix,
+        c.etcd.join(", "),
+        if c.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED: routing by the last applied state, refusing changes"
+        },
+        c.name,
+        c.revision
+    );
+    out.push_str(&format!("{:<24} {:>10}  ROLE\n", "INSTANCE", "APPLIED"));
+    for m in &c.members {
+        let role = if m.leader { "leader" } else { "" };
+        let me = if m.name == c.name { " (this)" } else { "" };
+        out.push_str(&format!(
+            "{:<24} {:>10}  {role}{me}\n",
+            m.name, m.applied_revision
+        ));
+    }
+    if c.leader.is_none() {
+        out.push_str("no leader elected: automatic actions wait\n");
+    }
+    out
 }
 
 fn main() -> ExitCode {
@@ -448,6 +491,13 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             deploy::follow(&app, stream, *verbose, cli.json, style)
         }
         Cmd::Requests => requests::list(&client, cli.app.as_deref(), cli.json, style),
+        Cmd::Cluster => {
+            if cli.json {
+                return print_raw(&client, "/v1/cluster");
+            }
+            print!("{}", cluster_text(&client.cluster()?));
+            Ok(())
+        }
         Cmd::Approve { id, yes, plan } => {
             let ask = requests::Decide {
                 yes: *yes,
@@ -498,6 +548,7 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             let app = resolve_app(&client, cli.app.as_deref())?;
             verify::run(&client, &app, cli.json, style)
         }
+        Cmd::Watch { count } => watch::run(&client, cli.app.as_deref(), *count, cli.json, style),
         Cmd::Reload => {
             if cli.json {
                 let text = client.call_raw(reqwest::Method::POST, "/v1/reload", None::<&()>)?;
