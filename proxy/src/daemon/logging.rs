@@ -63,6 +63,11 @@ impl<'a> MakeWriter<'a> for LogWriter {
     }
 }
 
+/// What `log.level` never logs (`RUST_LOG` may): rustls's warning for a
+/// client that sends an IP address as its SNI (wrk, some scripts), once per
+/// handshake, about nothing bgproxy or its operator could change.
+const QUIET: &str = "rustls::msgs::handshake=error";
+
 /// Installs the global subscriber: the level from `RUST_LOG`, else
 /// `log.level`; the format from `format`, else `log.format`. Colors only on
 /// a terminal.
@@ -74,7 +79,9 @@ pub fn init(log: &LogConfig, format: Option<LogFormat>) {
         .finish(std::io::stderr());
     *WRITER.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{},{QUIET}", log.level))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(LogWriter(writer));
