@@ -47,8 +47,8 @@ use tracing::{debug, error, info, warn};
 
 use super::audit::{AuditLog, AuditRecord};
 use super::backend::{BackendError, FileBackend, Revision, StateBackend};
-use super::cluster::{AppCounts, Cluster};
 use super::change::{Attempt, Change, Command, ControlError};
+use super::cluster::{AppCounts, Cluster};
 use super::deploy::{self, DeployPlan};
 use super::events::{EventType, Events};
 use super::rules::{self, Decision};
@@ -168,9 +168,15 @@ impl Controller {
             Some(c) => c.clone(),
             None => Arc::new(FileBackend::new(store.clone())),
         };
+        let backend: Arc<dyn StateBackend> = match &cluster {
+            Some(c) => c.clone(),
+            None => Arc::new(FileBackend::new(store.clone())),
+        };
         Ok(Controller {
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             store,
+            backend,
+            cluster,
             backend,
             cluster,
             inner: Mutex::new(Inner {
@@ -875,7 +881,11 @@ impl Controller {
 
     /// An app's counters for analysis: `local` (this instance's), plus,
     /// with `[cluster]`, what every other instance published.
-    pub fn summed_counts(&self, app: &str, mut local: [crate::metrics::Counts; 2]) -> [crate::metrics::Counts; 2] {
+    pub fn summed_counts(
+        &self,
+        app: &str,
+        mut local: [crate::metrics::Counts; 2],
+    ) -> [crate::metrics::Counts; 2] {
         if let Some(cluster) = &self.cluster {
             for counts in cluster.others_counts().values() {
                 if let Some(theirs) = counts.get(app) {
