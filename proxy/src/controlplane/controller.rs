@@ -168,15 +168,9 @@ impl Controller {
             Some(c) => c.clone(),
             None => Arc::new(FileBackend::new(store.clone())),
         };
-        let backend: Arc<dyn StateBackend> = match &cluster {
-            Some(c) => c.clone(),
-            None => Arc::new(FileBackend::new(store.clone())),
-        };
         Ok(Controller {
             routing: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             store,
-            backend,
-            cluster,
             backend,
             cluster,
             inner: Mutex::new(Inner {
