@@ -595,6 +595,43 @@ fn chromium_shows_the_new_live_color_after_a_switch_without_a_reload() {
     assert!(log.as_str().is_some_and(|l| l.contains("switch")), "{log}");
     eprintln!("the page showed green {shown_after:?} after bgctl switch started");
 
+    // With a token typed in, the page follows the events over a fetch
+    // stream (which can send Authorization) and offers actions; a switch
+    // from the page, confirmed, goes through the API's Origin and
+    // Content-Type checks and shows up without a reload.
+    browser.eval(
+        "document.getElementById('token').value = 'any'; \
+         document.getElementById('tokenform').requestSubmit(); 1",
+    );
+    let button =
+        "document.querySelector('[data-app=\"web\"] button[data-act=\"switch\"]') ? 'shown' : null";
+    assert_eq!(browser.wait_for(button, &json!("shown"), T), json!("shown"));
+    let connected = browser.wait_for(
+        "document.getElementById('conn').textContent",
+        &json!("live updates"),
+        T,
+    );
+    assert_eq!(connected, json!("live updates"), "the fetch stream follows");
+    browser.eval(
+        "window.confirm = () => true; \
+         document.querySelector('[data-app=\"web\"] button[data-act=\"switch\"]').click(); 1",
+    );
+    assert_eq!(browser.wait_for(live, &json!("blue"), T), json!("blue"));
+    assert_eq!(
+        browser.eval("window.bgproxyTestMark"),
+        json!(42),
+        "no reload"
+    );
+    let app = d.app("web");
+    assert_eq!(app["live"], "blue");
+    let (_, h) = d.api("GET", "/v1/apps/web/history", None);
+    let last = &h["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["actor"], "status-page", "{last}");
+    // Back to green for the picture (events keep coming over the stream).
+    let (code, out, err) = d.bgctl(&["switch", "green", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(browser.wait_for(live, &json!("green"), T), json!("green"));
+
     // A little more for the picture: numbers, a health change.
     for _ in 0..50 {
         d.get("web.test", "/");

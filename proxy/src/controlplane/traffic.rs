@@ -32,6 +32,9 @@ pub const PERIOD: Duration = Duration::from_secs(5);
 /// Points of a sparkline: a minute.
 pub const POINTS: usize = 12;
 
+/// The shortest period shown as a point.
+const MIN_POINT: Duration = Duration::from_secs(1);
+
 type Rings = HashMap<(Arc<str>, Color), VecDeque<(Instant, Counts)>>;
 
 /// The readings, shared by the sampler and the API.
@@ -108,9 +111,9 @@ pub fn color_traffic(readings: &[(Instant, Counts)], now: (Instant, Counts)) -> 
     };
     let points: Vec<TrafficPoint> = all
         .windows(2)
-        // The reading now follows the last one by less than a period:
-        // a partial point would jump around; it counts in the total.
-        .take(all.len().saturating_sub(2).max(usize::from(all.len() == 2)))
+        // The last point is the period in progress: left out while it is
+        // under a second old (its rate would jump around).
+        .filter(|w| w[1].0.duration_since(w[0].0) >= MIN_POINT)
         .map(|w| point(w[0], w[1]))
         .collect();
     let whole = match all.first() {
@@ -176,10 +179,16 @@ mod tests {
         assert!((c.rate - 10.0).abs() < 1e-9, "{}", c.rate);
         assert!((c.error_ratio - 20.0 / 120.0).abs() < 1e-9);
         assert!(c.p99_ms.is_some_and(|p| p <= 10.0));
-        assert_eq!(c.points.len(), 2, "whole periods only");
+        assert_eq!(c.points.len(), 3, "the period in progress too");
         assert!((c.points[0].rate - 10.0).abs() < 1e-9);
         assert!((c.points[1].error_ratio - 0.2).abs() < 1e-9);
+        assert!((c.points[2].rate - 10.0).abs() < 1e-9);
         assert_eq!(c.seconds, 12.0);
+        let c = color_traffic(
+            &readings,
+            (at(10) + Duration::from_millis(500), counts(95, 10)),
+        );
+        assert_eq!(c.points.len(), 2, "not under a second old");
     }
 
     #[test]
