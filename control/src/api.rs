@@ -940,3 +940,50 @@ mod tests {
         assert!(serde_json::from_str::<SwitchRequest>(r#"{"to":"green","x":1}"#).is_err());
     }
 }
+
+/// Where a served certificate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertSource {
+    /// `[proxy.tls]` cert/key or `[[proxy.tls.certs]]`.
+    File,
+    /// Obtained and renewed by bgproxy (`[proxy.tls.acme]`).
+    Acme,
+}
+
+impl CertSource {
+    /// `file` or `acme`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertSource::File => "file",
+            CertSource::Acme => "acme",
+        }
+    }
+}
+
+/// One certificate the TLS listeners serve (or, for ACME, are to serve).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertView {
+    /// The names it serves; empty for the default certificate.
+    pub hosts: Vec<String>,
+    pub source: CertSource,
+    /// The certificate file (source `file`).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// When it expires (RFC 3339); `None`: no certificate yet (ACME).
+    #[serde(default)]
+    pub not_after: Option<String>,
+    /// Why the last ACME order failed; `None` when it succeeded.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When the next ACME order is due (RFC 3339).
+    #[serde(default)]
+    pub next_attempt: Option<String>,
+}
+
+/// `GET /v1/certs`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CertsResponse {
+    /// Every certificate served, files first; empty without `[proxy.tls]`.
+    pub certs: Vec<CertView>,
+}

@@ -88,6 +88,11 @@ impl Client {
         &self.base
     }
 
+    /// `GET /v1/certs`: every certificate the TLS listeners serve.
+    pub fn certs(&self) -> Result<crate::api::CertsResponse, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/certs", None::<&()>)
+    }
+
     pub fn status(&self) -> Result<StatusResponse, ClientError> {
         self.call(reqwest::Method::GET, "/v1/status", None::<&()>)
     }

@@ -1,8 +1,9 @@
-//! Durations in the config and on bgctl's command line: an integer and a unit, `500ms`, `2s`, `1m`, `1h`.
+//! Durations in the config and on bgctl's command line: an integer and a unit, `500ms`, `2s`, `1m`, `1h`, `30d`.
 
 use std::time::Duration;
 
-/// Parses `"500ms"`, `"2s"`, `"1m"`, `"1h"` or `"0"`.
+/// Parses `"500ms"`, `"2s"`, `"1m"`, `"1h"`, `"30d"` (days: certificate
+/// lifetimes) or `"0"`.
 ///
 /// Fails with a message that shows the accepted forms.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -14,7 +15,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (digits, unit) = s.split_at(split);
     let bad = || {
         format!(
-            "invalid duration '{s}': expected a whole number and a unit, like 500ms, 2s, 1m or 1h"
+            "invalid duration '{s}': expected a whole number and a unit, like 500ms, 2s, 1m, 1h or 30d"
         )
     };
     if digits.is_empty() {
@@ -26,6 +27,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => return Err(bad()),
     };
     Ok(d)
@@ -63,11 +65,15 @@ mod tests {
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "ms", "5", "5 s", "1.5s", "-1s", "5d", "soon"] {
+        for s in ["", "ms", "5", "5 s", "1.5s", "-1s", "5w", "soon"] {
             assert!(parse_duration(s).is_err(), "{s} should be rejected");
         }
     }

@@ -134,6 +134,9 @@ pub struct Options {
     pub proxy: String,
     /// Extra keys of the `[control]` table.
     pub control: String,
+    /// Write the config but do not start the process: the test calls
+    /// [`Daemon::spawn`] (once a service it starts knows the daemon's ports).
+    pub deferred: bool,
 }
 
 /// A running `bgproxy` with its own temp dir, ports and config.
@@ -197,7 +200,9 @@ impl Daemon {
                 .unwrap(),
         };
         std::fs::write(&d.config, d.render(apps)).unwrap();
-        d.spawn();
+        if !d.opts.deferred {
+            d.spawn();
+        }
         d
     }
 

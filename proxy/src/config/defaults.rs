@@ -64,6 +64,13 @@ pub const MAX_CONNECTIONS: usize = 20_000;
 /// one address.
 pub const MAX_CONNECTIONS_PER_IP: usize = 1_000;
 
+// [proxy.tls.acme]
+
+/// `proxy.tls.acme.challenge`: answered on the plain listeners.
+pub const ACME_CHALLENGE: super::AcmeChallenge = super::AcmeChallenge::Http01;
+/// `proxy.tls.acme.renew_before`: a third of a 90-day certificate's life.
+pub const ACME_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+
 // [control]
 
 /// `control.listen`: loopback only.

@@ -61,10 +61,23 @@ pub struct FileProxy {
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
     pub listen: Spanned<Vec<Spanned<String>>>,
-    pub cert: Spanned<String>,
-    pub key: Spanned<String>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
     #[serde(default)]
     pub certs: Vec<FileCert>,
+    pub acme: Option<Spanned<FileAcme>>,
+}
+
+/// `[proxy.tls.acme]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAcme {
+    pub directory: Spanned<String>,
+    pub email: Option<Spanned<String>>,
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub challenge: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub renew_before: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -40,7 +40,7 @@ pub use preview::{MirrorConfig, PreviewConfig, Secret, VerifyCheck};
 pub use restart::RestartSettings;
 pub use rollout::{AnalysisConfig, RolloutConfig, Sticky};
 pub use routes::{RateLimitConfig, RateLimitKey, RouteConfig};
-pub use validate::from_str;
+pub use validate::{from_str, pem_certificates};
 
 /// The validated configuration of the daemon.
 #[derive(Clone, Debug)]
@@ -162,11 +162,45 @@ pub struct ProxyConfig {
 pub struct TlsConfig {
     pub listen: Vec<SocketAddr>,
     /// The default certificate (chain and key, PEM): for clients without SNI
-    /// or with a name no `certs` entry has.
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// or with a name neither a `certs` entry nor ACME has. Optional only
+    /// with `acme` (without one, such handshakes fail).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// More certificates, chosen by SNI.
     pub certs: Vec<SniCert>,
+    /// `[proxy.tls.acme]`: certificates bgproxy obtains and renews itself.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[proxy.tls.acme]`: an ACME (RFC 8555) CA that issues the certificates
+/// of `hosts`; see `controlplane/acme.rs`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AcmeConfig {
+    /// The CA's directory URL (https; http only on loopback).
+    pub directory: String,
+    /// The account's contact; `None`: no contact.
+    pub email: Option<String>,
+    /// The names to order, one certificate each: the `hosts` key, or every
+    /// host of every app (wildcards left out). Names a `[[proxy.tls.certs]]`
+    /// entry serves are served from that file, not ordered.
+    pub hosts: Vec<String>,
+    /// How the CA validates a name. Default [`defaults::ACME_CHALLENGE`].
+    pub challenge: AcmeChallenge,
+    /// An extra root the CA's own HTTPS is trusted with (besides the
+    /// public roots), PEM.
+    pub ca_file: Option<PathBuf>,
+    /// Renew this long before a certificate expires. Default
+    /// [`defaults::ACME_RENEW_BEFORE`].
+    pub renew_before: Duration,
+}
+
+/// The ACME challenge bgproxy answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// `http-01`: on the plain listeners, `/.well-known/acme-challenge/`.
+    Http01,
+    /// `tls-alpn-01`: on the TLS listeners, ALPN `acme-tls/1`.
+    TlsAlpn01,
 }
 
 /// One `[[proxy.tls.certs]]`.

@@ -200,9 +200,10 @@ upstreams = ["127.0.0.1:3002"]
         ("proxy.tls", |c| {
             c.proxy.tls = Some(TlsConfig {
                 listen: vec![addr("127.0.0.1:8443")],
-                cert: "/etc/bgproxy/cert.pem".into(),
-                key: "/etc/bgproxy/key.pem".into(),
+                cert: Some("/etc/bgproxy/cert.pem".into()),
+                key: Some("/etc/bgproxy/key.pem".into()),
                 certs: Vec::new(),
+                acme: None,
             })
         }),
         ("proxy.grace_period", |c| {

@@ -112,11 +112,39 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
     let fp = raw.proxy.into_inner();
     let mut listeners = Vec::new();
     let listen = addrs(&fp.listen, "proxy.listen", &mut listeners, p);
+    let mut raw_acme = None;
     let tls = fp.tls.map(|t| {
+        let span = t.span();
         let t = t.into_inner();
         let listen = addrs(&t.listen, "proxy.tls.listen", &mut listeners, p);
-        let cert = existing_file(&t.cert, base, "proxy.tls.cert", p);
-        let key = existing_file(&t.key, base, "proxy.tls.key", p);
+        let cert = t
+            .cert
+            .as_ref()
+            .map(|c| existing_file(c, base, "proxy.tls.cert", p));
+        let key = t
+            .key
+            .as_ref()
+            .map(|k| existing_file(k, base, "proxy.tls.key", p));
+        match (&t.cert, &t.key) {
+            (Some(_), Some(_)) => {}
+            (Some(c), None) => p.at(
+                c.span(),
+                "proxy.tls.key",
+                "is missing: a default certificate needs both cert and key",
+            ),
+            (None, Some(k)) => p.at(
+                k.span(),
+                "proxy.tls.cert",
+                "is missing: a default certificate needs both cert and key",
+            ),
+            (None, None) if t.acme.is_none() => p.at(
+                span,
+                "proxy.tls.cert",
+                "is missing: set cert and key (the default certificate), or add [proxy.tls.acme] to have bgproxy obtain certificates",
+            ),
+            (None, None) => {}
+        }
+        raw_acme = t.acme;
         if t.listen.get_ref().is_empty() {
             p.at(
                 t.listen.span(),
@@ -129,6 +157,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
             cert,
             key,
             certs: sni_certs(&t.certs, base, p),
+            acme: None,
         }
     });
     if fp.listen.get_ref().is_empty() && tls.is_none() {
@@ -248,6 +277,10 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
         );
     }
     let apps = apps(raw.app, tls.is_some(), base, p);
+    let mut tls = tls;
+    if let (Some(t), Some(a)) = (tls.as_mut(), raw_acme) {
+        t.acme = Some(acme(a, &apps, !fp.listen.get_ref().is_empty(), base, p));
+    }
     let max_header_size = size_or(
         &fp.max_header_size,
         defaults::MAX_HEADER_SIZE as u64,
@@ -1470,6 +1503,183 @@ fn existing_file(s: &Spanned<String>, base: &Path, key: &str, p: &mut Problems<'
         );
     }
     path
+}
+
+/// `[proxy.tls.acme]`: the directory URL is https (http only on
+/// loopback), the email an address, every host one an app serves (not a
+/// wildcard), the challenge one bgproxy can answer with the listeners it
+/// has, `ca_file` a readable PEM certificate.
+fn acme(
+    raw: Spanned<FileAcme>,
+    apps: &[AppConfig],
+    has_plain_listener: bool,
+    base: &Path,
+    p: &mut Problems<'_>,
+) -> AcmeConfig {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let directory = raw.directory.get_ref().trim().to_string();
+    match directory.parse::<http::Uri>() {
+        Ok(uri) => {
+            let loopback = uri.host().is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            match uri.scheme_str() {
+                Some("https") if uri.host().is_some() => {}
+                Some("http") if loopback => {}
+                _ => p.at(
+                    raw.directory.span(),
+                    "proxy.tls.acme.directory",
+                    format!("'{directory}' is not an https:// URL (http:// only on loopback): give the CA's directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory"),
+                ),
+            }
+        }
+        Err(e) => p.at(
+            raw.directory.span(),
+            "proxy.tls.acme.directory",
+            format!("'{directory}' is not a URL: {e}"),
+        ),
+    }
+    let email = raw.email.as_ref().and_then(|e| {
+        let v = e.get_ref().trim();
+        let ok = v.split_once('@').is_some_and(|(user, domain)| {
+            !user.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+        }) && !v.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !ok {
+            p.at(
+                e.span(),
+                "proxy.tls.acme.email",
+                format!("'{v}' is not an email address: give the operator's, e.g. ops@example.net (the CA writes there about expiring certificates)"),
+            );
+        }
+        (!v.is_empty()).then(|| v.to_string())
+    });
+    let app_hosts: Vec<&String> = apps.iter().flat_map(|a| a.hosts.iter()).collect();
+    let served = |h: &str| {
+        app_hosts.iter().any(|a| {
+            a.as_str() == h
+                || a.strip_prefix("*.")
+                    .is_some_and(|parent| h.split_once('.').is_some_and(|(_, rest)| rest == parent))
+        })
+    };
+    let hosts = match &raw.hosts {
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                p.at(list.span(), "proxy.tls.acme.hosts", "is empty: list the names to order, or leave hosts out for every host of every app");
+            }
+            list.get_ref()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| {
+                    let host = h.get_ref().trim().to_ascii_lowercase();
+                    let key = format!("proxy.tls.acme.hosts[{i}]");
+                    if host.contains('*') {
+                        p.at(h.span(), key, format!("'{host}' is a wildcard: http-01 and tls-alpn-01 cannot validate one; list each name, or serve the wildcard from [[proxy.tls.certs]]"));
+                        None
+                    } else if !valid_host(&host) {
+                        p.at(h.span(), key, format!("invalid name '{host}': a DNS name"));
+                        None
+                    } else if !served(&host) {
+                        p.at(h.span(), key, format!("'{host}' is not a host of any app: add it to an app's hosts, or remove it here"));
+                        None
+                    } else {
+                        Some(host)
+                    }
+                })
+                .collect()
+        }
+        None => {
+            let all: Vec<String> = app_hosts
+                .iter()
+                .filter(|h| !h.contains('*'))
+                .map(|h| h.to_string())
+                .collect();
+            if all.is_empty() {
+                p.at(span.clone(), "proxy.tls.acme.hosts", "no app has a host name to order a certificate for: give the apps hosts, or list hosts here");
+            }
+            all
+        }
+    };
+    let challenge = match &raw.challenge {
+        None => defaults::ACME_CHALLENGE,
+        Some(c) => match c.get_ref().as_str() {
+            "http-01" => AcmeChallenge::Http01,
+            "tls-alpn-01" => AcmeChallenge::TlsAlpn01,
+            other => {
+                p.at(
+                    c.span(),
+                    "proxy.tls.acme.challenge",
+                    format!("unknown challenge '{other}': expected 'http-01' or 'tls-alpn-01'"),
+                );
+                defaults::ACME_CHALLENGE
+            }
+        },
+    };
+    if challenge == AcmeChallenge::Http01 && !has_plain_listener {
+        p.at(
+            raw.challenge.as_ref().map_or(span.clone(), |c| c.span()),
+            "proxy.tls.acme.challenge",
+            "http-01 is answered on the plain listeners, and proxy.listen is empty: add a plain listener (the CA connects to port 80), or use challenge = \"tls-alpn-01\"",
+        );
+    }
+    let ca_file = raw
+        .ca_file
+        .as_ref()
+        .filter(|c| !c.get_ref().is_empty())
+        .map(|c| {
+            let path = existing_file(c, base, "proxy.tls.acme.ca_file", p);
+            if path.is_file() {
+                if let Err(why) = pem_certificates(&path) {
+                    p.at(c.span(), "proxy.tls.acme.ca_file", why);
+                }
+            }
+            path
+        });
+    let renew_before = dur_or(
+        &raw.renew_before,
+        defaults::ACME_RENEW_BEFORE,
+        "proxy.tls.acme.renew_before",
+        p,
+    );
+    if let Some(r) = &raw.renew_before {
+        if renew_before.is_zero() {
+            p.at(
+                r.span(),
+                "proxy.tls.acme.renew_before",
+                "must be more than 0s",
+            );
+        }
+    }
+    AcmeConfig {
+        directory,
+        email,
+        hosts,
+        challenge,
+        ca_file,
+        renew_before,
+    }
+}
+
+/// The certificates of a PEM file: at least one, or why not.
+pub fn pem_certificates(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@
 //! - `POST /v1/apps/{app}/promote|abort|pause|resume` `{"emergency","reason","actor"}`
 //!   (body optional); these and `canary`/`weight` answer a `RolloutResponse`
 //! - `POST /v1/reload`: reload the config file
+//! - `GET /v1/certs`: every certificate the TLS listeners serve (files and
+//!   ACME), with expiry and the last ACME error
 //! - `POST /v1/apps/{app}/deploy` `{"migrate","actor"}`: streams NDJSON events
 //! - `GET /v1/events`: Server-Sent Events, one per change ([`super::events`]),
 //!   resumed with `Last-Event-ID`; `GET /v1/traffic`: each color's last
@@ -94,6 +96,8 @@ pub struct ControlApi {
     auth: Auth,
     /// `control.nice`: asked for the serving thread at its first connection.
     nice: Option<i32>,
+    /// The TLS listeners' certificates, for `GET /v1/certs`.
+    certs: Option<Arc<crate::dataplane::tls::CertStore>>,
     /// `control.public_read`: reads from other hosts need no token.
     public_read: bool,
     /// Each color's last minute, for `GET /v1/traffic`.
@@ -106,6 +110,7 @@ impl ControlApi {
             controller,
             auth,
             nice: None,
+            certs: None,
             public_read: false,
             traffic: Traffic::default(),
         }
@@ -124,6 +129,13 @@ impl ControlApi {
         self.traffic = traffic;
         self
     }
+
+    /// The certificates `GET /v1/certs` lists.
+    pub fn with_certs(mut self, certs: Option<Arc<crate::dataplane::tls::CertStore>>) -> Self {
+        self.certs = certs;
+        self
+    }
+
     pub fn with_nice(mut self, nice: Option<i32>) -> Self {
         self.nice = nice;
         self
@@ -364,6 +376,12 @@ impl ControlApi {
                     .report(&self.controller.routing().load(), std::time::Instant::now()),
             ),
             ["v1", "status"] if get => Reply::json(200, &self.controller.status().await),
+            ["v1", "certs"] if get => Reply::json(
+                200,
+                &bgproxy_control::api::CertsResponse {
+                    certs: self.certs.as_ref().map(|c| c.view()).unwrap_or_default(),
+                },
+            ),
             ["v1", "apps", app] if get => match self.controller.app(app).await {
                 Ok(a) => Reply::json(200, &a),
                 Err(e) => Reply::from_control(e),
@@ -519,7 +537,7 @@ impl ControlApi {
                 "method_not_allowed",
                 format!("{method} is not allowed on {path}"),
             ),
-            ["v1", "status"]
+            ["v1", "status" | "certs"]
             | [""]
             | ["v1", "events" | "traffic"]
             | ["v1", "reload"]

@@ -20,11 +20,13 @@
 //! analysis    a window of a color's own counters -> pass / fail / inconclusive
 //! rollout     the driver: ends rollout steps and watch windows, submits verdicts
 //! verify      [[app.verify]] checks against the standby, through the front door
+//! acme        [proxy.tls.acme]: orders and renews certificates, keeps them on disk
 //! events      GET /v1/events: one event per change, a ring to resume from
 //! traffic     each color's last minute (rate, 5xx, p99) for the status page
 //! status_page GET /: the self-contained page (HTML, CSS, JS in the binary)
 //! ```
 
+pub mod acme;
 pub mod analysis;
 pub mod api;
 pub mod api_guard;

@@ -105,13 +105,6 @@ fn read_buffer(read: usize) -> pingora::protocols::l4::stream::L4BufferSettings 
 /// ends).
 const UPGRADE_LOCK_WAIT: Duration = Duration::from_secs(60);
 
-/// Idle upstream connections kept per worker thread, by each of the two
-/// pools (the lean loop's, pingora-proxy's). pingora's default, 128, is
-/// fewer than the requests one thread has in flight under HTTP/2 (`h2load
-/// -c 20 -m 10`: 200): past it every released connection was closed and the
-/// next request connected anew, a quarter of the requests (benches/README).
-const UPSTREAM_POOL_PER_THREAD: usize = 1024;
-
 /// Builds the daemon for `config`.
 ///
 /// Order matters: the pingora server bootstraps first (with `--upgrade` this
@@ -162,7 +155,6 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             .join("bgproxy-upgrade.sock")
             .to_string_lossy()
             .into_owned(),
-        upstream_keepalive_pool_size: UPSTREAM_POOL_PER_THREAD,
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -215,6 +207,21 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let upgrades = Arc::new(Upgrades::default());
     let phases = server.watch_execution_phase();
+    // The certificates, files and ACME, before the data plane: it answers
+    // the ACME HTTP-01 challenges (dataplane/acme.rs).
+    let certs = match &config.proxy.tls {
+        Some(tls) => {
+            let store = CertStore::load(tls)
+                .map_err(|e| anyhow::anyhow!("cannot load TLS certificates: {e}"))?
+                .with_metrics(metrics.clone());
+            Some(Arc::new(store))
+        }
+        None => None,
+    };
+    let acme_challenges = certs
+        .as_ref()
+        .filter(|c| c.config().acme.is_some())
+        .map(|c| c.challenges());
     let data = DataPlane::new(
         controller.routing(),
         metrics.clone(),
@@ -232,7 +239,8 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             .map(|a| a.port()),
     )
     // The same secret makes the checks' requests preview requests.
-    .with_verify_secret(&verify_secret);
+    .with_verify_secret(&verify_secret)
+    .with_acme_challenges(acme_challenges);
     // pingora-proxy serves what the lean loop leaves (front_door.rs).
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, data.clone());
     // HTTP/2 client connections get the same idle limit as HTTP/1 ones.
@@ -255,21 +263,23 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
                 .l4_buffer(read_buffer(config.proxy.read_buffer)),
         );
     }
-    let certs = match &config.proxy.tls {
-        Some(tls) => {
-            let store = CertStore::load(tls)
-                .map_err(|e| anyhow::anyhow!("cannot load TLS certificates: {e}"))?;
-            let store = Arc::new(store);
-            for addr in &tls.listen {
-                let settings = crate::dataplane::tls::settings(store.clone())
-                    .map_err(|e| anyhow::anyhow!("cannot set up TLS on {addr}: {e}"))?;
-                front.add_tls_with_settings(&addr.to_string(), None, settings);
-            }
-            Some(store)
+    if let (Some(tls), Some(store)) = (&config.proxy.tls, &certs) {
+        for addr in &tls.listen {
+            let settings = crate::dataplane::tls::settings(store.clone())
+                .map_err(|e| anyhow::anyhow!("cannot set up TLS on {addr}: {e}"))?;
+            front.add_tls_with_settings(&addr.to_string(), None, settings);
         }
-        None => None,
-    };
+    }
     server.add_service(front);
+    if let (Some(acme), Some(store)) = (
+        config.proxy.tls.as_ref().and_then(|t| t.acme.clone()),
+        &certs,
+    ) {
+        server.add_service(background_service(
+            "acme",
+            crate::controlplane::acme::AcmeService::new(acme, &state_dir, store.clone()),
+        ));
+    }
 
     // Each color's last minute for the status page (GET /v1/traffic).
     let traffic = Traffic::default();
@@ -277,6 +287,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         "control api".into(),
         ControlApi::new(controller.clone(), auth)
             .with_nice(config.control.nice)
+            .with_certs(certs.clone())
             .with_public_read(config.control.public_read)
             .with_traffic(traffic.clone()),
     );

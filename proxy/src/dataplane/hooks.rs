@@ -64,6 +64,8 @@ pub struct DataPlane {
     verify: Option<Digest>,
     /// Sends the copies of mirrored requests.
     mirrorer: Arc<Mirrorer>,
+    /// Pending ACME HTTP-01 challenges, answered before routing.
+    acme: Option<Arc<crate::dataplane::acme::Challenges>>,
 }
 
 /// Front-door limits that apply to every app: `[proxy]`'s keys of the same
@@ -120,7 +122,18 @@ impl DataPlane {
             upgrades,
             verify: None,
             mirrorer: Arc::new(Mirrorer::default()),
+            acme: None,
         }
+    }
+
+    /// Answers the HTTP-01 challenges pending in `challenges`
+    /// (`[proxy.tls.acme]`) before any routing.
+    pub fn with_acme_challenges(
+        mut self,
+        challenges: Option<Arc<crate::dataplane::acme::Challenges>>,
+    ) -> Self {
+        self.acme = challenges;
+        self
     }
 
     /// Makes `secret` (the process's verify secret, also handed to the
@@ -534,6 +547,16 @@ impl ProxyHttp for DataPlane {
         // first request: bound it (unless the client asked to close).
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.limits.client_idle_timeout.as_secs().max(1)));
+        }
+        // An ACME CA validating HTTP-01: answered here, never forwarded.
+        if let Some(challenges) = &self.acme {
+            if let Some(answer) = challenges.http_answer(session.req_header().uri.path()) {
+                session.set_keepalive(None);
+                session
+                    .respond_error_with_body(200, Bytes::from(answer))
+                    .await?;
+                return Ok(true);
+            }
         }
         // Before routing: a request is never routed by a Host that is not one.
         if let Some(why) = bad_host(session.req_header()) {

@@ -23,9 +23,11 @@
 //! preview     preview by header and cookie (the standby), its token and paths
 //! mirror      copies of sampled live requests to the standby, fire and forget
 //! tls         certificates by SNI, reloaded without a restart
+//! acme        ACME challenge answers (HTTP-01 paths, TLS-ALPN-01 certificates)
 //! ```
 
 pub mod access_log;
+pub mod acme;
 pub mod connections;
 pub mod front_door;
 pub mod headers;

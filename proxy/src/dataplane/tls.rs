@@ -7,6 +7,14 @@
 //! good: a bad renewal keeps serving the old certificates and says why.
 //! The ops service calls it when a certificate or key file changes, so
 //! certbot or another ACME client can renew without a restart.
+//!
+//! Certificates bgproxy obtains itself (`[proxy.tls.acme]`,
+//! `controlplane/acme.rs`) come in through [`CertStore::set_acme`], into
+//! the same table: a name is served by its `[[proxy.tls.certs]]` file
+//! (exact, then wildcard) first, then by its ACME certificate, then by the
+//! default certificate; without a default, the handshake fails. A
+//! ClientHello offering only ALPN `acme-tls/1` is a CA validating
+//! TLS-ALPN-01: it gets the challenge certificate ([`Challenges`]) or none.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,16 +26,50 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tracing::{info, warn};
 
+use bgproxy_control::api::{CertSource, CertView};
+
 use crate::config::TlsConfig;
+use crate::dataplane::acme::{Challenges, ACME_TLS_ALPN};
+use crate::metrics::Metrics;
 
 /// Certificates expiring sooner than this are warned about.
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
 /// A certificate chain and key loaded from PEM files.
-struct Loaded {
-    key: Arc<CertifiedKey>,
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
     /// Seconds until the leaf certificate expires.
-    expires_in: i64,
+    pub expires_in: i64,
+    /// When the leaf certificate expires (Unix seconds).
+    pub not_after: i64,
+}
+
+/// Builds a checked [`Loaded`] from a chain and its key (DER): the key
+/// matches the leaf certificate.
+pub fn certified(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    private: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Loaded, String> {
+    if chain.is_empty() {
+        return Err("no certificate".into());
+    }
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("unusable private key: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("the key does not belong to the certificate: {e}"))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certified.cert[0].as_ref())
+        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
+    let not_after = parsed.validity().not_after.timestamp();
+    Ok(Loaded {
+        key: Arc::new(certified),
+        expires_in: not_after - time::OffsetDateTime::now_utc().unix_timestamp(),
+        not_after,
+    })
 }
 
 /// Loads and checks one chain + key pair: both parse, the key matches the
@@ -54,11 +96,11 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Loaded, String> {
     let leaf = &certified.cert[0];
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| format!("{c}: cannot parse the certificate: {e}"))?;
-    let expires_in =
-        parsed.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp();
+    let not_after = parsed.validity().not_after.timestamp();
     Ok(Loaded {
         key: Arc::new(certified),
-        expires_in,
+        expires_in: not_after - time::OffsetDateTime::now_utc().unix_timestamp(),
+        not_after,
     })
 }
 
@@ -86,11 +128,10 @@ pub fn check(config: &TlsConfig) -> (Vec<String>, Vec<String>) {
 
 /// `(config key, cert, key)` of the default and every SNI certificate.
 fn pairs(config: &TlsConfig) -> Vec<(String, PathBuf, PathBuf)> {
-    let mut v = vec![(
-        "proxy.tls".to_string(),
-        config.cert.clone(),
-        config.key.clone(),
-    )];
+    let mut v = Vec::new();
+    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
+        v.push(("proxy.tls".to_string(), cert.clone(), key.clone()));
+    }
     for (i, c) in config.certs.iter().enumerate() {
         v.push((
             format!("proxy.tls.certs[{i}]"),
@@ -102,16 +143,45 @@ fn pairs(config: &TlsConfig) -> Vec<(String, PathBuf, PathBuf)> {
 }
 
 /// The certificates in force.
+#[derive(Clone)]
 struct Table {
-    default: Arc<CertifiedKey>,
-    /// Lowercase names, including `*.parent` wildcards.
+    default: Option<Arc<CertifiedKey>>,
+    /// From `[[proxy.tls.certs]]`: lowercase names, including `*.parent`
+    /// wildcards.
     hosts: HashMap<String, Arc<CertifiedKey>>,
+    /// Obtained through ACME, by name.
+    acme: HashMap<String, (Arc<CertifiedKey>, i64)>,
+    /// The files served: `(hosts, file, not_after)`, the default first
+    /// with no hosts.
+    files: Vec<(Vec<String>, PathBuf, i64)>,
+}
+
+impl Table {
+    /// The file certificate serving `name` (exact, then `*.parent`).
+    fn file_for(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
+        self.hosts.get(name).or_else(|| {
+            name.split_once('.')
+                .and_then(|(_, parent)| self.hosts.get(&format!("*.{parent}")))
+        })
+    }
+}
+
+/// What the ACME service last said about one name.
+#[derive(Clone, Debug, Default)]
+pub struct AcmeNote {
+    /// Why the last order failed; `None` after a success.
+    pub last_error: Option<String>,
+    /// When the next order is due (Unix seconds).
+    pub next_attempt: Option<i64>,
 }
 
 /// The certificate resolver of the TLS listeners.
 pub struct CertStore {
     config: TlsConfig,
     table: ArcSwap<Table>,
+    challenges: Arc<Challenges>,
+    metrics: Option<Arc<Metrics>>,
+    notes: std::sync::Mutex<HashMap<String, AcmeNote>>,
 }
 
 impl fmt::Debug for CertStore {
@@ -123,16 +193,40 @@ impl fmt::Debug for CertStore {
 }
 
 impl CertStore {
-    /// Loads every certificate of `config`; fails on the first bad one.
+    /// Loads every certificate file of `config`; fails on the first bad one.
     pub fn load(config: &TlsConfig) -> Result<CertStore, String> {
-        let table = Self::build(config)?;
+        let table = Self::build(config, HashMap::new())?;
         Ok(CertStore {
             config: config.clone(),
             table: ArcSwap::from_pointee(table),
+            challenges: Arc::new(Challenges::default()),
+            metrics: None,
+            notes: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    fn build(config: &TlsConfig) -> Result<Table, String> {
+    /// Reports every served certificate's expiry in `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self.publish_expiry();
+        self
+    }
+
+    /// The challenge answers shared with the ACME service and the plain
+    /// listeners.
+    pub fn challenges(&self) -> Arc<Challenges> {
+        self.challenges.clone()
+    }
+
+    /// The configuration the store was loaded from.
+    pub fn config(&self) -> &TlsConfig {
+        &self.config
+    }
+
+    fn build(
+        config: &TlsConfig,
+        acme: HashMap<String, (Arc<CertifiedKey>, i64)>,
+    ) -> Result<Table, String> {
         let warn_expiry = |what: &str, l: &Loaded| {
             if l.expires_in < EXPIRY_WARNING_DAYS * 86_400 {
                 warn!(
@@ -141,9 +235,16 @@ impl CertStore {
                 );
             }
         };
-        let default =
-            load_pair(&config.cert, &config.key).map_err(|e| format!("proxy.tls: {e}"))?;
-        warn_expiry("proxy.tls", &default);
+        let mut files = Vec::new();
+        let default = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => {
+                let loaded = load_pair(cert, key).map_err(|e| format!("proxy.tls: {e}"))?;
+                warn_expiry("proxy.tls", &loaded);
+                files.push((Vec::new(), cert.clone(), loaded.not_after));
+                Some(loaded.key)
+            }
+            _ => None,
+        };
         let mut hosts = HashMap::new();
         for (i, c) in config.certs.iter().enumerate() {
             let what = format!("proxy.tls.certs[{i}]");
@@ -152,19 +253,30 @@ impl CertStore {
             for h in &c.hosts {
                 hosts.insert(h.clone(), loaded.key.clone());
             }
+            files.push((c.hosts.clone(), c.cert.clone(), loaded.not_after));
         }
         Ok(Table {
-            default: default.key,
+            default,
             hosts,
+            acme,
+            files,
         })
     }
 
-    /// Rebuilds the table from the files; on any problem keeps the current
-    /// certificates and returns the problem.
+    /// Rebuilds the file certificates from the files (ACME ones are kept);
+    /// on any problem keeps the current certificates and returns the problem.
     pub fn reload(&self) -> Result<(), String> {
-        match Self::build(&self.config) {
+        let acme = self.table.load().acme.clone();
+        match Self::build(&self.config, acme) {
             Ok(t) => {
-                self.table.store(Arc::new(t));
+                // An ACME certificate may have come in while the files were
+                // read: keep the newest set of those.
+                self.table.rcu(|current| {
+                    let mut next = t.clone();
+                    next.acme = current.acme.clone();
+                    next
+                });
+                self.publish_expiry();
                 info!("TLS certificates reloaded");
                 Ok(())
             }
@@ -173,6 +285,98 @@ impl CertStore {
                 Err(e)
             }
         }
+    }
+
+    /// Serves `key` (expiring at `not_after`, Unix seconds) for `host` from
+    /// now on, in place of any earlier ACME certificate of that name.
+    pub fn set_acme(&self, host: &str, key: Arc<CertifiedKey>, not_after: i64) {
+        self.table.rcu(|current| {
+            let mut next = Table::clone(current);
+            next.acme.insert(host.to_string(), (key.clone(), not_after));
+            next
+        });
+        self.publish_expiry();
+    }
+
+    /// Whether a `[[proxy.tls.certs]]` file serves `host` (files win over
+    /// ACME, so such a name is never ordered).
+    pub fn file_serves(&self, host: &str) -> bool {
+        self.table.load().file_for(host).is_some()
+    }
+
+    /// The ACME certificate of `host` and its expiry, if one is served.
+    pub fn acme_cert(&self, host: &str) -> Option<(Arc<CertifiedKey>, i64)> {
+        self.table.load().acme.get(host).cloned()
+    }
+
+    /// Records what the ACME service last did for `host`.
+    pub fn note_acme(&self, host: &str, note: AcmeNote) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_string(), note);
+    }
+
+    fn publish_expiry(&self) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let table = self.table.load();
+        let mut series = Vec::new();
+        for (hosts, _, not_after) in &table.files {
+            if hosts.is_empty() {
+                series.push((String::new(), "file", *not_after));
+            }
+            for h in hosts {
+                series.push((h.clone(), "file", *not_after));
+            }
+        }
+        for (h, (_, not_after)) in &table.acme {
+            series.push((h.clone(), "acme", *not_after));
+        }
+        metrics.set_certificate_expiry(&series);
+    }
+
+    /// Every certificate served, files first, then every ACME name (with
+    /// its last error, also for names that have no certificate yet).
+    pub fn view(&self) -> Vec<CertView> {
+        let table = self.table.load();
+        let notes = self.notes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let rfc3339 = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+        };
+        let mut out: Vec<CertView> = table
+            .files
+            .iter()
+            .map(|(hosts, file, not_after)| CertView {
+                hosts: hosts.clone(),
+                source: CertSource::File,
+                file: Some(file.display().to_string()),
+                not_after: rfc3339(*not_after),
+                last_error: None,
+                next_attempt: None,
+            })
+            .collect();
+        let mut names: Vec<&String> = table.acme.keys().chain(notes.keys()).collect();
+        names.sort();
+        names.dedup();
+        for h in names {
+            let note = notes.get(h).cloned().unwrap_or_default();
+            out.push(CertView {
+                hosts: vec![h.clone()],
+                source: CertSource::Acme,
+                file: None,
+                not_after: table.acme.get(h).and_then(|(_, t)| rfc3339(*t)),
+                last_error: note.last_error,
+                next_attempt: note.next_attempt.and_then(rfc3339),
+            });
+        }
+        out
     }
 
     /// The files to watch for renewals.
@@ -188,16 +392,22 @@ impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let table = self.table.load();
         let Some(name) = hello.server_name() else {
-            return Some(table.default.clone());
+            return table.default.clone();
         };
+        // A CA validating TLS-ALPN-01 offers `acme-tls/1` alone (RFC 8737):
+        // it gets the challenge certificate or nothing, never a real one.
+        let mut alpn = hello.alpn().into_iter().flatten();
+        if alpn.any(|p| p == ACME_TLS_ALPN) {
+            return self.challenges.tls_alpn(name);
+        }
         // rustls hands over SNI already lowercased and validated.
-        if let Some(k) = table.hosts.get(name) {
+        if let Some(k) = table.file_for(name) {
             return Some(k.clone());
         }
-        let wildcard = name
-            .split_once('.')
-            .and_then(|(_, parent)| table.hosts.get(&format!("*.{parent}")));
-        Some(wildcard.unwrap_or(&table.default).clone())
+        if let Some((k, _)) = table.acme.get(name) {
+            return Some(k.clone());
+        }
+        table.default.clone()
     }
 }
 

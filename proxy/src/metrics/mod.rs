@@ -47,6 +47,7 @@ pub mod names {
     pub const RATE_LIMIT_KEYS: &str = "bgproxy_rate_limit_keys";
     pub const ACCESS_LOG_DROPPED_TOTAL: &str = "bgproxy_access_log_dropped_total";
     pub const EVENTS_DROPPED_CLIENTS_TOTAL: &str = "bgproxy_events_dropped_clients_total";
+    pub const CERTIFICATE_EXPIRY: &str = "bgproxy_certificate_expiry_timestamp_seconds";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -77,6 +78,7 @@ pub mod names {
         RATE_LIMIT_KEYS,
         ACCESS_LOG_DROPPED_TOTAL,
         EVENTS_DROPPED_CLIENTS_TOTAL,
+        CERTIFICATE_EXPIRY,
     ];
 }
 
@@ -135,6 +137,7 @@ pub struct Metrics {
     /// `GET /v1/events` clients closed because they fell behind or stopped
     /// reading.
     pub events_dropped_clients: IntCounter,
+    certificate_expiry: IntGaugeVec,
 }
 
 fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -204,6 +207,7 @@ impl Metrics {
             rate_limit_keys: gauge(names::RATE_LIMIT_KEYS, "Client keys the app's rate limit tracks now (at most its max_keys).", &["app"]),
             access_log_dropped: register(&r, IntCounter::new(names::ACCESS_LOG_DROPPED_TOTAL, "Access log lines dropped because stderr did not take them fast enough (a stalled disk or a full pipe); requests never wait for their line.").expect("valid metric")),
             events_dropped_clients: register(&r, IntCounter::new(names::EVENTS_DROPPED_CLIENTS_TOTAL, "Clients of GET /v1/events closed because they fell behind the events or their socket accepted nothing for 10s; they reconnect and resume.").expect("valid metric")),
+            certificate_expiry: gauge(names::CERTIFICATE_EXPIRY, "When each served certificate expires (Unix seconds), by host and source (file or acme).", &["host", "source"]),
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -230,6 +234,17 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+
+    /// Replaces every certificate expiry series with `certs`:
+    /// `(host, source, not_after as Unix seconds)`.
+    pub fn set_certificate_expiry(&self, certs: &[(String, &str, i64)]) {
+        self.certificate_expiry.reset();
+        for (host, source, not_after) in certs {
+            self.certificate_expiry
+                .with_label_values(&[host.as_str(), source])
+                .set(*not_after);
+        }
     }
 
     /// Resolves the handles of one app's color.
@@ -531,6 +546,7 @@ mod tests {
         m.upstream("a", "", Color::Blue, "127.0.0.1:1");
         m.rate_limit("a");
         m.deploys.with_label_values(&["a", "blue", "ok"]);
+        m.set_certificate_expiry(&[("a.example".into(), "acme", 1)]);
         let families: Vec<String> = m
             .registry
             .gather()

@@ -10,6 +10,7 @@
 //! 0 done, 1 refused or failed, 2 usage, 3 approval needed, 4 cannot reach
 //! or authenticate.
 
+mod certs;
 mod deploy;
 #[cfg(feature = "mcp")]
 mod mcp;
@@ -252,6 +253,9 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         count: Option<usize>,
     },
+    /// Every certificate the TLS listeners serve: hosts, source (file or
+    /// acme), expiry, and the last ACME error.
+    Certs,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -409,6 +413,13 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
     }
     let client = Client::new(&cli.addr, token(&cli)?, cli.timeout)?;
     match &cli.command {
+        Cmd::Certs => {
+            if cli.json {
+                return print_raw(&client, "/v1/certs");
+            }
+            print!("{}", certs::render(&client.certs()?.certs, style));
+            Ok(())
+        }
         Cmd::Status => {
             if cli.json {
                 return print_raw(&client, "/v1/status");
