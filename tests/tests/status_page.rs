@@ -694,6 +694,9 @@ impl Netns {
                 ))
             }
         };
+        // A pair left by a run of this test that was killed (its process id
+        // came round again): gone with its namespace, else here.
+        let _ = run(&["link", "del", &host_if]);
         run(&["netns", "add", &name])?;
         // From here on, Drop removes the namespace (and the pair with it).
         let host_cidr = format!("{host}/30");
