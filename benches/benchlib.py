@@ -84,10 +84,11 @@ def ensure_tools(tools=("haproxy", "nginx", "wrk")):
         os.remove(policy)
 
 
-def bgproxy_toml(path, port, control, state, blue, green, health, proxy_keys="", app_tail=""):
+def bgproxy_toml(path, port, control, state, blue, green, health, proxy_keys="", app_tail="", access=False):
     """Writes a one-thread bgproxy config with one app "bench" (blue and
     green upstream ports, the `[app.health]` lines given, then `app_tail`:
-    more tables of the app such as `[app.rollout]`) to `path`."""
+    more tables of the app such as `[app.rollout]`) to `path`; the access
+    log off unless `access`."""
     with open(path, "w") as f:
         f.write(f"""[proxy]
 listen = ["127.0.0.1:{port}"]
@@ -100,7 +101,7 @@ nice = -10
 [state]
 path = "{state}"
 [log]
-access = false
+access = {"true" if access else "false"}
 [[app]]
 name = "bench"
 [app.health]
