@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 /// Events kept for clients that reconnect with `Last-Event-ID`.
@@ -157,25 +157,34 @@ impl Events {
     /// values are ignored) after the common fields. Never blocks on a
     /// client.
     pub fn publish(&self, kind: EventType, app: Option<&str>, generation: u64, details: Value) {
-        let mut object = Map::new();
-        object.insert("type".into(), kind.as_str().into());
-        object.insert("app".into(), app.map_or(Value::Null, Value::from));
-        object.insert("generation".into(), generation.into());
+        // The common fields first (for people reading the stream), then the
+        // details in their own order; details cannot override them.
+        const COMMON: [&str; 4] = ["type", "app", "generation", "seq"];
+        let mut rest = String::new();
         if let Value::Object(details) = details {
-            for (k, v) in details {
-                object.entry(k).or_insert(v);
+            for (k, v) in details
+                .iter()
+                .filter(|(k, _)| !COMMON.contains(&k.as_str()))
+            {
+                rest.push(',');
+                rest.push_str(&Value::from(k.as_str()).to_string());
+                rest.push(':');
+                rest.push_str(&v.to_string());
             }
         }
+        let app = app.map_or(Value::Null, Value::from);
         // A poisoned lock only means a panic elsewhere mid-push: the ring
         // is still a valid deque.
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let seq = ring.next;
         ring.next += 1;
-        object.insert("seq".into(), seq.into());
         let event = Arc::new(Event {
             seq,
             id: format!("{}-{seq}", self.epoch),
-            data: Value::Object(object).to_string(),
+            data: format!(
+                "{{\"type\":\"{}\",\"app\":{app},\"generation\":{generation},\"seq\":{seq}{rest}}}",
+                kind.as_str()
+            ),
         });
         if ring.kept.len() == KEEP {
             ring.kept.pop_front();
@@ -266,6 +275,12 @@ mod tests {
         assert_eq!(v["generation"], 7);
         assert_eq!(v["to"], "green");
         assert!(!e.data.contains('\n'), "one line per data field");
+        assert!(
+            e.data
+                .starts_with(r#"{"type":"switch","app":"web","generation":7,"seq":1,"#),
+            "{}",
+            e.data
+        );
         assert!(e.frame().starts_with(&format!("id: {}\ndata: {{", e.id)));
         assert!(e.frame().ends_with("}\n\n"));
     }
