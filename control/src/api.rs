@@ -669,6 +669,10 @@ pub struct StatusResponse {
     /// Generation of the routing snapshot: increases with every change.
     pub generation: u64,
     pub apps: Vec<AppStatus>,
+    /// `[cluster]`: this instance in the cluster (connected or not, who
+    /// leads, every member's applied revision); absent without a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterResponse>,
 }
 
 /// `GET /v1/apps/{app}/history`.

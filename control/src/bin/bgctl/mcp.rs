@@ -194,6 +194,7 @@ impl Bgproxy {
             version,
             generation,
             mut apps,
+            cluster: _,
         } = match status {
             Ok(s) => s,
             Err(f) => return Ok(f.into()),
