@@ -668,11 +668,11 @@ pub struct StatusResponse {
     pub version: String,
     /// Generation of the routing snapshot: increases with every change.
     pub generation: u64,
+    /// Every certificate the TLS listeners serve, as `GET /v1/certs`
+    /// (with the last ACME error); absent without `[proxy.tls]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertView>,
     pub apps: Vec<AppStatus>,
-    /// `[cluster]`: this instance in the cluster (connected or not, who
-    /// leads, every member's applied revision); absent without a cluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<ClusterResponse>,
 }
 
 /// `GET /v1/apps/{app}/history`.

@@ -284,6 +284,19 @@ fn http01_issues_serves_and_restarts_from_disk() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
     assert!(expiry > now + 80.0 * 86_400.0, "{expiry}");
 
+    // The status API has the same certificates section.
+    let (_, status) = d.api("GET", "/v1/status", None);
+    let listed = status["certificates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        listed
+            .iter()
+            .any(|c| c["hosts"][0] == HOST && c["source"] == "acme"),
+        "{status}"
+    );
+
     // The account key and the certificate are kept, 0600.
     use std::os::unix::fs::PermissionsExt;
     for f in ["account.json", &format!("{HOST}.pem")] {
@@ -424,6 +437,17 @@ fn renewal_swaps_under_load_and_an_unreachable_ca_keeps_the_certificate() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(HOST), "{out}");
     assert!(out.contains("error"), "{out}");
+    let (_, status) = d.api("GET", "/v1/status", None);
+    let listed = status["certificates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        listed
+            .iter()
+            .any(|c| c["hosts"][0] == HOST && c["last_error"].is_string()),
+        "{status}"
+    );
     let log = d.log();
     assert!(log.contains("the order failed"), "{log}");
 }

@@ -2409,4 +2409,84 @@ upstreams = ["127.0.0.1:4002"]
             assert_eq!(p.line, line, "{p}");
         }
     }
+
+    fn with_acme(acme: &str) -> String {
+        GOOD.replace(
+            "[state]",
+            &format!(
+                "[proxy.tls]\nlisten = [\"127.0.0.1:8443\"]\n[proxy.tls.acme]\n{acme}\n[state]"
+            ),
+        )
+    }
+
+    #[test]
+    fn acme_takes_every_app_host_and_the_defaults() {
+        let c = from_str(
+            &with_acme("directory = \"https://ca.example/dir\""),
+            Path::new("/etc/bgproxy/t.toml"),
+        )
+        .unwrap();
+        let tls = c.proxy.tls.unwrap();
+        assert_eq!((tls.cert, tls.key), (None, None));
+        let acme = tls.acme.unwrap();
+        assert_eq!(acme.hosts, ["web.example.net"]);
+        assert_eq!(acme.challenge, AcmeChallenge::Http01);
+        assert_eq!(acme.renew_before, Duration::from_secs(30 * 86_400));
+        assert_eq!(acme.email, None);
+        // http:// only on loopback (a CA on this host, in tests).
+        assert!(problems(&with_acme("directory = \"http://127.0.0.1:14000/dir\"")).is_empty());
+    }
+
+    #[test]
+    fn acme_problems_name_their_keys() {
+        let key = |acme: &str| {
+            let p = one(&with_acme(&format!(
+                "directory = \"https://ca.example/dir\"\n{acme}"
+            )));
+            (p.key, p.message)
+        };
+        let (k, m) = key("email = \"ops\"");
+        assert_eq!(k, "proxy.tls.acme.email", "{m}");
+        let (k, m) = key("hosts = [\"other.example\"]");
+        assert_eq!(k, "proxy.tls.acme.hosts[0]");
+        assert!(m.contains("not a host of any app"), "{m}");
+        let (k, m) = key("hosts = [\"*.web.example.net\"]");
+        assert_eq!(k, "proxy.tls.acme.hosts[0]");
+        assert!(m.contains("wildcard"), "{m}");
+        let (k, m) = key("challenge = \"dns-01\"");
+        assert_eq!(k, "proxy.tls.acme.challenge");
+        assert!(m.contains("'http-01' or 'tls-alpn-01'"), "{m}");
+        let (k, m) = key(&format!("ca_file = \"{}\"", existing()));
+        assert_eq!(k, "proxy.tls.acme.ca_file");
+        assert!(m.contains("no PEM certificate"), "{m}");
+        let (k, _) = key("renew_before = \"0\"");
+        assert_eq!(k, "proxy.tls.acme.renew_before");
+        let p = one(&with_acme("directory = \"http://ca.example/dir\""));
+        assert_eq!(p.key, "proxy.tls.acme.directory");
+        assert!(p.message.contains("https://"), "{p}");
+    }
+
+    #[test]
+    fn tls_without_a_certificate_needs_acme() {
+        let p = one(&GOOD.replace(
+            "[state]",
+            "[proxy.tls]\nlisten = [\"127.0.0.1:8443\"]\n[state]",
+        ));
+        assert_eq!(p.key, "proxy.tls.cert");
+        assert!(p.message.contains("[proxy.tls.acme]"), "{p}");
+    }
+
+    #[test]
+    fn http01_needs_a_plain_listener() {
+        let text = with_acme("directory = \"https://ca.example/dir\"")
+            .replace("listen = [\"127.0.0.1:8080\"]", "listen = []");
+        let p = one(&text);
+        assert_eq!(p.key, "proxy.tls.acme.challenge");
+        assert!(p.message.contains("tls-alpn-01"), "{p}");
+        let ok = text.replace(
+            "[proxy.tls.acme]\n",
+            "[proxy.tls.acme]\nchallenge = \"tls-alpn-01\"\n",
+        );
+        assert!(problems(&ok).is_empty(), "{:?}", problems(&ok));
+    }
 }

@@ -375,7 +375,11 @@ impl ControlApi {
                     .traffic
                     .report(&self.controller.routing().load(), std::time::Instant::now()),
             ),
-            ["v1", "status"] if get => Reply::json(200, &self.controller.status().await),
+            ["v1", "status"] if get => {
+                let mut status = self.controller.status().await;
+                status.certificates = self.certs.as_ref().map(|c| c.view()).unwrap_or_default();
+                Reply::json(200, &status)
+            }
             ["v1", "certs"] if get => Reply::json(
                 200,
                 &bgproxy_control::api::CertsResponse {

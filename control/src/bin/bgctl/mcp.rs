@@ -192,9 +192,9 @@ impl Bgproxy {
         let status = self.blocking(|c| c.status().map_err(Failure::from)).await;
         let StatusResponse {
             version,
+            certificates: _,
             generation,
             mut apps,
-            cluster: _,
         } = match status {
             Ok(s) => s,
             Err(f) => return Ok(f.into()),
