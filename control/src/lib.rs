@@ -7,9 +7,13 @@
 //!   and of `bgctl --timeout`.
 //! - [`client`] (feature `client`): a typed blocking client of that API.
 //! - [`build_info`]: the version and git commit both binaries print.
+//! - [`packaging`] (feature `packaging`): man pages and shell completions
+//!   from a clap definition, for the Debian package.
 
 pub mod api;
 pub mod build_info;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod duration;
+#[cfg(feature = "packaging")]
+pub mod packaging;

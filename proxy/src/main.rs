@@ -50,6 +50,10 @@ enum Command {
         #[arg(long, default_value = "demo-state")]
         dir: PathBuf,
     },
+    /// Write bgproxy(8) and the bash, zsh and fish completions into DIR
+    /// (packaging/build-deb.sh; not for operators).
+    #[command(hide = true)]
+    PackageAssets { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
     };
 
     let (config, extra) = match cli.command {
+        Some(Command::PackageAssets { dir }) => return package_assets(&dir),
         Some(Command::Demo { dir }) => match demo::config(&dir) {
             Ok(c) => {
                 eprintln!("{}", demo::banner(&dir));
@@ -120,6 +125,51 @@ fn main() -> ExitCode {
     daemon.server.run(pingora::server::RunArgs::default());
     bgproxy::daemon::logging::flush();
     ExitCode::SUCCESS
+}
+
+/// The hidden `package-assets DIR`: the man page says what `--help` cannot.
+fn package_assets(dir: &std::path::Path) -> ExitCode {
+    use bgproxy_control::packaging::{write_assets, Page};
+    use clap::CommandFactory;
+    let page = Page {
+        section: "8",
+        subcommand_pages: true,
+        sections: &[
+            (
+                "EXIT STATUS",
+                &[
+                    "0: stopped (SIGTERM), or --check found the configuration valid.",
+                    "1: not started (a configuration, state, certificate or listener error, printed on stderr), or --check found errors (each with file, line and column).",
+                ],
+            ),
+            (
+                "SIGNALS",
+                &[
+                    "SIGHUP: reload the configuration; it is validated first, and a bad file changes nothing.",
+                    "SIGTERM: stop accepting, let requests in flight finish (proxy.grace_period), exit 0. SIGINT: fast shutdown.",
+                    "SIGQUIT: hand the listening sockets to the process started with --upgrade, finish the requests in flight, exit.",
+                ],
+            ),
+            (
+                "FILES",
+                &[
+                    "/etc/bgproxy/bgproxy.toml: the configuration, annotated (conf/bgproxy.toml in the sources).",
+                    "/var/lib/bgproxy/: the state (state.json: live colors, switches, history), audit.log and the deploy logs, owned by the bgproxy user.",
+                    "/usr/lib/systemd/system/bgproxy.service: the unit (journalctl -u bgproxy for the logs).",
+                ],
+            ),
+        ],
+        see_also: &["bgctl(1)", "systemctl(1)", "journalctl(1)"],
+    };
+    match write_assets(Cli::command(), &page, dir) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("cannot write into {}: {e}", dir.display())),
+    }
 }
 
 fn fail(message: String) -> ExitCode {

@@ -258,6 +258,10 @@ enum Cmd {
     Certs,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+    /// Write bgctl(1), a page per subcommand and the bash, zsh and fish
+    /// completions into DIR (packaging/build-deb.sh; not for operators).
+    #[command(hide = true)]
+    PackageAssets { dir: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -390,6 +394,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// The hidden `package-assets DIR`: the pages say what `--help` cannot.
+fn package_assets(dir: &std::path::Path) -> Result<(), Failure> {
+    use bgproxy_control::packaging::{write_assets, Page};
+    let page = Page {
+        section: "1",
+        subcommand_pages: true,
+        sections: &[
+            (
+                "EXIT STATUS",
+                &[
+                    "0: done.",
+                    "1: refused or failed (the reason on stderr).",
+                    "2: usage error.",
+                    "3: approval needed: no terminal to ask on and no --yes; the plan was printed, nothing changed.",
+                    "4: cannot reach or authenticate to the control API.",
+                ],
+            ),
+            (
+                "ENVIRONMENT",
+                &[
+                    "BGCTL_ADDR: the control API (default http://127.0.0.1:9900), like --addr.",
+                    "BGCTL_TOKEN: the bearer token itself; BGCTL_TOKEN_FILE: a file holding it, like --token-file.",
+                ],
+            ),
+            (
+                "FILES",
+                &["/etc/bgproxy/control.token: the token, when control.token_file in /etc/bgproxy/bgproxy.toml names it."],
+            ),
+        ],
+        see_also: &["bgproxy(8)"],
+    };
+    let files = write_assets(Cli::command(), &page, dir).map_err(|e| {
+        fail(
+            EXIT_REFUSED,
+            format!("cannot write into {}: {e}", dir.display()),
+        )
+    })?;
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
+
 fn token(cli: &Cli) -> Result<Option<String>, Failure> {
     if let Some(path) = &cli.token_file {
         let t = std::fs::read_to_string(path).map_err(|e| {
@@ -410,6 +457,9 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
     if let Cmd::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "bgctl", &mut std::io::stdout());
         return Ok(());
+    }
+    if let Cmd::PackageAssets { dir } = &cli.command {
+        return package_assets(dir);
     }
     let client = Client::new(&cli.addr, token(&cli)?, cli.timeout)?;
     match &cli.command {
@@ -613,7 +663,7 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             let action = rollout::Action::Resume;
             rollout_cmd(&client, &cli, action, false, confirm, false, style)
         }
-        Cmd::Completions { .. } => Ok(()),
+        Cmd::Completions { .. } | Cmd::PackageAssets { .. } => Ok(()),
     }
 }
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds the Debian package: target/debian/bgproxy_<version>-1_amd64.deb
+# (under $CARGO_TARGET_DIR when set).
+#
+#   packaging/build-deb.sh                  # the release profile (fat LTO, ~10 min)
+#   packaging/build-deb.sh --profile deb    # same package, thin build (CI's test)
+#
+# Steps: build both binaries (bgproxy, and bgctl from crate bgproxy-control);
+# have each write its man pages and completions from its own clap definition
+# (the hidden `package-assets DIR` subcommand) into packaging/build/; copy the
+# units of systemd/ there with /usr/bin paths; write the Debian changelog; then
+# `cargo deb -p bgproxy --no-build` packs what proxy/Cargo.toml
+# [package.metadata.deb] lists. packaging/build/ is generated (not in git);
+# a bare `cargo deb -p bgproxy` without it stops at once on the missing
+# changelog. Other arguments go to cargo deb (e.g. --output DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=release
+deb_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile=$2; shift 2 ;;
+    --profile=*) profile=${1#--profile=}; shift ;;
+    *) deb_args+=("$1"); shift ;;
+  esac
+done
+
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "build-deb.sh: cargo-deb is missing; install it with: cargo install --locked cargo-deb" >&2
+  exit 1
+fi
+
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+# Cargo's directory of a profile: dev is "debug", every other its own name.
+bin_dir="$target_dir/$profile"
+
+# The same binaries cargo-deb would build (it takes bgctl from the workspace).
+cargo build --locked --profile "$profile" -p bgproxy --bin bgproxy -p bgproxy-control --bin bgctl
+
+out=packaging/build
+rm -rf "$out"
+mkdir -p "$out/systemd"
+"$bin_dir/bgproxy" package-assets "$out" >/dev/null
+"$bin_dir/bgctl" package-assets "$out" >/dev/null
+
+# The units as they are in systemd/, with the binaries where the package
+# puts them. The state directory is the daemon's alone: 0700, as the
+# postinst makes it (a no-op once the unit says so itself).
+for unit in bgproxy.service bgproxy.socket; do
+  if [ -f "systemd/$unit" ]; then
+    sed -e 's#/usr/local/bin/#/usr/bin/#g' \
+        -e 's#^StateDirectoryMode=.*#StateDirectoryMode=0700#' \
+        "systemd/$unit" > "$out/systemd/$unit"
+  fi
+done
+if grep -n '/usr/local' "$out"/systemd/*; then
+  echo "build-deb.sh: a unit still names /usr/local (above)" >&2
+  exit 1
+fi
+
+version=$(cargo pkgid -p bgproxy | sed 's/.*[#@]//')
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+cat > "$out/changelog" <<EOF
+bgproxy ($version-1) unstable; urgency=medium
+
+  * Built from commit $commit (packaging/build-deb.sh).
+
+ -- bgproxy maintainers <bgproxy@example.net>  $(date -R)
+EOF
+
+cargo deb -p bgproxy --no-build --profile "$profile" "${deb_args[@]}"
