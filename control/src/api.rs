@@ -673,6 +673,10 @@ pub struct StatusResponse {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertView>,
     pub apps: Vec<AppStatus>,
+    /// `[cluster]`: this instance in the cluster (connected or not, who
+    /// leads, every member's applied revision); absent without a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterResponse>,
 }
 
 /// `GET /v1/apps/{app}/history`.

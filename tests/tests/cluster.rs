@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bgproxy_e2e::etcd::{Etcd, Relay};
-use bgproxy_e2e::{wait_until, AppSpec, Backend, Daemon, Options};
+use bgproxy_e2e::{check_text, wait_until, AppSpec, Backend, Daemon, Options};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(15);
@@ -102,6 +102,8 @@ fn a_switch_on_one_instance_is_routed_by_all() {
     );
     assert_eq!(v["applied_by"], json!(["lb1", "lb2", "lb3"]), "{v}");
     assert_eq!(v["missing"], json!([]), "{v}");
+    let (_, st) = ds[2].api("GET", "/v1/status", None);
+    assert_eq!(st["cluster"]["connected"], true, "{st}");
     for d in &ds {
         let a = d.app("web");
         assert_eq!(a["live"], "green");
@@ -204,6 +206,11 @@ fn cut_off(p: &Partitioned) {
     let gone = wait_until(T, || connected_metric(&p.d2) == Some(0.0));
     assert!(gone, "lb2 still says connected:\n{}", p.d2.log());
     assert_eq!(cluster(&p.d2)["connected"], false);
+    // Status says so, and bgctl status too.
+    let (_, st) = p.d2.api("GET", "/v1/status", None);
+    assert_eq!(st["cluster"]["connected"], false, "{st}");
+    let (_, out, _) = p.d2.bgctl(&["status"]);
+    assert!(out.contains("NOT CONNECTED"), "{out}");
 }
 
 #[test]
@@ -432,4 +439,42 @@ fn kill_9_of_the_leader_during_a_rollout_another_takes_over_from_its_step() {
 
 fn survivor_name(i: usize) -> &'static str {
     ["lb1", "lb2"][i]
+}
+
+#[test]
+fn check_names_bad_cluster_keys_with_their_line() {
+    let base = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n\n[[app]]\nname = \"web\"\n[app.blue]\nupstreams = [\"127.0.0.1:2\"]\n[app.green]\nupstreams = [\"127.0.0.1:3\"]\n";
+    let good = format!("{base}\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/bgproxy/prod\"\nname = \"lb1\"\nack_timeout = \"1s\"\n");
+    let (ok, err) = check_text(&good);
+    assert!(ok, "{err}");
+    for (bad, key, line) in [
+        ("etcd = []", "cluster.etcd", 12),
+        ("etcd = [\"https://127.0.0.1:2379\"]", "cluster.etcd", 12),
+        ("etcd = [\"127.0.0.1:2379\"]", "cluster.etcd", 12),
+        (
+            "etcd = [\"http://127.0.0.1:2379\"]\nprefix = \"bgproxy\"",
+            "cluster.prefix",
+            13,
+        ),
+        (
+            "etcd = [\"http://127.0.0.1:2379\"]\nname = \"lb 1\"",
+            "cluster.name",
+            13,
+        ),
+        (
+            "etcd = [\"http://127.0.0.1:2379\"]\nack_timeout = \"0s\"",
+            "cluster.ack_timeout",
+            13,
+        ),
+        (
+            "etcd = [\"http://127.0.0.1:2379\"]\nleader = true",
+            "leader",
+            13,
+        ),
+    ] {
+        let (ok, err) = check_text(&format!("{base}\n[cluster]\n{bad}\n"));
+        assert!(!ok, "{bad}");
+        assert!(err.contains(key), "{bad}: {err}");
+        assert!(err.contains(&format!("F:{line}:")), "{bad}: {err}");
+    }
 }

@@ -379,9 +379,11 @@ impl Controller {
     /// color and switch count are from the same instant.
     pub async fn status(&self) -> StatusResponse {
         let inner = self.inner.lock().await;
-        rules::status(&self.routing.load(), &inner.state, |app| {
+        let mut status = rules::status(&self.routing.load(), &inner.state, |app| {
             inner.deploys.get(app).map(|d| &d.status)
-        })
+        });
+        status.cluster = self.cluster.as_ref().map(|c| c.response(inner.revision));
+        status
     }
 
     /// The pending requests that have not expired, oldest first.

@@ -921,6 +921,8 @@ pub fn status<'a>(
 ) -> StatusResponse {
     StatusResponse {
         version: env!("CARGO_PKG_VERSION").to_string(),
+        // Filled in by the controller, which knows the cluster.
+        cluster: None,
         generation: snapshot.generation,
         // Filled in by the control API, which holds the certificates.
         certificates: Vec::new(),

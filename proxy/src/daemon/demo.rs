@@ -92,9 +92,10 @@ pub fn banner(dir: &Path) -> String {
 bgproxy demo
   front door   http://127.0.0.1:8080/      (blue backend 127.0.0.1:8081, green 127.0.0.1:8082)
   control API  http://127.0.0.1:9900/v1/status
+  status page  http://127.0.0.1:9900/          (open it in a browser: it updates live)
   state        {}
 
-Try, from another shell:
+Try, from another shell (bgctl watch in a third one shows every change):
   curl -s http://127.0.0.1:8080/                  # which color is live?
   bgctl status
   bgctl switch green --yes --reason 'first try'

@@ -486,6 +486,12 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
                 }
             }
             print!("{}", render::status(&apps, style));
+            if let Some(c) = status.cluster.as_ref().filter(|c| !c.connected) {
+                println!(
+                    "cluster: instance {} is NOT CONNECTED to etcd: it routes by the last state it applied (revision {}) and refuses changes (bgctl cluster)",
+                    c.name, c.revision
+                );
+            }
             pending_hint(&client, &apps);
             Ok(())
         }

@@ -195,6 +195,7 @@ impl Bgproxy {
             certificates: _,
             generation,
             mut apps,
+            cluster: _,
         } = match status {
             Ok(s) => s,
             Err(f) => return Ok(f.into()),
