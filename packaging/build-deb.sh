@@ -37,7 +37,9 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 bin_dir="$target_dir/$profile"
 
 # The same binaries cargo-deb would build (it takes bgctl from the workspace).
-cargo build --locked --profile "$profile" -p bgproxy --bin bgproxy -p bgproxy-control --bin bgctl
+# Not --locked: like cargo-deb's own build, a Cargo.lock behind Cargo.toml is
+# brought up to date rather than failing the package.
+cargo build --profile "$profile" -p bgproxy --bin bgproxy -p bgproxy-control --bin bgctl
 
 out=packaging/build
 rm -rf "$out"
