@@ -632,7 +632,24 @@ fn chromium_shows_the_new_live_color_after_a_switch_without_a_reload() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(browser.wait_for(live, &json!("green"), T), json!("green"));
 
-    // A little more for the picture: numbers, a health change.
+    // A rollout and a pending request show up too, from their events.
+    let (s, v) = d.api(
+        "POST",
+        "/v1/apps/web/canary",
+        Some(json!({"to": "blue", "steps": [25, 100], "step_interval": "1h", "actor": "e2e"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = d.api(
+        "POST",
+        "/v1/apps/web/requests",
+        Some(json!({"action": "promote", "reason": "looks good", "actor": "bot"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let parts = "(() => { const c = document.querySelector('[data-app=\"web\"]'); \
+                 return c.querySelector('.rollout') && c.querySelector('.requests') ? \
+                 c.querySelector('.rollout').textContent.includes('blue at 25%') : null; })()";
+    assert_eq!(browser.wait_for(parts, &json!(true), T), json!(true));
+    // Numbers, and a health change.
     for _ in 0..50 {
         d.get("web.test", "/");
     }
