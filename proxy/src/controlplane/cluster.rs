@@ -403,7 +403,7 @@ impl ClusterService {
         let before = self.controller.revision().await;
         match shared {
             Some((state, revision)) => {
-                self.controller.adopt(state, revision).await;
+                self.controller.reload_shared(state, revision).await;
                 if before > 0 && revision > before {
                     info!(
                         "cluster: reloaded the whole shared state from etcd at revision {revision} (had applied {before})"
@@ -423,7 +423,7 @@ impl ClusterService {
                 let revision = resp.header().map_or(0, |h| h.revision());
                 if resp.succeeded() {
                     info!("cluster: no shared state in etcd yet: seeded it with this instance's state (revision {revision})");
-                    self.controller.adopt(state, revision).await;
+                    self.controller.reload_shared(state, revision).await;
                 } else {
                     // Another instance seeded it meanwhile: the watch from
                     // `next` brings its state.

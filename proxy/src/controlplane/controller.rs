@@ -836,6 +836,22 @@ impl Controller {
         inner.revision
     }
 
+    /// [`Self::adopt`] of the whole shared state read at the start of a
+    /// cluster session: taken also when etcd's revisions went backwards
+    /// (etcd recreated from scratch), where `adopt` would ignore it.
+    pub async fn reload_shared(&self, state: State, revision: Revision) -> Revision {
+        let mut inner = self.inner.lock().await;
+        if revision < inner.revision {
+            warn!(
+                "cluster: the shared state is at revision {revision}, older than the {} applied here (etcd recreated?): taking it",
+                inner.revision
+            );
+            inner.revision = revision - 1;
+        }
+        self.adopt_locked(&mut inner, state, revision);
+        inner.revision
+    }
+
     /// The revision of the state in force (0: none read from etcd yet).
     pub async fn revision(&self) -> Revision {
         self.inner.lock().await.revision
