@@ -60,6 +60,9 @@ const MAX_LEAN_HEADERS: usize = 64;
 /// client could lose the answer.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
+/// The first capacity of the buffer a request head is read into; most
+/// heads fit (a browser's with cookies may take one doubling).
+const HEAD_BUFFER: usize = 1024;
 
 /// The front door's HTTP application: the lean loop, with pingora-proxy
 /// behind it.
@@ -314,7 +317,10 @@ impl HttpServerApp for FrontDoor {
                 if refusal == Refusal::Slow {
                     self.data().metrics().benign(Benign::ClientTimeout).inc();
                 }
-                refusal.answer(&mut stream, &self.data().limits()).await;
+                // Boxed, as the lean loop's request below: its scratch
+                // buffer would otherwise be part of every connection's
+                // future.
+                Box::pin(refusal.answer(&mut stream, &self.data().limits())).await;
                 return None;
             }
         };
@@ -322,7 +328,12 @@ impl HttpServerApp for FrontDoor {
             (Shape::Lean, Some(routed)) => {
                 let mut session = Session::new_h1(stream);
                 prepare(session.as_downstream_mut(), bytes, keepalive, reuses);
-                self.lean.serve(session, routed).await
+                // Boxed: the request's future (upstream connect, exchange)
+                // is large, and inline it would be part of this one, which
+                // every idle keep-alive connection holds while it waits for
+                // its next request (benches/README: memory per idle
+                // connection).
+                Box::pin(self.lean.serve(session, routed)).await
             }
             (_, routed) => {
                 let mut session = ServerSession::new_http1(stream);
@@ -394,7 +405,9 @@ impl FrontDoor {
         // From the first byte, the whole head has request_header_timeout.
         let mut head_until = None;
         let max = limits.max_header_size;
-        let mut buf = BytesMut::with_capacity(4096.min(max + 1));
+        // Held by every idle keep-alive connection: small, grown (doubled)
+        // when a head is longer.
+        let mut buf = BytesMut::with_capacity(HEAD_BUFFER.min(max + 1));
         loop {
             let stopping = self.shutdown.notified();
             let mut last_call = None;
