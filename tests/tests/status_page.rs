@@ -258,7 +258,19 @@ fn fifty_stalled_event_clients_do_not_delay_a_switch() {
     let none = switch_latencies(&d, SWITCHES, &mut live);
 
     let stalled: Vec<_> = (0..50).map(|_| stalled_client(d.control)).collect();
-    // Every one subscribed (a live reader sees the events they are sent).
+    // Every one is subscribed once its answer's head has arrived (the
+    // daemon subscribes before it writes it): peeked, never read.
+    let subscribed = wait_until(T, || {
+        stalled.iter().all(|s| {
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            s.set_nonblocking(true).unwrap();
+            let ready = s.peek(&mut buf).is_ok_and(|n| n == 1);
+            s.set_nonblocking(false).unwrap();
+            ready
+        })
+    });
+    assert!(subscribed, "the 50 clients got their answer's head");
+    // A client that reads, to see the events arrive.
     let reader = Events::open(&d, None);
     let started = Instant::now();
     let with = switch_latencies(&d, SWITCHES, &mut live);
