@@ -89,6 +89,10 @@ def bgproxy_toml(path, port, control, state, blue, green, health, proxy_keys="",
     green upstream ports, the `[app.health]` lines given, then `app_tail`:
     more tables of the app such as `[app.rollout]`) to `path`; the access
     log off unless `access`."""
+    if "max_connections_per_ip" not in proxy_keys:
+        # The default (1,000 from one address) would refuse the benchmarks'
+        # idle connections, which all come from 127.0.0.1.
+        proxy_keys = f"max_connections_per_ip = 20000\n{proxy_keys}"
     with open(path, "w") as f:
         f.write(f"""[proxy]
 listen = ["127.0.0.1:{port}"]

@@ -34,7 +34,6 @@ Environment: ROUNDS (3), DURATION seconds per run (5), WORKLOADS
 import os
 import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -78,8 +77,7 @@ def certificate(tmp):
 
 def start_bgproxy(tmp, name, backend, tls_cert, access):
     port, tls_port, control = free_port(), free_port(), free_port()
-    # The per-address limit (1,000) would refuse the idle connections.
-    keys = f"max_connections_per_ip = 20000\n{BGPROXY_KEYS}\n[proxy.tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\ncert = \"{tls_cert[0]}\"\nkey = \"{tls_cert[1]}\""
+    keys = f"{BGPROXY_KEYS}\n[proxy.tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\ncert = \"{tls_cert[0]}\"\nkey = \"{tls_cert[1]}\""
     bgproxy_toml(f"{tmp}/{name}.toml", port, control, f"{tmp}/{name}-state/state.json", backend, free_port(),
                  'path = "/health"\ninterval = "1s"', keys, access=access)
     p = start([BGPROXY, "--config", f"{tmp}/{name}.toml"], f"{tmp}/{name}.log")
