@@ -478,3 +478,65 @@ fn check_names_bad_cluster_keys_with_their_line() {
         assert!(err.contains(&format!("F:{line}:")), "{bad}: {err}");
     }
 }
+
+/// The leader judges a rollout step by every instance's counters: with
+/// traffic on the other instance only, its analysis still sees the
+/// requests (alone it would find none and hold the step as inconclusive).
+#[test]
+fn the_leader_analyses_the_counters_of_every_instance() {
+    let etcd = Etcd::start();
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let apps = [app(
+        &b,
+        &g,
+        "[app.rollout]\nsticky = \"none\"\n[app.analysis]\nmin_requests = 5\nmax_inconclusive = 100\nmax_latency_ratio = 1000.0\nmax_error_ratio = 0.5\n",
+    )];
+    let ds: Vec<Daemon> = ["lb1", "lb2"]
+        .iter()
+        .map(|n| instance(n, &etcd.urls(), &apps))
+        .collect();
+    for d in &ds {
+        wait_connected(d, 2);
+        assert!(d.wait_health("web", "green", "up", T));
+    }
+    let mut leader = String::new();
+    assert!(wait_until(T, || {
+        leader = cluster(&ds[0])["leader"].as_str().unwrap_or("").to_string();
+        !leader.is_empty()
+    }));
+    let other = if leader == "lb1" { &ds[1] } else { &ds[0] };
+    let (s, v) = other.api(
+        "POST",
+        "/v1/apps/web/canary",
+        Some(json!({"to": "green", "steps": [50, 100], "step_interval": "2s", "actor": "e2e"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    // Requests on the other instance only, bounded in count and time.
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    let mut analysis = Value::Null;
+    while Instant::now() < end && sent < 2000 {
+        let _ = other.get("any", "/");
+        sent += 1;
+        if sent % 20 == 0 {
+            let a = other.app("web");
+            if a["live"] == "green" || !a["rollout"]["last_analysis"].is_null() {
+                analysis = a["rollout"]["last_analysis"].clone();
+                if a["live"] == "green" {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let a = other.app("web");
+    println!("leader {leader}; {sent} requests on the other instance; analysis seen: {analysis}");
+    assert_eq!(
+        a["live"], "green",
+        "the step passed on the summed counters: {a}"
+    );
+    let (_, h) = other.api("GET", "/v1/apps/web/history", None);
+    let entry = h["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(entry["kind"], "canary", "{h}");
+    assert_eq!(entry["actor"], "bgproxy", "the leader moved it: {h}");
+}
