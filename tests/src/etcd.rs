@@ -70,10 +70,8 @@ impl Etcd {
                     .arg("new")
                     .arg("--initial-cluster-token")
                     .arg(format!("bgproxy-e2e-{}", std::process::id()))
-                    .arg("--heartbeat-interval")
-                    .arg("50")
-                    .arg("--election-timeout")
-                    .arg("500")
+                    // etcd's default timing (100 ms heartbeat, 1 s election):
+                    // shorter ones flap under a loaded CI machine.
                     .stdin(Stdio::null())
                     .stdout(Stdio::from(log.try_clone().unwrap()))
                     .stderr(Stdio::from(log))
