@@ -451,3 +451,40 @@ fn renewal_swaps_under_load_and_an_unreachable_ca_keeps_the_certificate() {
     let log = d.log();
     assert!(log.contains("the order failed"), "{log}");
 }
+
+#[test]
+fn tls_alpn01_issues_and_the_listener_still_speaks_h2() {
+    let tls = Port::reserve();
+    let mut pebble = Pebble::prepare();
+    let (mut d, _backends) = daemon(&pebble, &tls, "tls-alpn-01", "30d");
+    pebble.start(d.proxy.port(), tls.number(), 90 * 86_400);
+    d.spawn();
+    let addr = tls.addr();
+    let root = pebble.root();
+    let c = client(&root, addr);
+    let issued = wait_until(T, || presented(&c, addr).is_some());
+    assert!(
+        issued,
+        "no certificate; bgproxy log:\n{}\npebble log:\n{}",
+        d.log(),
+        pebble.log()
+    );
+    let entry = acme_entry(&d);
+    assert!(entry["last_error"].is_null(), "{entry}");
+    // Validated on the TLS listener, by the only challenge answered.
+    let log = d.log();
+    assert!(log.contains("answering the tls-alpn-01 challenge"), "{log}");
+    assert!(!log.contains("answering the http-01 challenge"), "{log}");
+    // The same listener, for browsers: HTTP/2 by ALPN, proxied.
+    let h2 = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(root.as_bytes()).unwrap())
+        .resolve(HOST, addr)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .get(format!("https://{HOST}:{}/", addr.port()))
+        .send()
+        .unwrap();
+    assert_eq!(h2.status(), 200);
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+}

@@ -203,6 +203,16 @@ pub enum AcmeChallenge {
     TlsAlpn01,
 }
 
+impl AcmeChallenge {
+    /// As in the config: `http-01` or `tls-alpn-01`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::Http01 => "http-01",
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
 /// One `[[proxy.tls.certs]]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SniCert {

@@ -225,6 +225,11 @@ impl AcmeService {
                     pending.alpn = Some(host.to_string());
                 }
             }
+            info!(
+                host,
+                "ACME: answering the {} challenge",
+                self.config.challenge.as_str()
+            );
             challenge
                 .set_ready()
                 .await

@@ -30,6 +30,7 @@ use crate::controlplane::state_dir;
 use crate::controlplane::traffic::{Traffic, TrafficSampler};
 use crate::controlplane::verify::Verifier;
 use crate::daemon::lifecycle::LifecycleService;
+use crate::dataplane::acme::TlsHandshake;
 use crate::dataplane::connections::{Gate, Tally};
 use crate::dataplane::front_door::FrontDoor;
 use crate::dataplane::hooks::{DataPlane, Limits};
@@ -256,6 +257,22 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         config.proxy.max_connections_per_ip,
     );
     let door = Gate::new(FrontDoor::new(proxy, data, connector), tally, &metrics);
+    // TLS-ALPN-01: the TLS listeners are plain TCP ones, the handshake is
+    // done in front of the door (dataplane/acme.rs says why).
+    let tls_alpn = config.proxy.tls.as_ref().filter(|t| {
+        t.acme
+            .as_ref()
+            .is_some_and(|a| a.challenge == crate::config::AcmeChallenge::TlsAlpn01)
+    });
+    let door = match (tls_alpn, &certs) {
+        (Some(tls), Some(store)) => TlsHandshake::acme(
+            door,
+            store.clone(),
+            tls.listen.iter().map(|a| a.port()).collect(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot set up TLS: {e}"))?,
+        _ => TlsHandshake::pass(door),
+    };
     let mut front = Service::new("front door".into(), door);
     for addr in &config.proxy.listen {
         front.add_listener(
@@ -263,7 +280,11 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
                 .l4_buffer(read_buffer(config.proxy.read_buffer)),
         );
     }
-    if let (Some(tls), Some(store)) = (&config.proxy.tls, &certs) {
+    if let Some(tls) = tls_alpn {
+        for addr in &tls.listen {
+            front.add_listener(pingora::listeners::ListenerConfig::tcp(addr.to_string()));
+        }
+    } else if let (Some(tls), Some(store)) = (&config.proxy.tls, &certs) {
         for addr in &tls.listen {
             let settings = crate::dataplane::tls::settings(store.clone())
                 .map_err(|e| anyhow::anyhow!("cannot set up TLS on {addr}: {e}"))?;
