@@ -125,6 +125,17 @@ fn a_switch_on_one_instance_is_routed_by_all() {
     for n in ["lb1", "lb2", "lb3"] {
         assert!(out.contains(n), "{out}");
     }
+    // bgctl switch says who applied it.
+    assert!(ds[2].wait_health("web", "blue", "up", T));
+    let (code, out, err) = ds[2].bgctl(&["switch", "blue", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("applied by every instance: lb1, lb2, lb3"),
+        "{out}"
+    );
+    for d in &ds {
+        assert!(wait_until(T, || d.color_of("any") == "blue"));
+    }
 }
 
 #[test]

@@ -386,7 +386,21 @@ pub fn done(d: &SwitchResponse, took: Duration, style: &Style) -> String {
         when(d.time),
         took.as_millis(),
         d.duration_ms
-    )
+    ) + &applied(d.applied_by.as_deref(), d.missing.as_deref())
+}
+
+/// `[cluster]`: which instances applied a change within the daemon's
+/// `ack_timeout`; empty without a cluster.
+pub fn applied(by: Option<&[String]>, missing: Option<&[String]>) -> String {
+    match (by, missing) {
+        (Some(by), Some([])) => format!("applied by every instance: {}\n", by.join(", ")),
+        (Some(by), Some(missing)) => format!(
+            "applied by {}; NOT YET by {} (cut off from etcd, or slow: they apply it once they reach it; see bgctl cluster)\n",
+            if by.is_empty() { "none".to_string() } else { by.join(", ") },
+            missing.join(", ")
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The result of `bgctl reload`.
