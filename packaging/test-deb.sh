@@ -34,9 +34,11 @@ if getent passwd bgproxy >/dev/null || getent group bgproxy >/dev/null; then
   fail "a bgproxy user or group exists already; not touching it"
 fi
 
+# What the test needs: man-db for `man -l`, and the package's own
+# dependency adduser (dpkg -i installs no dependencies; minimal images lack it).
 export DEBIAN_FRONTEND=noninteractive
-if ! command -v man >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends man-db >/dev/null
+if ! command -v man >/dev/null 2>&1 || ! command -v adduser >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends man-db adduser >/dev/null
 fi
 
 deb=${1:-}
