@@ -49,6 +49,9 @@ pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
+/// The longest a TLS handshake done by [`TlsHandshake`] may take.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The challenge answers in force.
 #[derive(Default)]
 pub struct Challenges {
@@ -144,10 +147,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsHandshake<A> {
                     .get_socket_digest()
                     .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
                 if port.is_some_and(|p| ports.contains(&p)) {
-                    match acceptor.tls_handshake(Raw(stream)).await {
-                        Ok(tls) => Box::new(tls) as Stream,
-                        Err(e) => {
+                    // A client that never finishes its handshake must not
+                    // hold a task for ever.
+                    let handshake = acceptor.tls_handshake(Raw(stream));
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(tls)) => Box::new(tls) as Stream,
+                        Ok(Err(e)) => {
                             debug!("TLS handshake failed: {e}");
+                            return None;
+                        }
+                        Err(_) => {
+                            debug!("TLS handshake not done within {HANDSHAKE_TIMEOUT:?}");
                             return None;
                         }
                     }

@@ -426,3 +426,91 @@ pub fn settings(store: Arc<CertStore>) -> pingora::Result<pingora::listeners::tl
     s.enable_h2();
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SniCert;
+
+    /// A self-signed certificate for `names`, written as `<stem>.pem` and
+    /// `<stem>.key` in `dir`.
+    fn pair(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn files_win_over_acme_and_every_certificate_is_listed_and_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dc, dk) = pair(dir.path(), "default", &["default.example"]);
+        let (bc, bk) = pair(dir.path(), "b", &["b.example", "*.wild.example"]);
+        let config = TlsConfig {
+            listen: Vec::new(),
+            cert: Some(dc),
+            key: Some(dk),
+            certs: vec![SniCert {
+                hosts: vec!["b.example".into(), "*.wild.example".into()],
+                cert: bc,
+                key: bk,
+            }],
+            acme: None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let store = CertStore::load(&config)
+            .unwrap()
+            .with_metrics(metrics.clone());
+        assert!(store.file_serves("b.example"));
+        assert!(store.file_serves("x.wild.example"));
+        assert!(!store.file_serves("shop.example"));
+
+        let (sc, sk) = pair(dir.path(), "shop", &["shop.example"]);
+        let acme = load_pair(&sc, &sk).unwrap();
+        store.set_acme("shop.example", acme.key, acme.not_after);
+        store.note_acme(
+            "later.example",
+            AcmeNote {
+                last_error: Some("connection refused".into()),
+                next_attempt: Some(acme.not_after),
+            },
+        );
+        let view = store.view();
+        let sources: Vec<(&[String], CertSource)> =
+            view.iter().map(|c| (&c.hosts[..], c.source)).collect();
+        assert_eq!(sources.len(), 4, "{view:?}");
+        assert_eq!(sources[0], (&[][..], CertSource::File));
+        assert_eq!(sources[1].1, CertSource::File);
+        assert_eq!(view[2].hosts, ["later.example"]);
+        assert_eq!(view[2].not_after, None);
+        assert_eq!(view[2].last_error.as_deref(), Some("connection refused"));
+        assert_eq!(view[3].hosts, ["shop.example"]);
+        assert!(view[3].not_after.is_some());
+
+        let text = String::from_utf8(metrics.render()).unwrap();
+        for series in [
+            "{host=\"\",source=\"file\"}",
+            "{host=\"b.example\",source=\"file\"}",
+            "{host=\"*.wild.example\",source=\"file\"}",
+            "{host=\"shop.example\",source=\"acme\"}",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "bgproxy_certificate_expiry_timestamp_seconds{series}"
+                )),
+                "{series} missing:\n{text}"
+            );
+        }
+        // A reload of the files keeps the ACME certificates.
+        store.reload().unwrap();
+        assert!(store.acme_cert("shop.example").is_some());
+    }
+}
