@@ -57,7 +57,8 @@ fn wait_connected(d: &Daemon, members: usize) {
 }
 
 fn connected_metric(d: &Daemon) -> Option<f64> {
-    d.metric("bgproxy_cluster_connected")
+    let name = cluster(d)["name"].as_str().unwrap().to_string();
+    d.metric(&format!("bgproxy_cluster_connected{{name=\"{name}\"}}"))
 }
 
 #[test]
@@ -125,6 +126,8 @@ fn a_switch_on_one_instance_is_routed_by_all() {
     for n in ["lb1", "lb2", "lb3"] {
         assert!(out.contains(n), "{out}");
     }
+    let (s, v) = ds[1].api("POST", "/v1/cluster", None);
+    assert_eq!((s, &v["code"]), (405, &json!("method_not_allowed")), "{v}");
     // bgctl switch says who applied it.
     assert!(ds[2].wait_health("web", "blue", "up", T));
     let (code, out, err) = ds[2].bgctl(&["switch", "blue", "--yes"]);
@@ -450,6 +453,18 @@ fn kill_9_of_the_leader_during_a_rollout_another_takes_over_from_its_step() {
 
 fn survivor_name(i: usize) -> &'static str {
     ["lb1", "lb2"][i]
+}
+
+#[test]
+fn without_a_cluster_there_is_no_cluster_view_nor_series() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start(&[app(&b, &g, "")]);
+    let (s, v) = d.api("GET", "/v1/cluster", None);
+    assert_eq!((s, &v["code"]), (404, &json!("no_cluster")), "{v}");
+    let (_, st) = d.api("GET", "/v1/status", None);
+    assert!(st.get("cluster").is_none(), "{st}");
+    // No series: an alert on bgproxy_cluster_connected == 0 stays quiet.
+    assert!(!d.scrape().contains("bgproxy_cluster_connected{"));
 }
 
 #[test]

@@ -544,6 +544,7 @@ impl ControlApi {
             ["v1", "status" | "certs"]
             | [""]
             | ["v1", "events" | "traffic"]
+            | ["v1", "cluster"]
             | ["v1", "reload"]
             | ["v1", "apps", _]
             | ["v1", "requests"]

@@ -102,8 +102,14 @@ impl Cluster {
     /// The cluster of `config`, writing its local copy through `store`.
     /// Disconnected until [`ClusterService`] connects it.
     pub fn new(config: ClusterConfig, store: Arc<StateStore>, metrics: Arc<Metrics>) -> Self {
-        metrics.cluster_connected.set(0);
-        metrics.cluster_leader.set(0);
+        metrics
+            .cluster_connected
+            .with_label_values(&[&config.name])
+            .set(0);
+        metrics
+            .cluster_leader
+            .with_label_values(&[&config.name])
+            .set(0);
         Cluster {
             config,
             store,
@@ -147,7 +153,10 @@ impl Cluster {
 
     fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Release);
-        self.metrics.cluster_connected.set(up as i64);
+        self.metrics
+            .cluster_connected
+            .with_label_values(&[&self.config.name])
+            .set(up as i64);
         if !up {
             self.set_leading(false);
         }
@@ -155,7 +164,10 @@ impl Cluster {
 
     fn set_leading(&self, leads: bool) {
         let was = self.leading.swap(leads, Ordering::AcqRel);
-        self.metrics.cluster_leader.set(leads as i64);
+        self.metrics
+            .cluster_leader
+            .with_label_values(&[&self.config.name])
+            .set(leads as i64);
         if was != leads {
             if leads {
                 info!(name = %self.config.name, "cluster: this instance leads (automatic actions run here)");

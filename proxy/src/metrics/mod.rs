@@ -107,10 +107,11 @@ pub struct Metrics {
     pub state_write: Histogram,
     /// Failed state writes (the change was refused).
     pub state_write_failures: IntCounter,
-    /// `[cluster]`: 1 while this instance reaches an etcd quorum.
-    pub cluster_connected: IntGauge,
+    /// `[cluster]`: 1 while this instance reaches an etcd quorum, by
+    /// `cluster.name` (no series without `[cluster]`).
+    pub cluster_connected: IntGaugeVec,
     /// `[cluster]`: 1 while this instance leads (runs automatic actions).
-    pub cluster_leader: IntGauge,
+    pub cluster_leader: IntGaugeVec,
     panic_routed: IntCounterVec,
     retries: IntCounterVec,
     /// Requests for a Host no app serves (no labels on purpose).
@@ -189,8 +190,8 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             state_write_failures: register(&r, IntCounter::new(names::STATE_WRITE_FAILURES_TOTAL, "State writes that failed; the change they carried was refused.").expect("valid metric")),
-            cluster_connected: register(&r, IntGauge::new(names::CLUSTER_CONNECTED, "[cluster]: 1 while this instance reaches an etcd quorum and takes changes, 0 while it routes by the last state it applied and refuses changes.").expect("valid metric")),
-            cluster_leader: register(&r, IntGauge::new(names::CLUSTER_LEADER, "[cluster]: 1 while this instance is the elected one that runs automatic actions (rollout steps, analysis, automatic rollback).").expect("valid metric")),
+            cluster_connected: gauge(names::CLUSTER_CONNECTED, "[cluster]: 1 while this instance reaches an etcd quorum and takes changes, 0 while it routes by the last state it applied and refuses changes.", &["name"]),
+            cluster_leader: gauge(names::CLUSTER_LEADER, "[cluster]: 1 while this instance is the elected one that runs automatic actions (rollout steps, analysis, automatic rollback).", &["name"]),
             panic_routed: counter(names::PANIC_ROUTED_TOTAL, "Requests sent to a live color whose upstreams were all down (panic routing).", &["app", "color"]),
             retries: counter(names::UPSTREAM_RETRIES_TOTAL, "Requests retried on another upstream of the same color after a refused connection.", &["app", "color"]),
             unrouted: register(&r, IntCounter::new(names::UNROUTED_TOTAL, "Requests for a Host that no app serves (answered 404).").expect("valid metric")),
@@ -546,6 +547,8 @@ mod tests {
         m.upstream("a", "", Color::Blue, "127.0.0.1:1");
         m.rate_limit("a");
         m.deploys.with_label_values(&["a", "blue", "ok"]);
+        m.cluster_connected.with_label_values(&["lb1"]);
+        m.cluster_leader.with_label_values(&["lb1"]);
         m.set_certificate_expiry(&[("a.example".into(), "acme", 1)]);
         let families: Vec<String> = m
             .registry
