@@ -50,6 +50,15 @@ enum Command {
         #[arg(long, default_value = "demo-state")]
         dir: PathBuf,
     },
+    /// Upgrade the running bgproxy to this binary without dropping a
+    /// connection: start `bgproxy --upgrade` on the same configuration, send
+    /// SIGQUIT to PID once the new process waits, exit when it holds the
+    /// sockets. The unit's ExecReload (`systemctl reload bgproxy`).
+    Upgrade {
+        /// The running bgproxy (under systemd: $MAINPID).
+        #[arg(long)]
+        pid: u32,
+    },
     /// Write bgproxy(8) and the bash, zsh and fish completions into DIR
     /// (packaging/build-deb.sh; not for operators).
     #[command(hide = true)]
@@ -57,6 +66,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First, before any thread: it clears LISTEN_* from the environment.
+    let inherited = bgproxy::daemon::systemd::take_inherited();
     let cli = Cli::parse();
     let opts = server::BuildOptions {
         upgrade: cli.upgrade,
@@ -64,6 +75,7 @@ fn main() -> ExitCode {
 
     let (config, extra) = match cli.command {
         Some(Command::PackageAssets { dir }) => return package_assets(&dir),
+        Some(Command::Upgrade { pid }) => return upgrade(&cli.config, pid, cli.log_format),
         Some(Command::Demo { dir }) => match demo::config(&dir) {
             Ok(c) => {
                 eprintln!("{}", demo::banner(&dir));
@@ -108,7 +120,7 @@ fn main() -> ExitCode {
 
     bgproxy::daemon::logging::init(&config.log, cli.log_format);
     bgproxy::daemon::memory::use_small_pages();
-    let mut daemon = match server::build(std::sync::Arc::new(config), &opts) {
+    let mut daemon = match server::build_with(std::sync::Arc::new(config), &opts, inherited) {
         Ok(d) => d,
         Err(e) => return fail(format!("not started: {e:#}")),
     };
@@ -169,6 +181,28 @@ fn package_assets(dir: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(format!("cannot write into {}: {e}", dir.display())),
+    }
+}
+
+/// `bgproxy upgrade --pid PID` (daemon/upgrade.rs).
+fn upgrade(path: &std::path::Path, pid: u32, log_format: Option<LogFormat>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(format!(
+                "{e}\nbgproxy: not upgraded, pid {pid} serves on; fix the configuration (bgproxy --check --config {})",
+                path.display()
+            ))
+        }
+    };
+    let args: Vec<String> = match log_format {
+        Some(LogFormat::Text) => vec!["--log-format".into(), "text".into()],
+        Some(LogFormat::Json) => vec!["--log-format".into(), "json".into()],
+        None => Vec::new(),
+    };
+    match bgproxy::daemon::upgrade::run(&config, path, pid, &args) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("upgrade: {e}")),
     }
 }
 

@@ -356,6 +356,20 @@ impl Controller {
         actor: &str,
         client: Option<String>,
     ) -> Result<ReloadResponse, ControlError> {
+        // systemd (Type=notify) sees it: RELOADING=1 ... READY=1, whatever
+        // the outcome (a bad file changes nothing).
+        super::service_manager::reloading();
+        let result = self.reload_config(actor, client).await;
+        super::service_manager::ready();
+        result
+    }
+
+    /// [`Self::reload`], without telling systemd.
+    async fn reload_config(
+        self: &Arc<Self>,
+        actor: &str,
+        client: Option<String>,
+    ) -> Result<ReloadResponse, ControlError> {
         let path = self.inner.lock().await.config.path.clone();
         // Parse outside the lock: it may resolve host names.
         let config = match Config::load(&path) {

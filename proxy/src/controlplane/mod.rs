@@ -19,6 +19,7 @@
 //! priority    control.nice: the control API thread may outrank the data plane
 //! analysis    a window of a color's own counters -> pass / fail / inconclusive
 //! rollout     the driver: ends rollout steps and watch windows, submits verdicts
+//! service_manager  what systemd hears: READY, RELOADING, STOPPING, MAINPID
 //! verify      [[app.verify]] checks against the standby, through the front door
 //! acme        [proxy.tls.acme]: orders and renews certificates, keeps them on disk
 //! events      GET /v1/events: one event per change, a ring to resume from
@@ -41,6 +42,7 @@ pub mod health;
 pub mod priority;
 pub mod rollout;
 pub mod rules;
+pub mod service_manager;
 pub mod state;
 pub mod state_dir;
 pub mod status_page;

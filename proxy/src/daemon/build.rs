@@ -3,15 +3,16 @@
 //!
 //! Services: the front door (HTTP and optional HTTPS listeners, the
 //! [`DataPlane`]), the control API, and the health checks (a background
-//! service). Start-up order: load and recover the state, persist it (so a
-//! read-only state directory fails here, before any port opens), build the
-//! first snapshot, then the services.
+//! service). Start-up order: take the listening sockets (from systemd, or
+//! bound here; see [`systemd`]), load and recover the state, persist it (so
+//! a read-only state directory fails here, before any request is served),
+//! build the first snapshot, then the services.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -30,6 +31,7 @@ use crate::controlplane::state_dir;
 use crate::controlplane::traffic::{Traffic, TrafficSampler};
 use crate::controlplane::verify::Verifier;
 use crate::daemon::lifecycle::LifecycleService;
+use crate::daemon::systemd;
 use crate::dataplane::acme::TlsHandshake;
 use crate::dataplane::connections::{Gate, Tally};
 use crate::dataplane::front_door::FrontDoor;
@@ -68,28 +70,6 @@ fn random_secret() -> std::io::Result<Secret> {
     Ok(Secret::new(hex.into_bytes()))
 }
 
-/// Binds and releases every listening address, so that a taken port or a
-/// missing privilege stops the start with a clear message. (pingora itself
-/// would retry in the background while the rest of the daemon runs.)
-fn preflight_listeners(config: &Config) -> anyhow::Result<()> {
-    for (addr, key) in config.listeners() {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            let hint = match e.kind() {
-                std::io::ErrorKind::AddrInUse => {
-                    "another process listens there (another bgproxy? then use --upgrade to take over from it)"
-                }
-                std::io::ErrorKind::PermissionDenied => {
-                    "ports below 1024 need CAP_NET_BIND_SERVICE (see systemd/bgproxy.service) or root"
-                }
-                std::io::ErrorKind::AddrNotAvailable => "no interface of this host has that address",
-                _ => "check the address",
-            };
-            bail!("cannot listen on {addr} ({key}): {e}: {hint}");
-        }
-    }
-    Ok(())
-}
-
 /// Per-connection buffers of the front door's listeners: pingora reads with
 /// a 64 KiB buffer per connection by default, which is most of what an idle
 /// keep-alive connection costs (~99 KB each, against ~37 KB with none,
@@ -113,6 +93,21 @@ const UPGRADE_LOCK_WAIT: Duration = Duration::from_secs(60);
 /// accepting changes), and only then is the state file locked and loaded, so
 /// a switch answered by the old process is never missed by the new one.
 pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon> {
+    build_with(config, opts, Vec::new())
+}
+
+/// [`build`], with the listening sockets systemd passed
+/// ([`systemd::take_inherited`]): each must match a configured listener.
+/// Every other configured listener is bound here, before anything else
+/// starts, so a taken port or a missing privilege stops the start with a
+/// clear message (pingora itself would retry in the background while the
+/// rest of the daemon runs); with `--upgrade` the old process hands them
+/// over instead.
+pub fn build_with(
+    config: Arc<Config>,
+    opts: &BuildOptions,
+    inherited: Vec<systemd::Inherited>,
+) -> anyhow::Result<Daemon> {
     let requester = match &config.control.requester_token_file {
         Some(path) => Some(
             crate::config::preview::read_token(path, "control.requester_token_file")
@@ -133,9 +128,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         }
     };
 
-    if !opts.upgrade {
-        preflight_listeners(&config)?;
-    }
+    let sockets = Arc::new(systemd::Sockets::prepare(&config, inherited, opts.upgrade)?);
     let state_dir = config.state_dir();
     // Created 0700; files in it are never opened through a link (state_dir.rs).
     let loose = state_dir::prepare(&state_dir)
@@ -164,6 +157,11 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    if opts.upgrade {
+        // This process holds the sockets now (bootstrap exits otherwise):
+        // under systemd it becomes the main process before the old one exits.
+        crate::controlplane::service_manager::main_pid();
+    }
 
     let metrics = Arc::new(Metrics::new());
     // pingora's own error lines that need no operator are counted here.
@@ -256,7 +254,11 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         config.proxy.max_connections,
         config.proxy.max_connections_per_ip,
     );
-    let door = Gate::new(FrontDoor::new(proxy, data, connector), tally, &metrics);
+    let door = Gate::new(
+        FrontDoor::new(proxy, data, connector),
+        tally.clone(),
+        &metrics,
+    );
     // TLS-ALPN-01: the TLS listeners are plain TCP ones, the handshake is
     // done in front of the door (dataplane/acme.rs says why).
     let tls_alpn = config.proxy.tls.as_ref().filter(|t| {
@@ -291,7 +293,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             front.add_tls_with_settings(&addr.to_string(), None, settings);
         }
     }
-    server.add_service(front);
+    server.add_service(systemd::WithSockets::new(front, sockets.clone()));
     if let (Some(acme), Some(store)) = (
         config.proxy.tls.as_ref().and_then(|t| t.acme.clone()),
         &certs,
@@ -314,7 +316,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
     );
     control.add_tcp(&config.control.listen.to_string());
     control.threads = Some(1);
-    server.add_service(control);
+    server.add_service(systemd::WithSockets::new(control, sockets.clone()));
 
     if let Some(m) = &config.metrics {
         let mut svc = Service::new(
@@ -325,7 +327,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         );
         svc.add_tcp(&m.listen.to_string());
         svc.threads = Some(1);
-        server.add_service(svc);
+        server.add_service(systemd::WithSockets::new(svc, sockets.clone()));
     }
 
     server.add_service(background_service(
@@ -338,6 +340,13 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
         TrafficSampler {
             routing: controller.routing(),
             traffic,
+        },
+    ));
+    server.add_service(background_service(
+        "systemd",
+        systemd::ReadyService {
+            controller: controller.clone(),
+            upgrade: opts.upgrade,
         },
     ));
     server.add_service(background_service(
@@ -370,6 +379,7 @@ pub fn build(config: Arc<Config>, opts: &BuildOptions) -> anyhow::Result<Daemon>
             config_path: config.path.clone(),
             watch: config.control.watch_config,
             metrics: metrics.clone(),
+            connections: tally,
             phases: std::sync::Mutex::new(Some(phases)),
             draining,
             certs,

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use super::watch::{contents, watch};
 use crate::controlplane::controller::Controller;
+use crate::dataplane::connections::Tally;
 use crate::dataplane::tls::CertStore;
 use crate::metrics::Metrics;
 
@@ -41,6 +42,8 @@ pub struct LifecycleService {
     pub watch: bool,
     /// For the requests in flight during a drain.
     pub metrics: Arc<Metrics>,
+    /// The open client connections: a drain waits for them too.
+    pub connections: Arc<Tally>,
     /// Pingora's execution phases (taken once, at start).
     pub phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
     /// Set when an upgrade or shutdown begins (read by the data plane).
@@ -70,13 +73,21 @@ impl LifecycleService {
 }
 
 impl LifecycleService {
-    /// Waits until no request is in flight, then exits the process with 0.
-    /// (If the grace period ends first, pingora ends the process itself.)
+    /// Waits until no request is in flight and no client connection is
+    /// open, then exits the process with 0. (If the grace period ends first,
+    /// pingora ends the process itself.)
+    ///
+    /// Why the connections too: between two requests of a keep-alive
+    /// connection nothing is in flight, yet the client may be sending the
+    /// next one; exiting then resets it (SIGTERM under keep-alive load lost
+    /// a request per client that way). A connection closes after a response
+    /// that says `Connection: close` (every response once draining), or at
+    /// once when idle (the front door closes idle ones at shutdown).
     async fn drain_then_exit(&self) -> ! {
         let started = std::time::Instant::now();
         loop {
             let n = self.metrics.in_flight();
-            if n <= 0 {
+            if n <= 0 && self.connections.open() == 0 {
                 info!("drained in {:?}: exiting", started.elapsed());
                 crate::daemon::logging::flush();
                 std::process::exit(0);
@@ -140,6 +151,12 @@ impl BackgroundService for LifecycleService {
                     }
                 }
                 _ = shutdown.changed() => {
+                    // Every response from now on closes its connection
+                    // (the phase that says so may not have been seen yet:
+                    // this branch can win the select).
+                    if !self.draining.swap(true, Ordering::Relaxed) {
+                        info!("shutdown: closing client connections after their current response");
+                    }
                     self.controller.close().await;
                     self.drain_then_exit().await;
                 }

@@ -9,6 +9,8 @@
 //! demo       bgproxy demo: two sample backends and the proxy on loopback
 //! logging    stderr through a writer thread: no thread waits on log I/O
 //! memory     small pages only: no huge-page fault stalls a switch or a request
+//! systemd    socket activation (LISTEN_FDS), readiness and watchdog (sd_notify)
+//! upgrade    bgproxy upgrade: --upgrade, then SIGQUIT to the old (ExecReload)
 //! ```
 
 pub mod build;
@@ -17,4 +19,6 @@ pub mod demo;
 pub mod lifecycle;
 pub mod logging;
 pub mod memory;
+pub mod systemd;
+pub mod upgrade;
 pub mod watch;
