@@ -355,7 +355,7 @@ fn renewal_swaps_under_load_and_an_unreachable_ca_keeps_the_certificate() {
     let first = first.unwrap();
 
     // Bounded load (4 clients, a handshake per request, at most 60 s or
-    // 20,000 requests) until two renewals have been seen.
+    // 20,000 requests) until two renewed certificates have been served.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(vec![first.clone()]));
@@ -384,8 +384,11 @@ fn renewal_swaps_under_load_and_an_unreachable_ca_keeps_the_certificate() {
                                 .get::<reqwest::tls::TlsInfo>()
                                 .and_then(|t| t.peer_certificate().map(|c| c.to_vec()));
                             if let Some(der) = der {
+                                // Distinct certificates, in the order first
+                                // seen (clients racing a swap may see the
+                                // old one once more after the new one).
                                 let mut s = seen.lock().unwrap();
-                                if s.last() != Some(&der) {
+                                if !s.contains(&der) {
                                     s.push(der);
                                 }
                             }
@@ -404,13 +407,13 @@ fn renewal_swaps_under_load_and_an_unreachable_ca_keeps_the_certificate() {
     for w in workers {
         w.join().unwrap();
     }
-    let swaps = seen.lock().unwrap().len() - 1;
+    let renewals = seen.lock().unwrap().len() - 1;
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!(
-        "renewal under load: {ok} requests answered, {failed} failed, {swaps} certificate swap(s) seen in {:?}",
+        "renewal under load: {ok} requests answered, {failed} failed, {renewals} renewed certificate(s) served in {:?}",
         started.elapsed()
     );
-    assert!(swaps >= 1, "no renewal seen; log:\n{}", d.log());
+    assert!(renewals >= 1, "no renewal seen; log:\n{}", d.log());
     assert_eq!(failed, 0, "{:?}", errors.lock().unwrap());
 
     // The CA goes away: the next renewal fails, the certificate in force
