@@ -1,4 +1,5 @@
-//! The lean loop: one plain HTTP/1 request, served on a straight line.
+//! The lean loop: one plain request (HTTP/1, or a stream of an HTTP/2
+//! connection) to an HTTP/1 upstream, served on a straight line.
 //!
 //! pingora-proxy runs every request through a general machine: two halves
 //! joined by a task channel, two header maps per request, every filter of
@@ -9,7 +10,8 @@
 //!
 //! The front door (`front_door.rs`) decides which requests come here: no
 //! body, no upgrade, an app with HTTP/1 upstreams that does not redirect
-//! them to HTTPS.
+//! them to HTTPS. An HTTP/2 request gets the `Host` its `:authority` says
+//! and loses `TE`, as pingora-proxy does for it.
 //!
 //! The lean loop calls the same [`DataPlane`] hooks pingora-proxy calls, in
 //! the same order (`request_filter`, `upstream_peer`, `fail_to_connect`,
@@ -164,6 +166,17 @@ impl LeanLoop {
         req.set_version(http::Version::HTTP_11);
         // The only hop-by-hop header a lean request can carry.
         req.remove_header(&http::header::CONNECTION);
+        if session.req_header().version == http::Version::HTTP_2 {
+            // HTTP/2 carries the host in `:authority` (pingora refused a
+            // Host header that differs), HTTP/1 upstreams expect `Host`;
+            // `TE: trailers` is HTTP/2's one hop-by-hop header.
+            if !req.headers.contains_key(http::header::HOST) {
+                if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) {
+                    req.insert_header(http::header::HOST, authority)?;
+                }
+            }
+            req.remove_header(&http::header::TE);
+        }
         data.upstream_request_filter(session, &mut req, ctx).await?;
         upstream
             .write_request_header(Box::new(req))

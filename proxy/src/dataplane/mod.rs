@@ -6,10 +6,12 @@
 //!
 //! ```text
 //! connections the connection limits, in all and per client address
-//! front_door  every request comes in here: plain HTTP/1 requests to the
-//!             lean loop, the rest (bodies, HTTP/2, upgrades) to pingora-proxy;
-//!             request heads are read here, within their limits
-//! lean        the lean loop: one plain HTTP/1 request on a straight line
+//! front_door  every request comes in here: plain requests (HTTP/1, and
+//!             HTTP/2 streams) to the lean loop, the rest (bodies, upgrades,
+//!             HTTP/2 upstreams) to pingora-proxy; HTTP/1 request heads are
+//!             read here, within their limits
+//! lean        the lean loop: one plain request to an HTTP/1 upstream on a
+//!             straight line
 //! hooks       the ProxyHttp hooks both paths call: limits, routing, retries,
 //!             error pages, metrics and the access log
 //! access_log  the access log's lines, per-thread buffers and their one writer
