@@ -2,7 +2,11 @@
 # The Debian package, installed for real on this machine (root), checked, and
 # removed again so the machine is as it was: .ci/run calls it.
 #
-#   packaging/test-deb.sh [PATH.deb]     # without PATH: build-deb.sh --profile deb
+#   packaging/test-deb.sh [PATH.deb]     # without PATH: build-deb.sh --profile $BGPROXY_DEB_PROFILE
+#
+# BGPROXY_DEB_PROFILE: `deb` by default (optimised, no fat LTO); .ci/run
+# sets `dev`, which packs the binaries `cargo test --workspace` just built
+# (the package is what is tested here, not the optimiser).
 #
 # Checks after `dpkg -i`: both binaries (same version and commit), the units
 # with /usr/bin paths (systemd-analyze verify), /etc/bgproxy/bgproxy.toml a
@@ -44,7 +48,7 @@ fi
 deb=${1:-}
 if [ -z "$deb" ]; then
   start=$(date +%s)
-  packaging/build-deb.sh --profile deb
+  packaging/build-deb.sh --profile "${BGPROXY_DEB_PROFILE:-deb}"
   echo "test-deb.sh: building the package took $(( $(date +%s) - start ))s"
   target_dir=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
@@ -103,7 +107,7 @@ units=(/usr/lib/systemd/system/bgproxy.service)
 [ -f systemd/bgproxy.socket ] && units+=(/usr/lib/systemd/system/bgproxy.socket)
 for unit in "${units[@]}"; do
   [ -f "$unit" ] || fail "$unit missing"
-  ! grep -n /usr/local "$unit" || fail "$unit names /usr/local"
+  ! grep -n '^[^#]*/usr/local' "$unit" || fail "$unit runs something from /usr/local"
 done
 grep -q '^ExecStart=/usr/bin/bgproxy ' "${units[0]}" || fail "${units[0]}: ExecStart is not /usr/bin/bgproxy"
 if command -v systemd-analyze >/dev/null 2>&1; then
