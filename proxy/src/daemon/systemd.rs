@@ -19,8 +19,8 @@
 //! upgrade like any other. No `unsafe` here: `listenfd` turns the inherited
 //! descriptors into `TcpListener`s (checking each is a TCP socket).
 //!
-//! **Notifications** ([`notify`], to `NOTIFY_SOCKET` when set, through
-//! `sd-notify`): `READY=1` once the listeners and the state are up and the
+//! **Notifications** (`controlplane::service_manager`, to `NOTIFY_SOCKET`
+//! when set): `READY=1` once the listeners and the state are up and the
 //! first health round is done ([`ReadyService`]); `MAINPID=` from the new
 //! process of a graceful upgrade as soon as it holds the sockets;
 //! `RELOADING=1` ... `READY=1` around a config reload; `STOPPING=1` on
@@ -75,6 +75,8 @@ pub enum SocketError {
 pub struct Inherited {
     /// Its name from `LISTEN_FDNAMES` (`FileDescriptorName=`), or `fd<N>`.
     pub name: String,
+    /// Its descriptor number in this process (3 on).
+    pub fd: usize,
     /// The socket, or why it is not a listening TCP socket.
     listener: Result<TcpListener, SocketError>,
 }
@@ -120,7 +122,11 @@ pub fn take_inherited() -> Vec<Inherited> {
                     source,
                 }),
             };
-            Inherited { name, listener }
+            Inherited {
+                name,
+                fd: 3 + i,
+                listener,
+            }
         })
         .collect()
 }
@@ -145,13 +151,13 @@ impl Sockets {
         let configured = config.listeners();
         let mut held = HashMap::new();
         let count = inherited.len();
-        for Inherited { name, listener } in inherited {
+        for Inherited { name, fd, listener } in inherited {
             let listener = listener?;
             let addr = listener
                 .local_addr()
                 .map_err(|source| SocketError::NotTcp {
                     name: name.clone(),
-                    fd: 0,
+                    fd,
                     source,
                 })?;
             let Some((_, key)) = configured.iter().find(|(a, _)| *a == addr) else {
@@ -347,5 +353,94 @@ impl BackgroundService for ReadyService {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config file with the front door on `front` and the control API on
+    /// `control`.
+    fn config(dir: &std::path::Path, front: SocketAddr, control: SocketAddr) -> Config {
+        let path = dir.join("bgproxy.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[proxy]\nlisten = [\"{front}\"]\n[control]\nlisten = \"{control}\"\n[state]\npath = \"s/state.json\"\n\
+                 [[app]]\nname = \"web\"\n[app.blue]\nupstreams = [\"127.0.0.1:1\"]\n[app.green]\nupstreams = [\"127.0.0.1:2\"]\n"
+            ),
+        )
+        .unwrap();
+        Config::load(&path).unwrap()
+    }
+
+    fn inherited(listener: TcpListener, name: &str) -> Inherited {
+        Inherited {
+            name: name.into(),
+            fd: 3,
+            listener: Ok(listener),
+        }
+    }
+
+    #[test]
+    fn inherited_sockets_are_matched_by_address_and_the_rest_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let front = TcpListener::bind("127.0.0.1:0").unwrap();
+        let front_addr = front.local_addr().unwrap();
+        // The control port: free, for prepare to bind.
+        let control_addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let c = config(dir.path(), front_addr, control_addr);
+        let sockets = Sockets::prepare(&c, vec![inherited(front, "http")], false).unwrap();
+        assert_eq!(sockets.inherited(), 1);
+        let held = sockets.held.lock().unwrap();
+        assert!(held.contains_key(&front_addr.to_string()));
+        assert!(held.contains_key(&control_addr.to_string()), "bound here");
+        drop(held);
+        // Bound: a second bind of the control port fails, naming it.
+        let again = Sockets::prepare(&c, Vec::new(), false).unwrap_err();
+        assert!(
+            again
+                .to_string()
+                .starts_with(&format!("cannot listen on {front_addr} (proxy.listen)")),
+            "{again}"
+        );
+    }
+
+    #[test]
+    fn an_inherited_socket_of_no_listener_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let stray = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stray_addr = stray.local_addr().unwrap();
+        let c = config(
+            dir.path(),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let err = Sockets::prepare(&c, vec![inherited(stray, "extra")], true).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "inherited socket extra listens on {stray_addr}, which is no listener"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn with_upgrade_nothing_is_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let front = TcpListener::bind("127.0.0.1:0").unwrap();
+        let control = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Both ports taken (as by the old process): no error with --upgrade.
+        let c = config(
+            dir.path(),
+            front.local_addr().unwrap(),
+            control.local_addr().unwrap(),
+        );
+        let sockets = Sockets::prepare(&c, Vec::new(), true).unwrap();
+        assert!(sockets.held.lock().unwrap().is_empty());
     }
 }
