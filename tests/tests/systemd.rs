@@ -14,6 +14,8 @@
 //! - upgrade as the unit's ExecReload does it (`bgproxy upgrade --pid
 //!   $MAINPID`): MAINPID= of the new process, READY=1 from it, the old one
 //!   exits 0, no STOPPING=1, zero failed requests under both kinds of load.
+//! - a failed upgrade (a broken configuration) starts nothing and leaves
+//!   the running process serving.
 //! - an inherited socket that matches no listener stops the start, naming
 //!   its address; LISTEN_PID of another process: the sockets are ignored.
 //! - a single start through Debian's `systemd-socket-activate`.
@@ -525,6 +527,33 @@ fn upgrade_as_exec_reload_hands_over_main_pid_and_loses_nothing() {
     assert_eq!(sd.get(), Some((200, "blue".into())));
     signal(main_pid, "TERM");
     assert!(wait_until(T, || !alive(main_pid)));
+}
+
+/// A reload (upgrade) that cannot happen changes nothing: with a broken
+/// configuration file `bgproxy upgrade` exits 1 before starting anything,
+/// the running process serves on as the main process, and no RELOADING=1
+/// was said.
+#[test]
+fn a_failed_upgrade_leaves_the_running_process_serving() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let sd = Systemd::new(&b, &g);
+    let mut child = sd.start(&[]);
+    assert!(sd.notify.wait_line(0, "READY=1").is_some(), "{}", sd.log());
+    let good = std::fs::read_to_string(&sd.config).unwrap();
+    std::fs::write(&sd.config, good.replace("[[app]]", "[[app]]\nbogus = 1")).unwrap();
+    let n = sd.notify.len();
+    let (code, new) = sd.exec_reload(child.id());
+    assert_eq!((code, new), (1, None), "{}", sd.log());
+    assert!(sd.log().contains("not upgraded"), "{}", sd.log());
+    assert!(alive(child.id()));
+    assert_eq!(sd.get(), Some((200, "blue".into())));
+    assert!(
+        !sd.notify.lines_since(n).iter().any(|l| l == "RELOADING=1"),
+        "{:?}",
+        sd.notify.lines_since(n)
+    );
+    signal(child.id(), "TERM");
+    assert_eq!(wait_exit(&mut child, T), Some(0));
 }
 
 /// An inherited socket bound where nothing is configured stops the start
