@@ -79,9 +79,7 @@ pub fn init(log: &LogConfig, format: Option<LogFormat>) {
         .finish(std::io::stderr());
     *WRITER.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(format!("{},{QUIET}", log.level))
-        });
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},{QUIET}", log.level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(LogWriter(writer));
