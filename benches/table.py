@@ -28,11 +28,13 @@ Environment: ROUNDS (3), DURATION seconds per run (5), WORKLOADS
 (h1,tls,tls-new,h2), LOGS (off,on), PINS (unpinned,pinned), PROXIES
 (bgproxy,haproxy,nginx), IDLE_CONNS (5000, 0 = skip), BGPROXY_BIN
 (target/release/bgproxy), BGPROXY_KEYS (extra `[proxy]` keys,
-`;`-separated). Loopback only; every process it starts is stopped on exit.
+`;`-separated). Loopback only; every process it starts is stopped on exit,
+and its scratch directory (with the access logs) removed.
 """
 
 import os
 import re
+import shutil
 import resource
 import statistics
 import subprocess
@@ -49,6 +51,9 @@ LOGS = os.environ.get("LOGS", "off,on").split(",")
 PINS = os.environ.get("PINS", "unpinned,pinned").split(",")
 PROXIES = os.environ.get("PROXIES", "bgproxy,haproxy,nginx").split(",")
 IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "5000"))
+# The scratch directory: configs and the access logs (a GB or more), removed
+# at the end.
+TMP = None
 BGPROXY_KEYS = os.environ.get("BGPROXY_KEYS", "").replace(";", "\n")
 NAMES = {"bgproxy": "bgproxy", "haproxy": "HAProxy 2.6", "nginx": "nginx"}
 TITLES = {
@@ -168,7 +173,8 @@ def main():
         raise SystemExit(f"{BGPROXY} not found: cargo build --release -p bgproxy")
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    tmp = tempfile.mkdtemp(prefix="bgtable-")
+    global TMP
+    tmp = TMP = tempfile.mkdtemp(prefix="bgtable-")
     tls_cert = certificate(tmp)
     backend = start_backend(tmp)
     backend_pids = [PROCS[-1].pid, *load.children(PROCS[-1].pid)]
@@ -252,4 +258,8 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    try:
+        run(main)
+    finally:
+        if TMP:
+            shutil.rmtree(TMP, ignore_errors=True)
