@@ -2,9 +2,10 @@
 //! definition (feature `packaging`), for the Debian package.
 //!
 //! Each binary reaches its own `clap::Command`, so each writes its own files
-//! through a hidden subcommand (`bgproxy package-assets DIR`, `bgctl
-//! package-assets DIR`) that calls [`write_assets`]; `packaging/build-deb.sh`
-//! runs both before `cargo deb`. Layout under DIR:
+//! when run as `bgproxy package-assets DIR` / `bgctl package-assets DIR`
+//! ([`assets_dir`], read before clap parses: a clap subcommand, even hidden,
+//! would be offered by the completions), which calls [`write_assets`];
+//! `packaging/build-deb.sh` runs both before `cargo deb`. Layout under DIR:
 //!
 //! ```text
 //! man/<name>.<section>            clap_mangen, plus the Page's extra sections
@@ -21,6 +22,19 @@ use std::path::{Path, PathBuf};
 use clap_complete::Shell;
 use clap_mangen::roff::{roman, Roff};
 use clap_mangen::Man;
+
+/// The first argument that asks a binary for its man pages and completions.
+pub const ASSETS_COMMAND: &str = "package-assets";
+
+/// `Some(DIR)` when the command line (program name first) is exactly
+/// `<bin> package-assets DIR`. Checked before clap parses, so the word is in
+/// no `--help`, man page or completion; anything else is left to clap.
+pub fn assets_dir(args: &[std::ffi::OsString]) -> Option<PathBuf> {
+    match args {
+        [_, command, dir] if command == ASSETS_COMMAND => Some(PathBuf::from(dir)),
+        _ => None,
+    }
+}
 
 /// What a man page says beyond the clap definition.
 pub struct Page<'a> {

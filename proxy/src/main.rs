@@ -59,22 +59,22 @@ enum Command {
         #[arg(long)]
         pid: u32,
     },
-    /// Write bgproxy(8) and the bash, zsh and fish completions into DIR
-    /// (packaging/build-deb.sh; not for operators).
-    #[command(hide = true)]
-    PackageAssets { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
     // First, before any thread: it clears LISTEN_* from the environment.
     let inherited = bgproxy::daemon::systemd::take_inherited();
+    // `bgproxy package-assets DIR` (packaging/build-deb.sh; not for operators).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(dir) = bgproxy_control::packaging::assets_dir(&args) {
+        return package_assets(&dir);
+    }
     let cli = Cli::parse();
     let opts = server::BuildOptions {
         upgrade: cli.upgrade,
     };
 
     let (config, extra) = match cli.command {
-        Some(Command::PackageAssets { dir }) => return package_assets(&dir),
         Some(Command::Upgrade { pid }) => return upgrade(&cli.config, pid, cli.log_format),
         Some(Command::Demo { dir }) => match demo::config(&dir) {
             Ok(c) => {
@@ -139,7 +139,7 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The hidden `package-assets DIR`: the man page says what `--help` cannot.
+/// `bgproxy package-assets DIR`: the man page says what `--help` cannot.
 fn package_assets(dir: &std::path::Path) -> ExitCode {
     use bgproxy_control::packaging::{write_assets, Page};
     use clap::CommandFactory;

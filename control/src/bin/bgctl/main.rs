@@ -258,10 +258,6 @@ enum Cmd {
     Certs,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
-    /// Write bgctl(1), a page per subcommand and the bash, zsh and fish
-    /// completions into DIR (packaging/build-deb.sh; not for operators).
-    #[command(hide = true)]
-    PackageAssets { dir: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -381,9 +377,17 @@ fn cluster_text(c: &bgproxy_control::api::ClusterResponse) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let style = Style::detect(cli.json);
-    match run(cli, &style) {
+    // `bgctl package-assets DIR` (packaging/build-deb.sh; not for operators).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (result, style) = match bgproxy_control::packaging::assets_dir(&args) {
+        Some(dir) => (package_assets(&dir), Style::detect(false)),
+        None => {
+            let cli = Cli::parse();
+            let style = Style::detect(cli.json);
+            (run(cli, &style), style)
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
@@ -394,7 +398,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The hidden `package-assets DIR`: the pages say what `--help` cannot.
+/// `bgctl package-assets DIR`: the pages say what `--help` cannot.
 fn package_assets(dir: &std::path::Path) -> Result<(), Failure> {
     use bgproxy_control::packaging::{write_assets, Page};
     let page = Page {
@@ -457,9 +461,6 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
     if let Cmd::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "bgctl", &mut std::io::stdout());
         return Ok(());
-    }
-    if let Cmd::PackageAssets { dir } = &cli.command {
-        return package_assets(dir);
     }
     let client = Client::new(&cli.addr, token(&cli)?, cli.timeout)?;
     match &cli.command {
@@ -669,7 +670,7 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
             let action = rollout::Action::Resume;
             rollout_cmd(&client, &cli, action, false, confirm, false, style)
         }
-        Cmd::Completions { .. } | Cmd::PackageAssets { .. } => Ok(()),
+        Cmd::Completions { .. } => Ok(()),
     }
 }
 
