@@ -254,7 +254,8 @@ pub fn build_with(
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(config.proxy.client_idle_timeout);
     proxy.server_options = Some(options);
-    let connector = pingora::connectors::http::Connector::new(Some(
+    // The lean loop's connections (HTTP/1 upstreams only).
+    let connector = pingora::connectors::http::v1::Connector::new(Some(
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
     ));
     // Every client connection passes the connection limits first.

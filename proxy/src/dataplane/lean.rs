@@ -24,10 +24,9 @@
 //! a reload in between cannot hand it an app with HTTP/2 upstreams.
 
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::protocols::http::client::HttpSession as ClientSession;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamH1;
 use pingora::protocols::http::HttpTask;
 use pingora::proxy::{ProxyHttp, Session};
@@ -111,32 +110,29 @@ impl LeanLoop {
         let mut retried_reused = false;
         loop {
             let peer = data.upstream_peer(session, ctx).await?;
-            let (client, reused) = match self.connector.get_http_session(&*peer).await {
-                Ok(c) => c,
-                Err(e) => {
-                    let e = data.fail_to_connect(session, &peer, ctx, e.into_up());
-                    if e.retry() {
-                        continue;
+            // A pooled connection, else a new one. Connecting is a large
+            // future (TCP, TLS): boxed on its own, it is not part of every
+            // request's future (copied whole into its box per request).
+            let pooled = self.connector.reused_http_session(&*peer).await;
+            let (mut upstream, reused) = match pooled {
+                Some(upstream) => (upstream, true),
+                None => match Box::pin(self.connector.get_http_session(&*peer)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let e = data.fail_to_connect(session, &peer, ctx, e.into_up());
+                        if e.retry() {
+                            continue;
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
-                }
-            };
-            let ClientSession::H1(mut upstream) = client else {
-                return Error::e_explain(
-                    ErrorType::InternalError,
-                    "lean loop: HTTP/1 upstreams only",
-                );
+                },
             };
             upstream.read_timeout = peer.options.read_timeout;
             upstream.write_timeout = peer.options.write_timeout;
             match self.exchange(session, ctx, &mut upstream).await {
                 Ok(()) => {
                     self.connector
-                        .release_http_session(
-                            ClientSession::H1(upstream),
-                            &*peer,
-                            peer.idle_timeout(),
-                        )
+                        .release_http_session(upstream, &*peer, peer.idle_timeout())
                         .await;
                     return Ok(());
                 }
