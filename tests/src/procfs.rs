@@ -23,6 +23,15 @@ pub fn may_lower_nice_to_minus_10() -> bool {
     cap_eff & (1 << CAP_SYS_NICE) != 0 || rlimit_nice >= 30
 }
 
+/// The nice value this test process runs at, which a daemon started from
+/// it inherits (not 0 under `nice cargo test`).
+pub fn own_nice() -> i32 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // Fields after the parenthesised name: state is field 3, nice field 19.
+    let after = stat.rsplit_once(')').unwrap().1;
+    after.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
 /// The nice values of the threads of process `pid` named `name`, one per
 /// thread; panics when no thread has that name.
 pub fn thread_nices(pid: u32, name: &str) -> Vec<i32> {
