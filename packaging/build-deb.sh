@@ -8,12 +8,14 @@
 #
 # Steps: build both binaries (bgproxy, and bgctl from crate bgproxy-control);
 # have each write its man pages and completions from its own clap definition
-# (the hidden `package-assets DIR` subcommand) into packaging/build/; copy the
-# units of systemd/ there with /usr/bin paths; write the Debian changelog; then
-# `cargo deb -p bgproxy --no-build` packs what proxy/Cargo.toml
-# [package.metadata.deb] lists. packaging/build/ is generated (not in git);
-# a bare `cargo deb -p bgproxy` without it stops at once on the missing
-# changelog. Other arguments go to cargo deb (e.g. --output DIR).
+# (`<bin> package-assets DIR`) into packaging/assets/; copy the units of
+# systemd/ there with /usr/bin paths; check that packaging/assets/changelog
+# names this version; then `cargo deb -p bgproxy --no-build` packs what
+# proxy/Cargo.toml [package.metadata.deb] lists. packaging/assets/ is kept in
+# git, so a bare `cargo deb -p bgproxy` packs the same files; run this script
+# after changing a command line or a unit, and commit what it changed
+# (tests/tests/packaging.rs fails until then). Other arguments go to cargo
+# deb (e.g. --output DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,15 +54,16 @@ else
   cargo build --profile "$profile" -p bgproxy --bin bgproxy -p bgproxy-control --bin bgctl
 fi
 
-out=packaging/build
-rm -rf "$out"
+out=packaging/assets
+rm -rf "$out/man" "$out/completions" "$out/systemd"
 mkdir -p "$out/systemd"
 "$bin_dir/bgproxy" package-assets "$out" >/dev/null
 "$bin_dir/bgctl" package-assets "$out" >/dev/null
 
 # The units as they are in systemd/, with the binaries where the package
 # puts them. The state directory is the daemon's alone: 0700, as the
-# postinst makes it (a no-op once the unit says so itself).
+# postinst makes it (a no-op once the unit says so itself). The same rewrite
+# is in tests/tests/packaging.rs, which checks the copies.
 for unit in bgproxy.service bgproxy.socket; do
   if [ -f "systemd/$unit" ]; then
     sed -e 's#/usr/local/bin/#/usr/bin/#g' \
@@ -74,13 +77,9 @@ if grep -n '^[^#]*/usr/local' "$out"/systemd/*; then
 fi
 
 version=$(cargo pkgid -p bgproxy | sed 's/.*[#@]//')
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-cat > "$out/changelog" <<EOF
-bgproxy ($version-1) unstable; urgency=medium
-
-  * Built from commit $commit (packaging/build-deb.sh).
-
- -- bgproxy maintainers <bgproxy@example.net>  $(date -R)
-EOF
+if ! head -1 "$out/changelog" | grep -qF "bgproxy ($version-1)"; then
+  echo "build-deb.sh: $out/changelog does not start with version $version-1: add its entry" >&2
+  exit 1
+fi
 
 cargo deb -p bgproxy --no-build --profile "$profile" "${deb_args[@]}"

@@ -36,6 +36,9 @@ pub fn assets_dir(args: &[std::ffi::OsString]) -> Option<PathBuf> {
     }
 }
 
+/// The version the pages name: the release alone (see [`write_assets`]).
+const PAGE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// What a man page says beyond the clap definition.
 pub struct Page<'a> {
     /// The manual section: "8" for the daemon, "1" for bgctl.
@@ -55,7 +58,10 @@ pub struct Page<'a> {
 /// Fails with the I/O error of the first file that cannot be written.
 pub fn write_assets(cmd: clap::Command, page: &Page<'_>, dir: &Path) -> io::Result<Vec<PathBuf>> {
     // No `help` subcommand: it would be listed without a page of its own.
-    let mut cmd = cmd.disable_help_subcommand(true);
+    // The release, not the commit: the files are kept in git
+    // (packaging/assets/), and a test compares them with what the binaries
+    // write, which must not change with every commit.
+    let mut cmd = cmd.disable_help_subcommand(true).version(PAGE_VERSION);
     cmd.build();
     let name = cmd.get_name().to_string();
     let man_dir = dir.join("man");
@@ -87,7 +93,7 @@ pub fn write_assets(cmd: clap::Command, page: &Page<'_>, dir: &Path) -> io::Resu
     for sub in subcommands {
         // After `build()`, clap names a subcommand's page "bgctl-switch" and
         // its synopsis "bgctl switch".
-        let sub = sub.version(crate::build_info::VERSION);
+        let sub = sub.version(PAGE_VERSION);
         let sub_name = sub.get_display_name().unwrap_or(sub.get_name()).to_string();
         let path = man_dir.join(format!("{sub_name}.{}", page.section));
         let mut out = Vec::new();
@@ -121,7 +127,7 @@ fn render(
 ) -> io::Result<()> {
     let man = Man::new(cmd.clone())
         .section(section)
-        .source(format!("bgproxy {}", crate::build_info::VERSION))
+        .source(format!("bgproxy {PAGE_VERSION}"))
         .manual("bgproxy manual");
     man.render_title(out)?;
     man.render_name_section(out)?;

@@ -1,8 +1,10 @@
 //! What the Debian package takes from the binaries, checked without
 //! building the package (packaging/test-deb.sh installs the real one, as
 //! root, in .ci/run): `--version` of both binaries names one version and a
-//! real commit, and the hidden `package-assets DIR` of each writes a man
-//! page per visible command and the bash, zsh and fish completions.
+//! real commit, `package-assets DIR` of each writes a man page per visible
+//! command and the bash, zsh and fish completions, and the copies of those
+//! files (and of the units) that `cargo deb -p bgproxy` packs from
+//! packaging/assets/ are what the binaries and systemd/ say today.
 
 use std::path::Path;
 use std::process::Command;
@@ -151,4 +153,80 @@ fn package_assets_writes_man_pages_and_completions() {
             "{name} listed {written}"
         );
     }
+}
+
+/// Every file under `dir`, by its path relative to `dir`.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut all = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).expect("under dir");
+                all.insert(
+                    rel.to_string_lossy().into_owned(),
+                    std::fs::read(&path).expect("read"),
+                );
+            }
+        }
+    }
+    all
+}
+
+/// packaging/assets/ (kept in git, packed by a bare `cargo deb -p bgproxy`)
+/// holds exactly what the binaries write today, the units of systemd/ with
+/// the package's paths (the rewrite of packaging/build-deb.sh), and a
+/// changelog naming this version. After changing a command line or a unit:
+/// `packaging/build-deb.sh` writes them again.
+#[test]
+fn the_packaged_assets_are_what_the_binaries_and_units_say_today() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let assets = root.join("packaging/assets");
+    let fresh = tempfile::tempdir().expect("temp dir");
+    for name in ["bgproxy", "bgctl"] {
+        run(
+            name,
+            &["package-assets", fresh.path().to_str().expect("utf-8")],
+        );
+    }
+    let unit_dir = fresh.path().join("systemd");
+    std::fs::create_dir_all(&unit_dir).expect("systemd dir");
+    for unit in ["bgproxy.service", "bgproxy.socket"] {
+        let text = std::fs::read_to_string(root.join("systemd").join(unit)).expect("unit");
+        let packaged: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("StateDirectoryMode=") {
+                    "StateDirectoryMode=0700".to_string()
+                } else {
+                    l.replace("/usr/local/bin/", "/usr/bin/")
+                }
+            })
+            .collect();
+        std::fs::write(unit_dir.join(unit), packaged.join("\n") + "\n").expect("write unit");
+    }
+    let mut kept = files(&assets);
+    let changelog = kept
+        .remove("changelog")
+        .expect("packaging/assets/changelog");
+    let first = String::from_utf8_lossy(&changelog);
+    let first = first.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("bgproxy ({}-1) ", env!("CARGO_PKG_VERSION"))),
+        "packaging/assets/changelog names another version: {first}"
+    );
+    let want = files(fresh.path());
+    let stale: Vec<&String> = want
+        .keys()
+        .chain(kept.keys())
+        .filter(|f| want.get(*f) != kept.get(*f))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "packaging/assets/ differs from what the binaries and systemd/ say in {stale:?}: \
+         run packaging/build-deb.sh and commit packaging/assets/"
+    );
 }
