@@ -327,7 +327,11 @@ fn the_page_is_html_and_loads_nothing_from_elsewhere() {
     for _ in 0..20 {
         d.get("any", "/");
     }
-    let (s, t) = d.api("GET", "/v1/traffic", None);
+    // A request is counted as it ends, which may be just after its answer
+    // reached the client: wait for the 20th.
+    let traffic = || d.api("GET", "/v1/traffic", None);
+    wait_until(T, || traffic().1["apps"][0]["blue"]["requests"] == 20);
+    let (s, t) = traffic();
     assert_eq!(s, 200, "{t}");
     assert_eq!(t["apps"][0]["name"], "web");
     assert_eq!(t["apps"][0]["blue"]["requests"], 20, "{t}");
