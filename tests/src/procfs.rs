@@ -26,7 +26,11 @@ pub fn may_lower_nice_to_minus_10() -> bool {
 /// The nice value this test process runs at, which a daemon started from
 /// it inherits (not 0 under `nice cargo test`).
 pub fn own_nice() -> i32 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap())
+}
+
+/// The nice value in a task's `stat` line.
+fn nice_of(stat: &str) -> i32 {
     // Fields after the parenthesised name: state is field 3, nice field 19.
     let after = stat.rsplit_once(')').unwrap().1;
     after.split_whitespace().nth(16).unwrap().parse().unwrap()
@@ -44,10 +48,7 @@ pub fn thread_nices(pid: u32, name: &str) -> Vec<i32> {
         ) else {
             continue; // the thread ended meanwhile
         };
-        // Fields after the parenthesised name: state is field 3, nice field 19.
-        let after = stat.rsplit_once(')').unwrap().1;
-        let nice: i32 = after.split_whitespace().nth(16).unwrap().parse().unwrap();
-        all.push((comm.trim().to_string(), nice));
+        all.push((comm.trim().to_string(), nice_of(&stat)));
     }
     let found: Vec<i32> = all
         .iter()

@@ -209,16 +209,30 @@ fn presented(c: &reqwest::blocking::Client, addr: SocketAddr) -> Option<Vec<u8>>
         .map(|c| c.to_vec())
 }
 
-/// A daemon for one app serving [`HOST`] with `[proxy.tls.acme]`, not
-/// started yet.
-fn daemon(
-    pebble: &Pebble,
-    tls: &Port,
-    challenge: &str,
-    renew_before: &str,
-) -> (Daemon, [Backend; 2]) {
+/// A test's pebble and daemon, both running: one app serving [`HOST`] with
+/// `[proxy.tls.acme]` on the TLS listener `tls`, and a client of that
+/// listener trusting pebble's root.
+struct Running {
+    /// The TLS listener's port, held for the daemon.
+    tls: Port,
+    pebble: Pebble,
+    d: Daemon,
+    /// The app's backends, alive as long as the test.
+    _backends: [Backend; 2],
+    addr: SocketAddr,
+    /// Pebble's issuing root (PEM).
+    root: String,
+    c: reqwest::blocking::Client,
+}
+
+/// Starts pebble (its certificates valid `validity_s` seconds) on the
+/// daemon's plain and TLS ports, then the daemon ordering with `challenge`
+/// and renewing `renew_before` expiry.
+fn start(challenge: &str, renew_before: &str, validity_s: u64) -> Running {
+    let tls = Port::reserve();
+    let mut pebble = Pebble::prepare();
     let (bl, gr) = (Backend::start("blue"), Backend::start("green"));
-    let d = Daemon::start_opts(
+    let mut d = Daemon::start_opts(
         &[AppSpec::new("shop", &[&bl], &[&gr]).hosts(&[HOST])],
         Options {
             toml: format!(
@@ -232,7 +246,20 @@ fn daemon(
             ..Options::default()
         },
     );
-    (d, [bl, gr])
+    pebble.start(d.proxy.port(), tls.number(), validity_s);
+    d.spawn();
+    let addr = tls.addr();
+    let root = pebble.root();
+    let c = client(&root, addr);
+    Running {
+        tls,
+        pebble,
+        d,
+        _backends: [bl, gr],
+        addr,
+        root,
+        c,
+    }
 }
 
 fn certs(d: &Daemon) -> Vec<Value> {
@@ -250,14 +277,15 @@ fn acme_entry(d: &Daemon) -> Value {
 
 #[test]
 fn http01_issues_serves_and_restarts_from_disk() {
-    let tls = Port::reserve();
-    let mut pebble = Pebble::prepare();
-    let (mut d, _bl) = daemon(&pebble, &tls, "http-01", "30d");
-    pebble.start(d.proxy.port(), tls.number(), 90 * 86_400);
-    d.spawn();
-    let addr = tls.addr();
-    let root = pebble.root();
-    let c = client(&root, addr);
+    let Running {
+        tls: _tls,
+        pebble,
+        mut d,
+        _backends,
+        addr,
+        root: _,
+        c,
+    } = start("http-01", "30d", 90 * 86_400);
 
     // Issued through HTTP-01 on the plain listener, then served by SNI to a
     // client that trusts pebble's root, and proxied.
@@ -333,16 +361,17 @@ fn http01_issues_serves_and_restarts_from_disk() {
 
 #[test]
 fn renewal_swaps_under_load_and_an_unreachable_ca_keeps_the_certificate() {
-    let tls = Port::reserve();
-    let mut pebble = Pebble::prepare();
     // 30-second certificates renewed 20 seconds before they expire (not
     // sooner than half their life): a new one about every 15 seconds.
-    let (mut d, _bl) = daemon(&pebble, &tls, "http-01", "20s");
-    pebble.start(d.proxy.port(), tls.number(), 30);
-    d.spawn();
-    let addr = tls.addr();
-    let root = pebble.root();
-    let c = client(&root, addr);
+    let Running {
+        tls: _tls,
+        mut pebble,
+        d,
+        _backends,
+        addr,
+        root,
+        c,
+    } = start("http-01", "20s", 30);
     let mut first = None;
     assert!(
         wait_until(T, || {
@@ -457,14 +486,15 @@ fn renewal_swaps_under_load_and_an_unreachable_ca_keeps_the_certificate() {
 
 #[test]
 fn tls_alpn01_issues_and_the_listener_still_speaks_h2() {
-    let tls = Port::reserve();
-    let mut pebble = Pebble::prepare();
-    let (mut d, _backends) = daemon(&pebble, &tls, "tls-alpn-01", "30d");
-    pebble.start(d.proxy.port(), tls.number(), 90 * 86_400);
-    d.spawn();
-    let addr = tls.addr();
-    let root = pebble.root();
-    let c = client(&root, addr);
+    let Running {
+        tls: _tls,
+        pebble,
+        d,
+        _backends,
+        addr,
+        root,
+        c,
+    } = start("tls-alpn-01", "30d", 90 * 86_400);
     let issued = wait_until(T, || presented(&c, addr).is_some());
     assert!(
         issued,
