@@ -285,6 +285,8 @@ pub fn build_with(
         _ => TlsHandshake::pass(door),
     };
     let mut front = Service::new("front door".into(), door);
+    // Counts each connection as it is accepted, so a drain sees it.
+    front.set_connection_filter(tally.clone());
     for addr in &config.proxy.listen {
         front.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr.to_string())

@@ -33,6 +33,11 @@ use crate::metrics::Metrics;
 /// How long the file must be quiet before a change is reloaded.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// How long a drain waits for a connection accepted but not yet handed to
+/// the front door (its TLS handshake may take a few round trips; one that
+/// fails never arrives).
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
+
 /// The background service for signals and the config watcher.
 pub struct LifecycleService {
     pub controller: Arc<Controller>,
@@ -74,8 +79,8 @@ impl LifecycleService {
 
 impl LifecycleService {
     /// Waits until no request is in flight and no client connection is
-    /// open, then exits the process with 0. (If the grace period ends first,
-    /// pingora ends the process itself.)
+    /// open or on its way in, then exits the process with 0. (If the grace
+    /// period ends first, pingora ends the process itself.)
     ///
     /// Why the connections too: between two requests of a keep-alive
     /// connection nothing is in flight, yet the client may be sending the
@@ -83,15 +88,23 @@ impl LifecycleService {
     /// a request per client that way). A connection closes after a response
     /// that says `Connection: close` (every response once draining), or at
     /// once when idle (the front door closes idle ones at shutdown).
+    ///
+    /// Why "on its way in": a connection accepted just before the listeners
+    /// stopped is not handed to the front door until its task runs (and its
+    /// TLS handshake ends); exiting then closed it unanswered (an upgrade
+    /// under load lost two requests that way). And why twice in a row: a
+    /// listener may accept once more before it sees the shutdown.
     async fn drain_then_exit(&self) -> ! {
         let started = std::time::Instant::now();
+        let mut quiet_before = false;
         loop {
-            let n = self.metrics.in_flight();
-            if n <= 0 && self.connections.open() == 0 {
+            let quiet = self.metrics.in_flight() <= 0 && self.connections.quiet(HANDSHAKE_WAIT);
+            if quiet && quiet_before {
                 info!("drained in {:?}: exiting", started.elapsed());
                 crate::daemon::logging::flush();
                 std::process::exit(0);
             }
+            quiet_before = quiet;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -16,15 +16,23 @@
 //! by all of them: the total is one atomic, the per-address counts live in
 //! [`SHARDS`] maps, each behind its own lock, chosen by a keyed hash of the
 //! address (a client cannot pick which shard it lands in).
+//!
+//! The tally is also the listeners' connection filter: it counts every
+//! connection the kernel hands over, before its TLS handshake, so a drain
+//! can tell a connection on its way to the application (accepted, not yet
+//! handed over) from none at all ([`Tally::quiet`]). Exiting in that gap
+//! closed freshly accepted connections unanswered during upgrades.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::ConnectionFilter;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use prometheus::IntCounter;
@@ -36,13 +44,22 @@ use crate::metrics::{Metrics, Refused};
 pub const SHARDS: usize = 64;
 
 /// The open client connections, in all and per address, against their
-/// limits.
+/// limits; and the connections accepted but not yet handed to the
+/// application.
+#[derive(Debug)]
 pub struct Tally {
     max_total: usize,
     max_per_ip: usize,
     total: AtomicUsize,
     shards: Box<[Mutex<HashMap<IpAddr, usize>>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// Connections accepted by a listener (before any TLS handshake).
+    accepted: AtomicU64,
+    /// Connections handed to the application, admitted or refused.
+    arrived: AtomicU64,
+    /// When the last connection was accepted, in ms after `epoch`.
+    last_accept_ms: AtomicU64,
+    epoch: Instant,
 }
 
 /// One admitted connection: counted until it is dropped.
@@ -61,16 +78,53 @@ impl Tally {
             total: AtomicUsize::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
+            accepted: AtomicU64::new(0),
+            arrived: AtomicU64::new(0),
+            last_accept_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
+    }
+
+    /// Counts a connection a listener accepted; it is on its way to the
+    /// application until [`Tally::admit`] sees it.
+    pub fn accepted(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_accept_ms.fetch_max(ms, Ordering::SeqCst);
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether no client connection is open and none is on its way in.
+    /// A connection accepted but not yet handed over (in its TLS handshake,
+    /// or its task not yet run) counts as on its way for `handshake_wait`
+    /// after the last accept: a handshake that fails never arrives.
+    pub fn quiet(&self, handshake_wait: Duration) -> bool {
+        // In this order: a connection counts in `total` before it counts as
+        // arrived, so one seen arriving is seen open (or already closed).
+        let accepted = self.accepted.load(Ordering::SeqCst);
+        let arrived = self.arrived.load(Ordering::SeqCst);
+        if self.total.load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        let since_accept = self.epoch.elapsed().saturating_sub(Duration::from_millis(
+            self.last_accept_ms.load(Ordering::SeqCst),
+        ));
+        arrived >= accepted || since_accept > handshake_wait
     }
 
     /// Counts a new connection from `ip` (`None`: not an IP client, only
     /// the total applies), or says which limit it would pass.
     pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Admitted, Refused> {
+        let admitted = self.count(ip);
+        // After the count: see `quiet`.
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        admitted
+    }
+
+    fn count(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Admitted, Refused> {
         // Taken first and given back on refusal: two connections racing for
         // the last place cannot both get it.
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::AcqRel);
+        if self.total.fetch_add(1, Ordering::SeqCst) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::SeqCst);
             return Err(Refused::MaxConnections);
         }
         // An IPv4 client on a dual-stack socket counts as its IPv4 address.
@@ -80,7 +134,7 @@ impl Tally {
             let count = counts.entry(ip).or_insert(0);
             if *count >= self.max_per_ip {
                 drop(counts);
-                self.total.fetch_sub(1, Ordering::AcqRel);
+                self.total.fetch_sub(1, Ordering::SeqCst);
                 return Err(Refused::MaxConnectionsPerIp);
             }
             *count += 1;
@@ -121,7 +175,16 @@ impl Drop for Admitted {
                 }
             }
         }
-        self.tally.total.fetch_sub(1, Ordering::AcqRel);
+        self.tally.total.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The listeners' filter: every connection is accepted, and counted.
+#[async_trait]
+impl ConnectionFilter for Tally {
+    async fn should_accept(&self, _addr: Option<&std::net::SocketAddr>) -> bool {
+        self.accepted();
+        true
     }
 }
 
@@ -219,6 +282,30 @@ mod tests {
         drop(a);
         assert_eq!(tally.open_from("10.0.0.1".parse().unwrap()), 0);
         let _c = tally.admit(ip("10.0.0.3")).unwrap();
+    }
+
+    #[test]
+    fn an_accepted_connection_is_on_its_way_until_it_arrives() {
+        let wait = Duration::from_secs(60);
+        let tally = Tally::new(10, 10);
+        assert!(tally.quiet(wait), "nothing accepted yet");
+        tally.accepted();
+        assert!(!tally.quiet(wait), "accepted, not handed over yet");
+        let a = tally.admit(ip("10.0.0.1")).unwrap();
+        assert!(!tally.quiet(wait), "open");
+        drop(a);
+        assert!(tally.quiet(wait), "closed");
+        // A refused connection has arrived too.
+        let tally = Tally::new(0, 10);
+        tally.accepted();
+        assert!(tally.admit(None).is_err());
+        assert!(tally.quiet(wait));
+        // A handshake that never ends is waited for only so long.
+        let tally = Tally::new(10, 10);
+        tally.accepted();
+        assert!(!tally.quiet(wait));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(tally.quiet(Duration::from_millis(10)));
     }
 
     #[test]
