@@ -43,6 +43,7 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::connectors::http::v1::Connector;
+use pingora::prelude::fast_timeout::fast_timeout;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
@@ -543,9 +544,15 @@ impl FrontDoor {
             let read = async {
                 let mut limited = (&mut buf).limit(room);
                 match until {
-                    Some(t) => tokio::time::timeout_at(t.into(), stream.read_buf(&mut limited))
-                        .await
-                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+                    // pingora's timer wheel, not tokio's: registering a
+                    // tokio timer woke the runtime's driver (an eventfd
+                    // write) for every third request or so.
+                    Some(t) => fast_timeout(
+                        t.saturating_duration_since(Instant::now()),
+                        stream.read_buf(&mut limited),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
                     None => stream.read_buf(&mut limited).await,
                 }
             };
