@@ -454,6 +454,89 @@ fn connection_limits_refuse_the_excess_and_serve_the_rest() {
     held([127, 0, 0, 4]);
 }
 
+/// A GET over TLS from `from` to `port` trusting `der`: the status, or
+/// `None` when the connection closed before an answer (in the handshake).
+fn tls_get(from: [u8; 4], port: SocketAddr, der: &[u8]) -> Option<u16> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("a.example").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, connect_from(from, port));
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    answer.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A TLS connection holds its place in the connection limits from its
+/// accept, through its handshake: connections that never finish their
+/// handshake use up their address's share (the next one from there is
+/// closed before a handshake and counted), and no one else's.
+#[test]
+fn tls_handshakes_count_against_the_connection_limits() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, key, der) = cert("a.example");
+    std::fs::write(dir.path().join("a.pem"), pem).unwrap();
+    std::fs::write(dir.path().join("a.key"), key).unwrap();
+    let port = Port::reserve();
+    let d = Daemon::start_opts(
+        &[AppSpec::new("web", &[&b], &[&g])],
+        Options {
+            proxy: "max_connections_per_ip = 2".into(),
+            toml: format!(
+                "[proxy.tls]\nlisten = [\"{}\"]\ncert = \"{}/a.pem\"\nkey = \"{}/a.key\"\n",
+                port.addr(),
+                dir.path().display(),
+                dir.path().display()
+            ),
+            ..Options::default()
+        },
+    );
+    // (From another address: a connection just served may still be counted
+    // for a moment.)
+    assert_eq!(tls_get([127, 0, 0, 6], port.addr(), &der), Some(200));
+    // Two connections that never send a ClientHello, both held: the
+    // daemon may admit connections in another order than they came, so one
+    // it refused (closed at once) is replaced until two stay open.
+    let open = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        matches!(s.read(&mut [0u8; 1]), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+    };
+    let mut stalled: Vec<TcpStream> = Vec::new();
+    assert!(wait_until(T, || {
+        stalled.retain_mut(|s| open(s));
+        while stalled.len() < 2 {
+            stalled.push(connect_from([127, 0, 0, 5], port.addr()));
+        }
+        thread::sleep(Duration::from_millis(300));
+        stalled.iter_mut().all(|s| open(s))
+    }));
+    let refused = r#"bgproxy_connections_refused_total{reason="max_connections_per_ip"}"#;
+    let before = d.metric(refused).unwrap_or(0.0);
+    assert_eq!(
+        tls_get([127, 0, 0, 5], port.addr(), &der),
+        None,
+        "a third from 127.0.0.5 while two sit in their handshakes"
+    );
+    assert_eq!(d.metric(refused), Some(before + 1.0));
+    // Another address is served; so is this one once the stalled are gone.
+    assert_eq!(tls_get([127, 0, 0, 6], port.addr(), &der), Some(200));
+    drop(stalled);
+    assert!(wait_until(T, || tls_get([127, 0, 0, 5], port.addr(), &der)
+        == Some(200)));
+}
+
 /// HTTP/1.1 without Host gets 400 (RFC 9112 3.2), and so does a Host that
 /// is not a `host[:port]`, on both paths; HTTP/1.0 needs none.
 #[test]

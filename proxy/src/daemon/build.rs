@@ -32,9 +32,9 @@ use crate::controlplane::traffic::{Traffic, TrafficSampler};
 use crate::controlplane::verify::Verifier;
 use crate::daemon::lifecycle::LifecycleService;
 use crate::daemon::systemd;
-use crate::dataplane::acme::TlsHandshake;
 use crate::dataplane::connections::{Gate, Tally};
 use crate::dataplane::front_door::FrontDoor;
+use crate::dataplane::handshake::TlsHandshake;
 use crate::dataplane::hooks::{DataPlane, Limits};
 use crate::dataplane::tls::CertStore;
 use crate::dataplane::upgrades::{DrainService, Upgrades};
@@ -258,32 +258,32 @@ pub fn build_with(
     let connector = pingora::connectors::http::v1::Connector::new(Some(
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
     ));
-    // Every client connection passes the connection limits first.
+    // Every client connection passes the connection limits first, from its
+    // accept: a TLS one through its handshake (done in front of the front
+    // door, dataplane/handshake.rs says why).
     let tally = Tally::new(
         config.proxy.max_connections,
         config.proxy.max_connections_per_ip,
     );
-    let door = Gate::new(
-        FrontDoor::new(proxy, data, connector),
-        tally.clone(),
-        &metrics,
-    );
-    // TLS-ALPN-01: the TLS listeners are plain TCP ones, the handshake is
-    // done in front of the door (dataplane/acme.rs says why).
-    let tls_alpn = config.proxy.tls.as_ref().filter(|t| {
-        t.acme
-            .as_ref()
-            .is_some_and(|a| a.challenge == crate::config::AcmeChallenge::TlsAlpn01)
-    });
-    let door = match (tls_alpn, &certs) {
-        (Some(tls), Some(store)) => TlsHandshake::acme(
-            door,
-            store.clone(),
-            tls.listen.iter().map(|a| a.port()).collect(),
-        )
-        .map_err(|e| anyhow::anyhow!("cannot set up TLS: {e}"))?,
+    let door = FrontDoor::new(proxy, data, connector);
+    let door = match (&config.proxy.tls, &certs) {
+        (Some(tls), Some(store)) => {
+            let acme_alpn = tls
+                .acme
+                .as_ref()
+                .is_some_and(|a| a.challenge == crate::config::AcmeChallenge::TlsAlpn01);
+            TlsHandshake::new(
+                door,
+                store.clone(),
+                tls.listen.iter().map(|a| a.port()).collect(),
+                acme_alpn,
+                &metrics,
+            )
+            .map_err(|e| anyhow::anyhow!("cannot set up TLS: {e}"))?
+        }
         _ => TlsHandshake::pass(door),
     };
+    let door = Gate::new(door, tally.clone(), &metrics);
     let mut front = Service::new("front door".into(), door);
     // Counts each connection as it is accepted, so a drain sees it.
     front.set_connection_filter(tally.clone());
@@ -293,15 +293,9 @@ pub fn build_with(
                 .l4_buffer(read_buffer(config.proxy.read_buffer)),
         );
     }
-    if let Some(tls) = tls_alpn {
-        for addr in &tls.listen {
+    if certs.is_some() {
+        for addr in config.proxy.tls.iter().flat_map(|t| &t.listen) {
             front.add_listener(pingora::listeners::ListenerConfig::tcp(addr.to_string()));
-        }
-    } else if let (Some(tls), Some(store)) = (&config.proxy.tls, &certs) {
-        for addr in &tls.listen {
-            let settings = crate::dataplane::tls::settings(store.clone())
-                .map_err(|e| anyhow::anyhow!("cannot set up TLS on {addr}: {e}"))?;
-            front.add_tls_with_settings(&addr.to_string(), None, settings);
         }
     }
     server.add_service(systemd::WithSockets::new(front, sockets.clone()));

@@ -135,7 +135,8 @@ pub fn benign(target: &str, message: &str) -> Option<Benign> {
         // say) may well need an operator: only the client's closing is
         // benign.
         "pingora_core::services::listening"
-            if message.starts_with("Downstream handshake error") && peer_closed(message) =>
+            if message.starts_with("Downstream handshake error")
+                && Benign::peer_closed(message) =>
         {
             Some(Benign::ClientHandshake)
         }
@@ -144,23 +145,6 @@ pub fn benign(target: &str, message: &str) -> Option<Benign> {
         }
         _ => None,
     }
-}
-
-/// Whether an error message says the peer closed or reset the connection.
-fn peer_closed(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    [
-        "reset by peer",
-        "connectionreset",
-        "connection reset",
-        "broken pipe",
-        "unexpected eof",
-        "unexpectedeof",
-        "end of file",
-        "connection closed",
-    ]
-    .iter()
-    .any(|s| m.contains(s))
 }
 
 /// Takes pingora's benign error lines out of the log ([`benign`]), counts

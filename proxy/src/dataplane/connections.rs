@@ -7,10 +7,11 @@
 //! take the front door from the rest.
 //!
 //! [`Gate`] wraps the front door's pingora application. pingora hands an
-//! application each connection once, as it is accepted (HTTPS: after the TLS
-//! handshake), and the gate holds an [`Admitted`] for as long as the
-//! application serves the connection, keep-alive requests, HTTP/2 streams
-//! and WebSocket tunnels included.
+//! application each connection once, as it is accepted (the TLS listeners
+//! are plain TCP ones: the handshake comes after the gate,
+//! `handshake.rs`), and the gate holds an [`Admitted`] for as long as the
+//! application serves the connection, its TLS handshake, keep-alive
+//! requests, HTTP/2 streams and WebSocket tunnels included.
 //!
 //! Counting is on the accept path of every connection, so no lock is shared
 //! by all of them: the total is one atomic, the per-address counts live in

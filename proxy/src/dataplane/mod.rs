@@ -24,6 +24,7 @@
 //! upgrades    WebSocket connections: tracked per color, closed after drain
 //! preview     preview by header and cookie (the standby), its token and paths
 //! mirror      copies of sampled live requests to the standby, fire and forget
+//! handshake   the TLS listeners' handshakes, inside the connection limits
 //! tls         certificates by SNI, reloaded without a restart
 //! acme        ACME challenge answers (HTTP-01 paths, TLS-ALPN-01 certificates)
 //! ```
@@ -32,6 +33,7 @@ pub mod access_log;
 pub mod acme;
 pub mod connections;
 pub mod front_door;
+pub mod handshake;
 pub mod headers;
 pub mod health_cell;
 pub mod hooks;

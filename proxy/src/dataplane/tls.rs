@@ -411,22 +411,6 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// A no-op handshake callback: pingora's rustls `TlsSettings` is built
-/// through `with_callbacks` when a resolver supplies the certificates.
-pub struct NoCallbacks;
-
-#[async_trait::async_trait]
-impl pingora::listeners::TlsAccept for NoCallbacks {}
-
-/// TLS settings of a listener: certificates from `store`, TLS 1.2 and 1.3
-/// (pingora's rustls default), ALPN h2 then http/1.1.
-pub fn settings(store: Arc<CertStore>) -> pingora::Result<pingora::listeners::tls::TlsSettings> {
-    let mut s = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(NoCallbacks))?;
-    s.set_cert_resolver(store);
-    s.enable_h2();
-    Ok(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -429,6 +429,23 @@ pub enum Benign {
 }
 
 impl Benign {
+    /// Whether an error message says the peer closed or reset the connection.
+    pub fn peer_closed(message: &str) -> bool {
+        let m = message.to_ascii_lowercase();
+        [
+            "reset by peer",
+            "connectionreset",
+            "connection reset",
+            "broken pipe",
+            "unexpected eof",
+            "unexpectedeof",
+            "end of file",
+            "connection closed",
+        ]
+        .iter()
+        .any(|s| m.contains(s))
+    }
+
     /// Every kind, for creating the series at 0.
     pub const ALL: [Benign; 4] = [
         Benign::ClientDisconnect,
