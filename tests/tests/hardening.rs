@@ -520,7 +520,7 @@ fn tls_handshakes_count_against_the_connection_limits() {
             stalled.push(connect_from([127, 0, 0, 5], port.addr()));
         }
         thread::sleep(Duration::from_millis(300));
-        stalled.iter_mut().all(|s| open(s))
+        stalled.iter_mut().all(&open)
     }));
     let refused = r#"bgproxy_connections_refused_total{reason="max_connections_per_ip"}"#;
     let before = d.metric(refused).unwrap_or(0.0);
