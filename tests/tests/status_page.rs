@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bgproxy_control::client::{ServerEvent, SseParser};
-use bgproxy_e2e::{bin, wait_until, AppSpec, Backend, Daemon, Port};
+use bgproxy_e2e::{bin, wait_until, AppSpec, Backend, Daemon, Options, Port};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(10);
@@ -203,6 +203,55 @@ fn events_for_a_switch_a_rollout_step_and_a_health_change_in_order() {
     let other = Events::open(&d, Some("1-1"));
     let e = other.next(T).expect("a resync");
     assert_eq!(e.event, "resync", "{e:?}");
+}
+
+/// A pending request that runs out of `control.request_ttl` is announced
+/// once (`request`, `"action": "expired"`), so a page drops it then, and
+/// `/v1/requests` no longer lists it.
+#[test]
+fn an_expired_request_is_announced_once() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start_opts(
+        &[AppSpec::new("web", &[&b], &[&g])],
+        Options {
+            control: "request_ttl = \"2s\"\n".into(),
+            ..Options::default()
+        },
+    );
+    assert!(d.wait_health("web", "green", "up", T));
+    let events = Events::open(&d, None);
+    let (s, created) = d.api(
+        "POST",
+        "/v1/apps/web/requests",
+        Some(json!({"action": "switch", "to": "green", "actor": "e2e"})),
+    );
+    assert_eq!(s, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let seen = events.until(T, |v| {
+        v["type"] == "request" && v["action"] == "expired" && v["id"] == id.as_str()
+    });
+    let created_at = seen
+        .iter()
+        .position(|(_, v)| v["type"] == "request" && v["action"] == "created")
+        .expect("the request's creation came first");
+    assert!(created_at < seen.len() - 1);
+    let (_, last) = seen.last().unwrap();
+    assert_eq!(last["app"], "web");
+    assert_eq!(last["request"]["action"], "switch");
+    let (_, list) = d.api("GET", "/v1/requests", None);
+    assert_eq!(list["requests"], json!([]), "{list}");
+    // Once: no second announcement.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Some(e) = events.next(left) else { break };
+        let v: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+        assert!(v["action"] != "expired", "announced again: {v}");
+    }
+    assert_eq!(
+        d.app("web")["live"],
+        "blue",
+        "an expired request moves nothing"
+    );
 }
 
 /// A client of `/v1/events` that never reads, with a small receive buffer.

@@ -90,6 +90,10 @@ struct Inner {
     /// The revision `state` was read at (see [`Revision`]): a change is
     /// written on condition that the shared state is still there.
     revision: Revision,
+    /// Pending requests whose expiry was announced (or had passed when this
+    /// process first looked): `None` until [`Controller::announce_expired`]
+    /// first runs.
+    expired: Option<std::collections::HashSet<String>>,
 }
 
 /// A deploy in progress: what status shows, and how to abort it.
@@ -179,6 +183,7 @@ impl Controller {
                 lock: Some(lock),
                 deploys: HashMap::new(),
                 revision: 0,
+                expired: None,
             }),
             boot: config,
             metrics,
@@ -412,6 +417,44 @@ impl Controller {
                 .filter(|r| r.status == RequestStatus::Pending && r.expires_at > now)
                 .cloned()
                 .collect(),
+        }
+    }
+
+    /// Publishes a `request` event (`"action": "expired"`) for each pending
+    /// request whose `expires_at` has passed since the last call, so a page
+    /// or a watcher drops it when it expires, not at the next change. A
+    /// request expires by the clock alone: the state keeps it as it was
+    /// (approving it is refused as expired), so nothing is committed. Those
+    /// that had expired before this process first looked are not announced.
+    pub async fn announce_expired(&self) {
+        let now = OffsetDateTime::now_utc();
+        let mut inner = self.inner.lock().await;
+        let expired: Vec<PendingRequest> = inner
+            .state
+            .requests
+            .iter()
+            .filter(|r| r.status == RequestStatus::Pending && r.expires_at <= now)
+            .cloned()
+            .collect();
+        let first = inner.expired.is_none();
+        let seen = inner.expired.get_or_insert_with(Default::default);
+        // Forget what the state no longer holds (decided, pruned).
+        seen.retain(|id| expired.iter().any(|r| &r.id == id));
+        let new: Vec<PendingRequest> = expired
+            .into_iter()
+            .filter(|r| seen.insert(r.id.clone()))
+            .collect();
+        if first {
+            return;
+        }
+        for req in new {
+            info!(app = %req.app, id = %req.id, action = %req.action, "request expired (control.request_ttl)");
+            self.event(
+                &inner,
+                EventType::Request,
+                &req.app,
+                json!({"action": "expired", "id": req.id, "request": req}),
+            );
         }
     }
 

@@ -128,6 +128,8 @@ impl BackgroundService for RolloutDriver {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = shutdown.changed() => return,
             }
+            // Every instance tells its own watchers when a request expires.
+            self.controller.announce_expired().await;
             // [cluster]: automatic actions run on the elected instance only.
             if !self.controller.leads() {
                 steps.clear();

@@ -191,6 +191,15 @@ pub fn line(event: &ServerEvent, v: &Value, now: OffsetDateTime, style: &Style) 
                     r["id"].as_str().unwrap_or(""),
                     reason(r)
                 ),
+                "expired" => format!(
+                    "{} ({}{}) expired unanswered",
+                    s("id"),
+                    r["action"].as_str().unwrap_or(""),
+                    r["to"]
+                        .as_str()
+                        .map(|c| format!(" {c}"))
+                        .unwrap_or_default(),
+                ),
                 action => format!("{} {action} by {}{}", s("id"), s("by"), reason(v)),
             }
         }
@@ -289,10 +298,16 @@ mod tests {
             json!({"type": "request", "app": "web", "generation": 5, "action": "created",
                 "request": {"id": "r1", "action": "switch", "to": "green",
                 "requested_by": "bot"}}),
+            json!({"type": "request", "app": "web", "generation": 5, "action": "expired",
+                "id": "r1", "request": {"id": "r1", "action": "switch", "to": "green",
+                "requested_by": "bot"}}),
         ] {
             let l = show(v.clone());
             assert!(!l.contains('\n'), "{l}");
             assert!(l.contains(v["type"].as_str().unwrap()), "{l}");
+            if v["action"] == "expired" {
+                assert!(l.ends_with("r1 (switch green) expired unanswered"), "{l}");
+            }
         }
     }
 }
