@@ -454,21 +454,67 @@ fn connection_limits_refuse_the_excess_and_serve_the_rest() {
     held([127, 0, 0, 4]);
 }
 
-/// A GET over TLS from `from` to `port` trusting `der`: the status, or
-/// `None` when the connection closed before an answer (in the handshake).
-fn tls_get(from: [u8; 4], port: SocketAddr, der: &[u8]) -> Option<u16> {
+/// A daemon with a TLS listener serving a self-signed certificate for
+/// `a.example` (its DER in `der`), and `proxy` keys. Dropped in order: the
+/// daemon, then its certificate and backends.
+struct TlsDaemon {
+    d: Daemon,
+    port: Port,
+    der: Vec<u8>,
+    _dir: tempfile::TempDir,
+    _backends: (Backend, Backend),
+}
+
+fn tls_daemon(proxy: &str) -> TlsDaemon {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, key, der) = cert("a.example");
+    std::fs::write(dir.path().join("a.pem"), pem).unwrap();
+    std::fs::write(dir.path().join("a.key"), key).unwrap();
+    let port = Port::reserve();
+    let d = Daemon::start_opts(
+        &[AppSpec::new("web", &[&b], &[&g])],
+        Options {
+            proxy: proxy.into(),
+            toml: format!(
+                "[proxy.tls]\nlisten = [\"{}\"]\ncert = \"{}/a.pem\"\nkey = \"{}/a.key\"\n",
+                port.addr(),
+                dir.path().display(),
+                dir.path().display()
+            ),
+            ..Options::default()
+        },
+    );
+    TlsDaemon {
+        d,
+        port,
+        der,
+        _dir: dir,
+        _backends: (b, g),
+    }
+}
+
+/// A TLS client of `a.example` trusting `der`, offering `alpn`.
+fn tls_client(der: &[u8], alpn: &[&[u8]]) -> rustls::ClientConnection {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
         .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls::pki_types::ServerName::try_from("a.example").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    rustls::ClientConnection::new(Arc::new(config), name).unwrap()
+}
+
+/// A GET over TLS from `from` to `port` trusting `der`: the status, or
+/// `None` when the connection closed before an answer (in the handshake).
+fn tls_get(from: [u8; 4], port: SocketAddr, der: &[u8]) -> Option<u16> {
+    let conn = tls_client(der, &[]);
     let mut tls = rustls::StreamOwned::new(conn, connect_from(from, port));
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .ok()?;
@@ -484,28 +530,11 @@ fn tls_get(from: [u8; 4], port: SocketAddr, der: &[u8]) -> Option<u16> {
 /// closed before a handshake and counted), and no one else's.
 #[test]
 fn tls_handshakes_count_against_the_connection_limits() {
-    let (b, g) = (Backend::start("blue"), Backend::start("green"));
-    let dir = tempfile::tempdir().unwrap();
-    let (pem, key, der) = cert("a.example");
-    std::fs::write(dir.path().join("a.pem"), pem).unwrap();
-    std::fs::write(dir.path().join("a.key"), key).unwrap();
-    let port = Port::reserve();
-    let d = Daemon::start_opts(
-        &[AppSpec::new("web", &[&b], &[&g])],
-        Options {
-            proxy: "max_connections_per_ip = 2".into(),
-            toml: format!(
-                "[proxy.tls]\nlisten = [\"{}\"]\ncert = \"{}/a.pem\"\nkey = \"{}/a.key\"\n",
-                port.addr(),
-                dir.path().display(),
-                dir.path().display()
-            ),
-            ..Options::default()
-        },
-    );
+    let TlsDaemon { d, port, der, .. } = &tls_daemon("max_connections_per_ip = 2");
+    let der = der.as_slice();
     // (From another address: a connection just served may still be counted
     // for a moment.)
-    assert_eq!(tls_get([127, 0, 0, 6], port.addr(), &der), Some(200));
+    assert_eq!(tls_get([127, 0, 0, 6], port.addr(), der), Some(200));
     // Two connections that never send a ClientHello, both held: the
     // daemon may admit connections in another order than they came, so one
     // it refused (closed at once) is replaced until two stay open.
@@ -525,16 +554,15 @@ fn tls_handshakes_count_against_the_connection_limits() {
     let refused = r#"bgproxy_connections_refused_total{reason="max_connections_per_ip"}"#;
     let before = d.metric(refused).unwrap_or(0.0);
     assert_eq!(
-        tls_get([127, 0, 0, 5], port.addr(), &der),
+        tls_get([127, 0, 0, 5], port.addr(), der),
         None,
         "a third from 127.0.0.5 while two sit in their handshakes"
     );
     assert_eq!(d.metric(refused), Some(before + 1.0));
     // Another address is served; so is this one once the stalled are gone.
-    assert_eq!(tls_get([127, 0, 0, 6], port.addr(), &der), Some(200));
+    assert_eq!(tls_get([127, 0, 0, 6], port.addr(), der), Some(200));
     drop(stalled);
-    assert!(wait_until(T, || tls_get([127, 0, 0, 5], port.addr(), &der)
-        == Some(200)));
+    assert!(wait_until(T, || tls_get([127, 0, 0, 5], port.addr(), der) == Some(200)));
 }
 
 /// HTTP/1.1 without Host gets 400 (RFC 9112 3.2), and so does a Host that
@@ -650,43 +678,14 @@ fn cert(name: &str) -> (String, String, Vec<u8>) {
 /// (browsers do so with spare connections) are counted, not ERROR lines.
 #[test]
 fn client_handshake_resets_are_counted_not_errors() {
-    let (b, g) = (Backend::start("blue"), Backend::start("green"));
-    let dir = tempfile::tempdir().unwrap();
-    let (pem, key, der) = cert("a.example");
-    std::fs::write(dir.path().join("a.pem"), pem).unwrap();
-    std::fs::write(dir.path().join("a.key"), key).unwrap();
-    let port = Port::reserve();
-    let d = Daemon::start_opts(
-        &[AppSpec::new("web", &[&b], &[&g])],
-        Options {
-            toml: format!(
-                "[proxy.tls]\nlisten = [\"{}\"]\ncert = \"{}/a.pem\"\nkey = \"{}/a.key\"\n",
-                port.addr(),
-                dir.path().display(),
-                dir.path().display()
-            ),
-            ..Options::default()
-        },
-    );
+    let TlsDaemon { d, port, der, .. } = &tls_daemon("");
     let reset = |s: &TcpStream| {
         socket2::SockRef::from(s)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
     };
     // HTTP/2 negotiated (ALPN h2), then reset before the client preface.
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(der))
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let name = rustls::pki_types::ServerName::try_from("a.example").unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut conn = tls_client(der, &[b"h2"]);
     let mut tcp = connect(port.addr());
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp).unwrap();
@@ -702,7 +701,7 @@ fn client_handshake_resets_are_counted_not_errors() {
     drop(tcp);
     assert!(
         wait_until(T, || counted(
-            &d,
+            d,
             "bgproxy_benign_errors_total",
             "client_handshake"
         ) >= 2.0),
