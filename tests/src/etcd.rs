@@ -6,6 +6,9 @@
 //!
 //! The tests talk to etcd through its JSON gateway (`/v3/kv/...`): keys and
 //! values are base64 there.
+//!
+//! [`TlsEtcd`] is one member that speaks only TLS to clients and wants
+//! their certificate (`--client-cert-auth`), from a CA the test makes.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -306,4 +309,118 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
     });
+}
+
+/// One etcd member whose client URL is https, with a CA, a server
+/// certificate for 127.0.0.1 and a client certificate made with rcgen;
+/// clients must show a certificate of that CA (`--client-cert-auth`).
+pub struct TlsEtcd {
+    dir: tempfile::TempDir,
+    /// The client address (`https://` it).
+    pub client: SocketAddr,
+    child: Child,
+    _ports: Vec<Port>,
+}
+
+impl TlsEtcd {
+    /// Starts the member and waits until it accepts connections.
+    pub fn start() -> TlsEtcd {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name
+            .push(DnType::CommonName, "bgproxy e2e etcd CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        write("ca.pem", ca.as_ref().pem());
+        for (name, sans, usage) in [
+            (
+                "server",
+                vec!["127.0.0.1".to_string()],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            (
+                "client",
+                vec!["lb1".to_string()],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca).unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        let ports: Vec<Port> = (0..2).map(|_| Port::reserve()).collect();
+        let (client, peer) = (ports[0].addr(), ports[1].addr());
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let child = Command::new(etcd_bin())
+            .args(["--name", "m0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(format!("https://{client}"))
+            .arg("--advertise-client-urls")
+            .arg(format!("https://{client}"))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://{peer}"))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://{peer}"))
+            .arg("--initial-cluster")
+            .arg(format!("m0=http://{peer}"))
+            .arg("--cert-file")
+            .arg(dir.path().join("server.pem"))
+            .arg("--key-file")
+            .arg(dir.path().join("server.key"))
+            .arg("--trusted-ca-file")
+            .arg(dir.path().join("ca.pem"))
+            .arg("--client-cert-auth")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e} (install Debian's etcd-server)",
+                    etcd_bin().display()
+                )
+            });
+        let etcd = TlsEtcd {
+            dir,
+            client,
+            child,
+            _ports: ports,
+        };
+        let up = wait_until(Duration::from_secs(30), || {
+            TcpStream::connect_timeout(&client, Duration::from_secs(1)).is_ok()
+        });
+        assert!(up, "etcd did not come up: {}", etcd.log());
+        etcd
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.client)
+    }
+
+    /// A file the test made: `ca.pem`, `client.pem`, `client.key`, ...
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// etcd's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

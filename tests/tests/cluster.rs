@@ -7,13 +7,15 @@
 //! catches up on reconnect, also after etcd compacted the history; an
 //! instance started while etcd is unreachable comes up from its local
 //! copy; `kill -9` of the leader during a rollout: another instance takes
-//! over and the rollout goes on from its step.
+//! over and the rollout goes on from its step. etcd over TLS with client
+//! certificates: a bgproxy with its certificate works, one without is
+//! refused by etcd and says so.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bgproxy_e2e::etcd::{Etcd, Relay};
+use bgproxy_e2e::etcd::{Etcd, Relay, TlsEtcd};
 use bgproxy_e2e::{check_text, wait_until, AppSpec, Backend, Daemon, Options};
 use serde_json::{json, Value};
 
@@ -475,7 +477,8 @@ fn check_names_bad_cluster_keys_with_their_line() {
     assert!(ok, "{err}");
     for (bad, key, line) in [
         ("etcd = []", "cluster.etcd", 12),
-        ("etcd = [\"https://127.0.0.1:2379\"]", "cluster.etcd", 12),
+        // https needs the CA of etcd's certificates.
+        ("etcd = [\"https://127.0.0.1:2379\"]", "cluster.ca_file", 12),
         ("etcd = [\"127.0.0.1:2379\"]", "cluster.etcd", 12),
         (
             "etcd = [\"http://127.0.0.1:2379\"]\nprefix = \"bgproxy\"",
@@ -565,4 +568,59 @@ fn the_leader_analyses_the_counters_of_every_instance() {
     let entry = h["history"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(entry["kind"], "canary", "{h}");
     assert_eq!(entry["actor"], "bgproxy", "the leader moved it: {h}");
+}
+
+/// `https://` etcd with `--client-cert-auth`: a bgproxy with `ca_file`,
+/// `cert_file` and `key_file` connects, takes a switch and routes by it; one
+/// with only the CA (no client certificate) is refused by etcd, so it
+/// stays disconnected and refuses changes with `no_quorum`.
+#[test]
+fn etcd_over_tls_with_a_client_certificate() {
+    let etcd = TlsEtcd::start();
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let apps = [app(&b, &g, "")];
+    let tls = |with_identity: bool| {
+        let mut keys = format!(
+            "[cluster]\netcd = [\"{}\"]\nprefix = \"/e2e\"\nname = \"{}\"\nca_file = \"{}\"\n",
+            etcd.url(),
+            if with_identity { "lb1" } else { "lb2" },
+            etcd.file("ca.pem").display()
+        );
+        if with_identity {
+            keys += &format!(
+                "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+                etcd.file("client.pem").display(),
+                etcd.file("client.key").display()
+            );
+        }
+        Daemon::start_opts(
+            &apps,
+            Options {
+                toml: keys,
+                ..Options::default()
+            },
+        )
+    };
+    let d = tls(true);
+    wait_connected(&d, 1);
+    assert_eq!(connected_metric(&d), Some(1.0));
+    assert!(d.wait_health("web", "green", "up", T));
+    let (s, v) = d.switch("web", "green");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["applied_by"], json!(["lb1"]), "{v}");
+    assert_eq!(d.color_of("any"), "green");
+
+    let refused = tls(false);
+    std::thread::sleep(Duration::from_secs(3));
+    let c = cluster(&refused);
+    assert_eq!(c["connected"], false, "{c}");
+    assert_eq!(connected_metric(&refused), Some(0.0));
+    let (s, v) = refused.switch("web", "blue");
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["code"], "no_quorum", "{v}");
+    // Routing by its local copy (it never had the shared state): blue.
+    assert_eq!(refused.color_of("any"), "blue");
+    // The one with its certificate is still connected and green.
+    assert_eq!(cluster(&d)["connected"], true);
+    assert_eq!(d.color_of("any"), "green");
 }

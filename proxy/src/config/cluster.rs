@@ -5,12 +5,14 @@
 //! cluster at `etcd`, and the local file is the last applied copy
 //! (`controlplane::cluster` says how).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The validated `[cluster]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// etcd client URLs (`http://host:port`), at least one.
+    /// etcd client URLs (`http://host:port`, or all `https://`), at least
+    /// one.
     pub etcd: Vec<String>,
     /// The keys of this site start with it; no trailing `/`
     /// (default [`super::defaults::CLUSTER_PREFIX`]).
@@ -20,6 +22,19 @@ pub struct ClusterConfig {
     /// How long the answer to a change waits for every instance to apply it
     /// (default [`super::defaults::CLUSTER_ACK_TIMEOUT`]).
     pub ack_timeout: Duration,
+    /// With `https://` URLs: whom to trust and who bgproxy is.
+    pub tls: Option<ClusterTls>,
+}
+
+/// TLS to etcd (`https://` URLs): the files are read again at every
+/// connect, so renewed certificates are taken up without a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// The CA (PEM) that signed the etcd servers' certificates.
+    pub ca_file: PathBuf,
+    /// A client certificate and its key (PEM), for etcd's
+    /// `--client-cert-auth`.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// The host name, for `cluster.name` when it is not given.
@@ -41,11 +56,14 @@ pub fn valid_instance_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Checks one etcd URL: `http://host:port`.
+/// Checks one etcd URL: `http://host:port` or `https://host:port`.
 pub fn check_etcd_url(url: &str) -> Result<(), String> {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
         return Err(format!(
-            "'{url}' is not an etcd client URL: expected \"http://host:2379\" (https is not supported yet)"
+            "'{url}' is not an etcd client URL: expected \"http://host:2379\" or \"https://host:2379\""
         ));
     };
     let hostport = rest.trim_end_matches('/');
@@ -67,7 +85,9 @@ mod tests {
     fn urls_and_names() {
         assert!(check_etcd_url("http://10.0.0.5:2379").is_ok());
         assert!(check_etcd_url("http://etcd1:2379/").is_ok());
-        assert!(check_etcd_url("https://10.0.0.5:2379").is_err());
+        assert!(check_etcd_url("https://10.0.0.5:2379").is_ok());
+        assert!(check_etcd_url("https://10.0.0.5").is_err());
+        assert!(check_etcd_url("grpc://10.0.0.5:2379").is_err());
         assert!(check_etcd_url("10.0.0.5:2379").is_err());
         assert!(check_etcd_url("http://10.0.0.5").is_err());
         assert!(valid_instance_name("lb1"));

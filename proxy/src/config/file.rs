@@ -27,6 +27,9 @@ pub struct FileCluster {
     pub prefix: Option<Spanned<String>>,
     pub name: Option<Spanned<String>>,
     pub ack_timeout: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,7 +35,7 @@ use std::time::Duration;
 use bgproxy_control::api::Color;
 
 pub use bgproxy_control::duration::parse_duration;
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, ClusterTls};
 pub use preview::{MirrorConfig, PreviewConfig, Secret, VerifyCheck};
 pub use restart::RestartSettings;
 pub use rollout::{AnalysisConfig, RolloutConfig, Sticky};

@@ -257,6 +257,7 @@ upstreams = ["127.0.0.1:3002"]
                 prefix: "/bgproxy".into(),
                 name: "lb1".into(),
                 ack_timeout: Duration::from_secs(1),
+                tls: None,
             })
         }),
     ];

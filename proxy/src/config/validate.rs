@@ -268,7 +268,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
     };
 
     let log = log(raw.log.as_ref(), p);
-    let cluster = raw.cluster.as_ref().map(|c| cluster(c, p));
+    let cluster = raw.cluster.as_ref().map(|c| cluster(c, base, p));
     if raw.app.is_empty() {
         p.at(
             p.end(),
@@ -381,7 +381,7 @@ fn build(raw: FileConfig, base: &Path, file: &Path, p: &mut Problems<'_>) -> Con
     }
 }
 
-fn cluster(raw: &Spanned<FileCluster>, p: &mut Problems<'_>) -> ClusterConfig {
+fn cluster(raw: &Spanned<FileCluster>, base: &Path, p: &mut Problems<'_>) -> ClusterConfig {
     let c = raw.get_ref();
     if c.etcd.get_ref().is_empty() {
         p.at(
@@ -422,6 +422,7 @@ fn cluster(raw: &Spanned<FileCluster>, p: &mut Problems<'_>) -> ClusterConfig {
             s.get_ref().clone()
         }
     };
+    let tls = cluster_tls(c, base, p);
     ClusterConfig {
         etcd: c
             .etcd
@@ -431,6 +432,7 @@ fn cluster(raw: &Spanned<FileCluster>, p: &mut Problems<'_>) -> ClusterConfig {
             .collect(),
         prefix,
         name,
+        tls,
         ack_timeout: positive(
             &c.ack_timeout,
             defaults::CLUSTER_ACK_TIMEOUT,
@@ -438,6 +440,103 @@ fn cluster(raw: &Spanned<FileCluster>, p: &mut Problems<'_>) -> ClusterConfig {
             p,
         ),
     }
+}
+
+/// `[cluster]`'s TLS: every etcd URL `https://` (etcd-client has one TLS
+/// setting for all) with `ca_file`, and `cert_file` with `key_file` or
+/// neither; or every URL `http://` and none of the three.
+fn cluster_tls(c: &FileCluster, base: &Path, p: &mut Problems<'_>) -> Option<ClusterTls> {
+    let urls = c.etcd.get_ref();
+    let https = urls
+        .iter()
+        .filter(|u| u.get_ref().trim().starts_with("https://"))
+        .count();
+    if https > 0 && https < urls.len() {
+        let odd = urls
+            .iter()
+            .find(|u| !u.get_ref().trim().starts_with("https://"))
+            .unwrap_or(&urls[0]);
+        p.at(
+            odd.span(),
+            "cluster.etcd",
+            "mixes http:// and https:// URLs: TLS is one setting for every etcd endpoint, make them all https://",
+        );
+    }
+    let file = |f: &Option<Spanned<String>>, key: &str, p: &mut Problems<'_>| {
+        f.as_ref()
+            .filter(|s| !s.get_ref().is_empty())
+            .map(|s| (s.span(), existing_file(s, base, key, p)))
+    };
+    let ca = file(&c.ca_file, "cluster.ca_file", p);
+    let cert = file(&c.cert_file, "cluster.cert_file", p);
+    let key = file(&c.key_file, "cluster.key_file", p);
+    if https == 0 {
+        for (given, key) in [(&ca, "ca_file"), (&cert, "cert_file"), (&key, "key_file")] {
+            if let Some((span, _)) = given {
+                p.at(
+                    span.clone(),
+                    format!("cluster.{key}"),
+                    "is for TLS to etcd: the etcd URLs are http://, make them https:// or leave this out",
+                );
+            }
+        }
+        return None;
+    }
+    let Some((ca_span, ca_file)) = ca else {
+        p.at(
+            c.etcd.span(),
+            "cluster.ca_file",
+            "https:// etcd URLs need cluster.ca_file, the CA (PEM) that signed etcd's certificates (a public CA: /etc/ssl/certs/ca-certificates.crt)",
+        );
+        return None;
+    };
+    if ca_file.is_file() {
+        if let Err(why) = pem_certificates(&ca_file) {
+            p.at(ca_span, "cluster.ca_file", why);
+        }
+    }
+    let identity = match (cert, key) {
+        (None, None) => None,
+        (Some((span, _)), None) => {
+            p.at(
+                span,
+                "cluster.cert_file",
+                "needs cluster.key_file, the key of that certificate",
+            );
+            None
+        }
+        (None, Some((span, _))) => {
+            p.at(
+                span,
+                "cluster.key_file",
+                "needs cluster.cert_file, the certificate of that key",
+            );
+            None
+        }
+        (Some((cert_span, cert)), Some((key_span, key))) => {
+            if cert.is_file() {
+                if let Err(why) = pem_certificates(&cert) {
+                    p.at(cert_span, "cluster.cert_file", why);
+                }
+            }
+            if key.is_file() {
+                if let Err(why) = pem_private_key(&key) {
+                    p.at(key_span, "cluster.key_file", why);
+                }
+            }
+            Some((cert, key))
+        }
+    };
+    Some(ClusterTls { ca_file, identity })
+}
+
+/// Whether a PEM file holds a private key, or why not.
+fn pem_private_key(path: &Path) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(&bytes)
+        .map(drop)
+        .map_err(|e| format!("{} holds no PEM private key: {e}", path.display()))
 }
 
 /// `[[proxy.tls.certs]]`: each name is served by one certificate.
@@ -2464,6 +2563,84 @@ upstreams = ["127.0.0.1:4002"]
         let p = one(&with_acme("directory = \"http://ca.example/dir\""));
         assert_eq!(p.key, "proxy.tls.acme.directory");
         assert!(p.message.contains("https://"), "{p}");
+    }
+
+    #[test]
+    fn cluster_tls_is_all_https_with_a_ca_and_whole_client_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["lb1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (ca, crt, k) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("lb1.pem"),
+            dir.path().join("lb1.key"),
+        );
+        std::fs::write(&ca, cert.pem()).unwrap();
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let with = |keys: &str| format!("{GOOD}\n[cluster]\n{keys}\n");
+        let https = "etcd = [\"https://10.0.0.5:2379\", \"https://10.0.0.6:2379\"]";
+        let files = format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+            ca.display(),
+            crt.display(),
+            k.display()
+        );
+        let c = from_str(
+            &with(&format!("{https}\n{files}")),
+            Path::new("/etc/bgproxy/t.toml"),
+        )
+        .unwrap();
+        let tls = c.cluster.unwrap().tls.unwrap();
+        assert_eq!(tls.ca_file, ca);
+        assert_eq!(tls.identity, Some((crt.clone(), k.clone())));
+        // Plain http: no TLS, and TLS files are refused.
+        let c = from_str(
+            &with("etcd = [\"http://10.0.0.5:2379\"]"),
+            Path::new("/etc/bgproxy/t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.cluster.unwrap().tls, None);
+        let p = one(&with(&format!(
+            "etcd = [\"http://10.0.0.5:2379\"]\nca_file = \"{}\"",
+            ca.display()
+        )));
+        assert_eq!(p.key, "cluster.ca_file");
+        assert!(p.message.contains("https://"), "{p}");
+        // Mixed schemes, named at the odd one out.
+        let text = with(&format!(
+            "etcd = [\"https://10.0.0.5:2379\", \"http://10.0.0.6:2379\"]\nca_file = \"{}\"",
+            ca.display()
+        ));
+        let p = one(&text);
+        assert_eq!(p.key, "cluster.etcd");
+        assert!(p.message.contains("mixes"), "{p}");
+        let line = text.lines().position(|l| l.contains("10.0.0.6")).unwrap() + 1;
+        assert_eq!(p.line, line);
+        // https without a CA; a certificate without its key; a key that is not one.
+        let p = one(&with(https));
+        assert_eq!(p.key, "cluster.ca_file");
+        let p = one(&with(&format!(
+            "{https}\nca_file = \"{}\"\ncert_file = \"{}\"",
+            ca.display(),
+            crt.display()
+        )));
+        assert_eq!(p.key, "cluster.cert_file");
+        assert!(p.message.contains("key_file"), "{p}");
+        let p = one(&with(&format!(
+            "{https}\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+            ca.display(),
+            crt.display(),
+            crt.display()
+        )));
+        assert_eq!(p.key, "cluster.key_file");
+        assert!(p.message.contains("no PEM private key"), "{p}");
+        let p = one(&with(&format!("{https}\nca_file = \"{}\"", k.display())));
+        assert_eq!(p.key, "cluster.ca_file");
+        assert!(p.message.contains("no PEM certificate"), "{p}");
     }
 
     #[test]

@@ -372,14 +372,31 @@ impl BackgroundService for ClusterService {
     }
 }
 
+/// TLS to etcd from the files of `[cluster]`, read at every connect (a
+/// renewed certificate is taken up at the next one).
+fn tls_options(tls: &crate::config::ClusterTls) -> Result<etcd_client::TlsOptions, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let mut options = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca_file)?));
+    if let Some((cert, key)) = &tls.identity {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
+}
+
 impl ClusterService {
     /// One session: connect, sync, watch, until something breaks.
     async fn session(&self, was_up: &mut bool) -> Result<(), SessionEnd> {
         let c = &self.cluster;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = &c.config.tls {
+            options = options.with_tls(tls_options(tls)?);
+        }
         let mut client = within(
             "connect",
             Client::connect(c.config.etcd.clone(), Some(options)),
