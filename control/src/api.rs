@@ -895,7 +895,15 @@ pub struct TrafficResponse {
     pub generation: u64,
     /// Seconds covered by one point of a color's `points`.
     pub period_s: f64,
+    /// How many bgproxy instances' traffic the numbers sum: 1, or with
+    /// `[cluster]` this one and every other that published its counters.
+    #[serde(default = "one")]
+    pub instances: usize,
     pub apps: Vec<AppTraffic>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One app's traffic by color.

@@ -624,3 +624,41 @@ fn etcd_over_tls_with_a_client_certificate() {
     assert_eq!(cluster(&d)["connected"], true);
     assert_eq!(d.color_of("any"), "green");
 }
+
+/// `GET /v1/traffic` on any instance shows the site's traffic: requests
+/// sent through one instance only show on the other, counted once, and
+/// `instances` says how many instances the numbers sum.
+#[test]
+fn the_traffic_of_every_instance_shows_on_each() {
+    let etcd = Etcd::start();
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let apps = [app(&b, &g, "")];
+    let ds: Vec<Daemon> = ["lb1", "lb2"]
+        .iter()
+        .map(|n| instance(n, &etcd.urls(), &apps))
+        .collect();
+    for d in &ds {
+        wait_connected(d, 2);
+    }
+    for _ in 0..40 {
+        assert_eq!(ds[1].get("any", "/").0, 200);
+    }
+    let blue = |d: &Daemon| {
+        let (s, v) = d.api("GET", "/v1/traffic", None);
+        assert_eq!(s, 200, "{v}");
+        (
+            v["instances"].as_u64(),
+            v["apps"][0]["blue"]["requests"].as_u64(),
+        )
+    };
+    assert!(
+        wait_until(T, || blue(&ds[0]) == (Some(2), Some(40))),
+        "lb1 shows lb2's 40 requests: {:?}",
+        blue(&ds[0])
+    );
+    assert!(
+        wait_until(T, || blue(&ds[1]) == (Some(2), Some(40))),
+        "lb2 counts its own once: {:?}",
+        blue(&ds[1])
+    );
+}

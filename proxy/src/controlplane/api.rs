@@ -369,12 +369,18 @@ impl ControlApi {
         }
         match segments.as_slice() {
             [""] if get => Reply::html(status_page::PAGE),
-            ["v1", "traffic"] if get => Reply::json(
-                200,
-                &self
-                    .traffic
-                    .report(&self.controller.routing().load(), std::time::Instant::now()),
-            ),
+            ["v1", "traffic"] if get => {
+                let c = &self.controller;
+                Reply::json(
+                    200,
+                    &self.traffic.report(
+                        &c.routing().load(),
+                        std::time::Instant::now(),
+                        &|a| c.app_counts(a),
+                        c.counted_instances(),
+                    ),
+                )
+            }
             ["v1", "status"] if get => {
                 let mut status = self.controller.status().await;
                 status.certificates = self.certs.as_ref().map(|c| c.view()).unwrap_or_default();

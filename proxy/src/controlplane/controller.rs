@@ -948,6 +948,21 @@ impl Controller {
             .collect()
     }
 
+    /// An app's counters by color: this instance's, plus with `[cluster]`
+    /// what every other instance published (the status page's traffic).
+    pub fn app_counts(
+        &self,
+        app: &crate::dataplane::routing::AppRoute,
+    ) -> [crate::metrics::Counts; 2] {
+        self.summed_counts(&app.name, Color::ALL.map(|c| app.pool(c).metrics.counts()))
+    }
+
+    /// How many instances' counters [`Controller::app_counts`] sums: this
+    /// one and every other that published.
+    pub fn counted_instances(&self) -> usize {
+        1 + self.cluster.as_ref().map_or(0, |c| c.others_counts().len())
+    }
+
     /// An app's counters for analysis: `local` (this instance's), plus,
     /// with `[cluster]`, what every other instance published.
     pub fn summed_counts(

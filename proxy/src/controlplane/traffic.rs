@@ -11,7 +11,9 @@
 //!
 //! The readings are the data plane's own counters (the ones analysis
 //! reads), so the numbers need no Prometheus and cost the request path
-//! nothing.
+//! nothing. With `[cluster]` they are the sum over every instance (this
+//! one's, plus what the others publish in etcd every 200 ms for the
+//! leader's analysis): the page shows the site's traffic on any LB host.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,7 +25,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::analysis::Window;
-use crate::dataplane::routing::{Routing, Snapshot};
+use super::controller::Controller;
+use crate::dataplane::routing::{AppRoute, Snapshot};
 use crate::metrics::Counts;
 
 /// Time between two readings: one sparkline point.
@@ -37,6 +40,10 @@ const MIN_POINT: Duration = Duration::from_secs(1);
 
 type Rings = HashMap<(Arc<str>, Color), VecDeque<(Instant, Counts)>>;
 
+/// An app's counters by color ([`Color::index`]): this instance's, or with
+/// `[cluster]` every instance's ([`Controller::app_counts`]).
+pub type CountsOf<'a> = &'a dyn Fn(&AppRoute) -> [Counts; 2];
+
 /// The readings, shared by the sampler and the API.
 #[derive(Clone, Default)]
 pub struct Traffic {
@@ -46,13 +53,14 @@ pub struct Traffic {
 impl Traffic {
     /// Takes one reading of every color of every app of `snapshot`, and
     /// forgets apps it no longer has.
-    pub fn sample(&self, snapshot: &Snapshot, now: Instant) {
+    pub fn sample(&self, snapshot: &Snapshot, now: Instant, counts: CountsOf<'_>) {
         let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
         rings.retain(|(app, _), _| snapshot.app(app).is_some());
         for app in &snapshot.apps {
+            let read = counts(app);
             for color in Color::ALL {
                 let ring = rings.entry((app.name.clone(), color)).or_default();
-                ring.push_back((now, app.pool(color).metrics.counts()));
+                ring.push_back((now, read[color.index()].clone()));
                 while ring.len() > POINTS + 1 {
                     ring.pop_front();
                 }
@@ -60,19 +68,27 @@ impl Traffic {
         }
     }
 
-    /// Every app's colors over the last minute, ending with a reading now.
-    pub fn report(&self, snapshot: &Snapshot, now: Instant) -> TrafficResponse {
+    /// Every app's colors over the last minute, ending with a reading now;
+    /// `instances`: how many instances' counters `counts` sums.
+    pub fn report(
+        &self,
+        snapshot: &Snapshot,
+        now: Instant,
+        counts: CountsOf<'_>,
+        instances: usize,
+    ) -> TrafficResponse {
         let rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
         let apps = snapshot
             .apps
             .iter()
             .map(|app| {
+                let read = counts(app);
                 let color = |c: Color| {
                     let readings = rings
                         .get(&(app.name.clone(), c))
                         .map(|r| r.iter().cloned().collect::<Vec<_>>())
                         .unwrap_or_default();
-                    color_traffic(&readings, (now, app.pool(c).metrics.counts()))
+                    color_traffic(&readings, (now, read[c.index()].clone()))
                 };
                 AppTraffic {
                     name: app.name.to_string(),
@@ -85,6 +101,7 @@ impl Traffic {
         TrafficResponse {
             generation: snapshot.generation,
             period_s: PERIOD.as_secs_f64(),
+            instances,
             apps,
         }
     }
@@ -134,7 +151,7 @@ pub fn color_traffic(readings: &[(Instant, Counts)], now: (Instant, Counts)) -> 
 
 /// Reads every color's counters every [`PERIOD`].
 pub struct TrafficSampler {
-    pub routing: Routing,
+    pub controller: Arc<Controller>,
     pub traffic: Traffic,
 }
 
@@ -148,7 +165,9 @@ impl BackgroundService for TrafficSampler {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            self.traffic.sample(&self.routing.load(), Instant::now());
+            let c = &self.controller;
+            self.traffic
+                .sample(&c.routing().load(), Instant::now(), &|a| c.app_counts(a));
         }
     }
 }

@@ -343,7 +343,7 @@ pub fn build_with(
     server.add_service(background_service(
         "traffic sampler",
         TrafficSampler {
-            routing: controller.routing(),
+            controller: controller.clone(),
             traffic,
         },
     ));
