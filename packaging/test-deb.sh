@@ -57,6 +57,24 @@ if [ -z "$deb" ]; then
 fi
 [ -f "$deb" ] || fail "no package at $deb"
 
+# The maintainer scripts: an upgrade never stops or restarts the service
+# (prerm stops it only on remove), it reloads a running one (the in-place
+# upgrade), once the debhelper part is in.
+scripts=$(mktemp -d)
+dpkg-deb -e "$deb" "$scripts"
+# Every stop in prerm is under `if ... [ "$1" = remove ]` (the line above it).
+stops=$(grep -c 'deb-systemd-invoke stop' "$scripts/prerm" || true)
+on_remove=$(grep -B1 'deb-systemd-invoke stop' "$scripts/prerm" | grep -c '"$1" = remove' || true)
+[ "$stops" -ge 1 ] || fail "prerm never stops the service (on remove it must)"
+[ "$on_remove" = "$stops" ] || fail "prerm stops the service on an upgrade too: $(cat "$scripts/prerm")"
+! grep -v '^\s*#' "$scripts/postinst" | grep -Eq '(invoke|systemctl).*(restart|stop|start)( |$)' ||
+  fail "postinst restarts, stops or starts the service: $(grep -En '(invoke|systemctl).*(restart|stop|start)( |$)' "$scripts/postinst" | grep -v '^[0-9]*:\s*#')"
+grep -q 'deb-systemd-invoke reload bgproxy.service' "$scripts/postinst" || fail "postinst does not reload a running service"
+[ "$(grep -c '^#DEBHELPER#\|deb-systemd-helper update-state bgproxy.service' "$scripts/postinst")" = 1 ] ||
+  fail "postinst holds the debhelper part $(grep -c 'deb-systemd-helper update-state bgproxy.service' "$scripts/postinst") times"
+rm -rf "$scripts"
+ok "maintainer scripts: prerm stops only on remove, postinst reloads a running service on upgrade (never restarts)"
+
 # Leave the machine as it was, whatever happens below.
 cleanup() {
   dpkg --purge bgproxy >/dev/null 2>&1 || true
