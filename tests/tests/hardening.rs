@@ -565,6 +565,65 @@ fn tls_handshakes_count_against_the_connection_limits() {
     assert!(wait_until(T, || tls_get([127, 0, 0, 5], port.addr(), der) == Some(200)));
 }
 
+/// A client that chose HTTP/2 (ALPN h2) and never sends its connection
+/// preface is closed after `client_timeout`, as an HTTP/1 client that sends
+/// no first byte, and counted as `client_timeout`; one that sends it is
+/// served over HTTP/2 on the same listener.
+#[test]
+fn an_http2_client_without_its_preface_is_closed_after_client_timeout() {
+    let TlsDaemon { d, port, der, .. } = &tls_daemon("client_timeout = \"1s\"");
+    let mut conn = tls_client(der, &[b"h2"]);
+    let mut tcp = connect(port.addr());
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
+    let at = Instant::now();
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    let mut buf = [0u8; 256];
+    let closed = loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "still open after {:?}", at.elapsed());
+    about(at.elapsed(), Duration::from_secs(1), "closed");
+    assert!(
+        wait_until(T, || counted(
+            d,
+            "bgproxy_benign_errors_total",
+            "client_timeout"
+        ) >= 1.0),
+        "{}",
+        d.scrape()
+    );
+    // With its preface: an HTTP/2 request is answered.
+    let http = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_der(der).unwrap())
+        .resolve("a.example", port.addr())
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = http
+        .get(format!("https://a.example:{}/", port.addr().port()))
+        .send()
+        .unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, reqwest::Version::HTTP_2)
+    );
+}
+
 /// HTTP/1.1 without Host gets 400 (RFC 9112 3.2), and so does a Host that
 /// is not a `host[:port]`, on both paths; HTTP/1.0 needs none.
 #[test]

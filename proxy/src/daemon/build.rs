@@ -277,6 +277,7 @@ pub fn build_with(
                 store.clone(),
                 tls.listen.iter().map(|a| a.port()).collect(),
                 acme_alpn,
+                config.proxy.client_timeout,
                 &metrics,
             )
             .map_err(|e| anyhow::anyhow!("cannot set up TLS: {e}"))?

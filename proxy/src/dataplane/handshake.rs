@@ -8,7 +8,10 @@
 //! `max_connections` and `max_connections_per_ip` from its accept, through
 //! its handshake: a client that opens connections and never finishes their
 //! handshakes is held to its share like any other. A handshake has
-//! [`HANDSHAKE_TIMEOUT`] (pingora's own listeners give it 60 s).
+//! [`HANDSHAKE_TIMEOUT`] (pingora's own listeners give it 60 s), and a
+//! client that chose HTTP/2 then has `proxy.client_timeout` to send its
+//! connection preface, as an HTTP/1 client has for its first byte (pingora
+//! waits for it without limit).
 //!
 //! ALPN: `h2`, then `http/1.1`; with `challenge = "tls-alpn-01"` also
 //! `acme-tls/1` (RFC 8737), which rustls needs among the protocols it
@@ -30,13 +33,14 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::ALPN;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora::server::ShutdownWatch;
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tracing::{debug, error};
 
 use crate::dataplane::acme::ACME_TLS_ALPN;
@@ -44,6 +48,9 @@ use crate::metrics::{Benign, Metrics};
 
 /// The longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` (RFC 9113 3.4).
+const H2_PREFACE_LEN: usize = 24;
 
 /// The front door's application, with the TLS handshake of the TLS
 /// listeners done in front of it.
@@ -54,6 +61,9 @@ pub struct TlsHandshake<A> {
     tls: Option<(Acceptor, Vec<u16>)>,
     /// Handshakes the client closed, and those that ran out of time.
     counted: Option<(IntCounter, IntCounter)>,
+    /// How long an HTTP/2 client may take to send its preface
+    /// (`proxy.client_timeout`, as an HTTP/1 client's first byte).
+    preface_timeout: Duration,
 }
 
 impl<A> TlsHandshake<A> {
@@ -63,17 +73,20 @@ impl<A> TlsHandshake<A> {
             app: Arc::new(app),
             tls: None,
             counted: None,
+            preface_timeout: Duration::MAX,
         }
     }
 
     /// `app` behind handshakes done here for connections to `ports`, with
     /// certificates from `resolver`, ALPN `h2` and `http/1.1` (and
-    /// `acme-tls/1` with `acme_alpn`).
+    /// `acme-tls/1` with `acme_alpn`); an HTTP/2 client has
+    /// `preface_timeout` for its preface.
     pub fn new(
         app: A,
         resolver: Arc<dyn rustls::server::ResolvesServerCert>,
         ports: Vec<u16>,
         acme_alpn: bool,
+        preface_timeout: Duration,
         metrics: &Metrics,
     ) -> Result<Self, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -92,11 +105,41 @@ impl<A> TlsHandshake<A> {
                 metrics.benign(Benign::ClientHandshake),
                 metrics.benign(Benign::ClientTimeout),
             )),
+            preface_timeout,
         })
     }
 }
 
 impl<A> TlsHandshake<A> {
+    /// An HTTP/2 connection's preface, read within `preface_timeout`; the
+    /// connection handed on replays it. `None`: closed (counted).
+    async fn preface(&self, mut tls: Stream) -> Option<Stream> {
+        let mut preface = [0u8; H2_PREFACE_LEN];
+        match tokio::time::timeout(self.preface_timeout, tls.read_exact(&mut preface)).await {
+            Ok(Ok(_)) => Some(Box::new(Raw {
+                inner: tls,
+                replay: bytes::Bytes::copy_from_slice(&preface),
+            })),
+            Ok(Err(e)) => {
+                if let Some((closed, _)) = &self.counted {
+                    closed.inc();
+                }
+                debug!("HTTP/2 client went away before its preface: {e}");
+                None
+            }
+            Err(_) => {
+                if let Some((_, timeouts)) = &self.counted {
+                    timeouts.inc();
+                }
+                debug!(
+                    "HTTP/2 client sent no preface within {:?} (proxy.client_timeout)",
+                    self.preface_timeout
+                );
+                None
+            }
+        }
+    }
+
     /// A handshake that failed: the client closing in the middle of it is
     /// counted and logged at debug (browsers do so with spare
     /// connections); any other failure (a certificate the client refused,
@@ -135,9 +178,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsHandshake<A> {
                     // Boxed: the handshake's state is large, and inline it
                     // would stay part of this future for the connection's
                     // life (benches/README: memory per idle connection).
-                    let handshake = Box::pin(acceptor.tls_handshake(Raw(stream)));
+                    let handshake = Box::pin(acceptor.tls_handshake(Raw::new(stream)));
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(tls)) => Box::new(tls) as Stream,
+                        Ok(Ok(tls)) => {
+                            let tls: Stream = Box::new(tls);
+                            if tls.selected_alpn_proto() != Some(ALPN::H2) {
+                                tls
+                            } else {
+                                self.preface(tls).await?
+                            }
+                        }
                         Ok(Err(e)) => {
                             let client = digest.as_ref().and_then(|d| d.peer_addr().cloned());
                             self.failed(client, &e);
@@ -165,10 +215,25 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsHandshake<A> {
     }
 }
 
-/// A plain connection on its way into a TLS handshake: pingora's acceptor
-/// takes a concrete stream type, and the application is handed a boxed one.
+/// A boxed stream as a concrete type: a plain connection on its way into a
+/// TLS handshake (pingora's acceptor takes a concrete stream type), or an
+/// HTTP/2 connection whose preface was read here, handed on with the bytes
+/// read first (`replay`). Everything else is the inner stream's, its TLS
+/// facts (ALPN, digest) included.
 #[derive(Debug)]
-struct Raw(Stream);
+struct Raw {
+    inner: Stream,
+    replay: bytes::Bytes,
+}
+
+impl Raw {
+    fn new(inner: Stream) -> Self {
+        Raw {
+            inner,
+            replay: bytes::Bytes::new(),
+        }
+    }
+}
 
 impl AsyncRead for Raw {
     fn poll_read(
@@ -176,7 +241,13 @@ impl AsyncRead for Raw {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_read(cx, buf)
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            let head = self.replay.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut *self.inner).poll_read(cx, buf)
     }
 }
 
@@ -186,54 +257,66 @@ impl AsyncWrite for Raw {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write(cx, buf)
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
+        Pin::new(&mut *self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 
 #[async_trait]
 impl Shutdown for Raw {
     async fn shutdown(&mut self) {
-        self.0.shutdown().await
+        self.inner.shutdown().await
     }
 }
 
 impl UniqueID for Raw {
     fn id(&self) -> UniqueIDType {
-        self.0.id()
+        self.inner.id()
     }
 }
 
-impl Ssl for Raw {}
+impl Ssl for Raw {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl GetTimingDigest for Raw {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.0.get_timing_digest()
+        self.inner.get_timing_digest()
     }
 }
 
 impl GetProxyDigest for Raw {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.0.get_proxy_digest()
+        self.inner.get_proxy_digest()
     }
 }
 
 impl GetSocketDigest for Raw {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.0.get_socket_digest()
+        self.inner.get_socket_digest()
     }
 }
 
 #[async_trait]
 impl Peek for Raw {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.0.try_peek(buf).await
+        self.inner.try_peek(buf).await
     }
 }
