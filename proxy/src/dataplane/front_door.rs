@@ -379,14 +379,68 @@ impl HttpServerApp for FrontDoor {
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let ServerSession::H1(v1) = session else {
-            return self.serve_stream(session, shutdown).await;
+        // This future is what an idle keep-alive connection holds while it
+        // waits for its next request: the HTTP/1 path is an async fn of its
+        // own (not every local of both paths), and an HTTP/2 stream's path
+        // is boxed (benches/README: memory per idle connection).
+        let conn = match H1Conn::take(session) {
+            Ok(conn) => conn,
+            Err(session) => return Box::pin(self.serve_stream(session, shutdown)).await,
         };
-        // What pingora set for this connection (keep-alive idle timeout,
-        // reuse count) goes on to the session that serves the request.
-        let keepalive = v1.get_keepalive_timeout();
-        let reuses = v1.get_keepalive_reuses_remaining();
-        let mut stream = v1.into_inner();
+        self.serve_h1(conn, shutdown).await
+    }
+
+    async fn http_cleanup(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.shutdown.notify_waiters();
+        self.proxy.http_cleanup().await;
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.proxy.server_options()
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.proxy.h2_options()
+    }
+}
+
+/// An HTTP/1 connection between two requests: its socket and what pingora
+/// set for it (keep-alive idle timeout, reuse count), for the session that
+/// serves its next request.
+struct H1Conn {
+    stream: Stream,
+    keepalive: Option<u64>,
+    reuses: Option<u32>,
+}
+
+impl H1Conn {
+    /// The connection of an HTTP/1 session; any other is handed back.
+    fn take(session: ServerSession) -> Result<H1Conn, ServerSession> {
+        match session {
+            ServerSession::H1(v1) => Ok(H1Conn {
+                keepalive: v1.get_keepalive_timeout(),
+                reuses: v1.get_keepalive_reuses_remaining(),
+                stream: v1.into_inner(),
+            }),
+            other => Err(other),
+        }
+    }
+}
+
+impl FrontDoor {
+    /// The next request of an HTTP/1 connection: its head read here, then
+    /// the lean loop or pingora-proxy (module docs).
+    async fn serve_h1(
+        self: &Arc<Self>,
+        conn: H1Conn,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let H1Conn {
+            mut stream,
+            keepalive,
+            reuses,
+        } = conn;
         let tls = stream.get_ssl_digest().is_some();
         let Head {
             bytes,
@@ -433,22 +487,6 @@ impl HttpServerApp for FrontDoor {
         }
     }
 
-    async fn http_cleanup(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-        self.shutdown.notify_waiters();
-        self.proxy.http_cleanup().await;
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.proxy.server_options()
-    }
-
-    fn h2_options(&self) -> Option<H2Options> {
-        self.proxy.h2_options()
-    }
-}
-
-impl FrontDoor {
     /// One HTTP/2 stream (pingora runs each on a task of its own): a plain
     /// request for an app the lean loop serves takes the lean loop, as a
     /// plain HTTP/1 request does; any other goes to pingora-proxy.

@@ -111,6 +111,35 @@ impl<A> TlsHandshake<A> {
 }
 
 impl<A> TlsHandshake<A> {
+    /// The TLS handshake of `stream` within [`HANDSHAKE_TIMEOUT`], then for
+    /// HTTP/2 its preface. `None`: closed (counted or logged).
+    async fn accept(&self, acceptor: &Acceptor, stream: Stream) -> Option<Stream> {
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned());
+        let tls: Stream =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(Raw::new(stream)))
+                .await
+            {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(e)) => {
+                    self.failed(client, &e);
+                    return None;
+                }
+                Err(_) => {
+                    if let Some((_, timeouts)) = &self.counted {
+                        timeouts.inc();
+                    }
+                    debug!("TLS handshake not done within {HANDSHAKE_TIMEOUT:?}");
+                    return None;
+                }
+            };
+        if tls.selected_alpn_proto() != Some(ALPN::H2) {
+            return Some(tls);
+        }
+        self.preface(tls).await
+    }
+
     /// An HTTP/2 connection's preface, read within `preface_timeout`; the
     /// connection handed on replays it. `None`: closed (counted).
     async fn preface(&self, mut tls: Stream) -> Option<Stream> {
@@ -170,37 +199,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsHandshake<A> {
         let stream = match &self.tls {
             // A stream handed back for reuse is already TLS.
             Some((acceptor, ports)) if stream.get_ssl_digest().is_none() => {
-                let digest = stream.get_socket_digest();
-                let port = digest
-                    .as_ref()
+                let port = stream
+                    .get_socket_digest()
                     .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
                 if port.is_some_and(|p| ports.contains(&p)) {
-                    // Boxed: the handshake's state is large, and inline it
-                    // would stay part of this future for the connection's
-                    // life (benches/README: memory per idle connection).
-                    let handshake = Box::pin(acceptor.tls_handshake(Raw::new(stream)));
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(tls)) => {
-                            let tls: Stream = Box::new(tls);
-                            if tls.selected_alpn_proto() != Some(ALPN::H2) {
-                                tls
-                            } else {
-                                self.preface(tls).await?
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            let client = digest.as_ref().and_then(|d| d.peer_addr().cloned());
-                            self.failed(client, &e);
-                            return None;
-                        }
-                        Err(_) => {
-                            if let Some((_, timeouts)) = &self.counted {
-                                timeouts.inc();
-                            }
-                            debug!("TLS handshake not done within {HANDSHAKE_TIMEOUT:?}");
-                            return None;
-                        }
-                    }
+                    // Boxed: the handshake's state (rustls' alone ~3.7 KB
+                    // before the stream is boxed) lives while it runs, not
+                    // in this future for the connection's life
+                    // (benches/README: memory per idle connection).
+                    Box::pin(self.accept(acceptor, stream)).await?
                 } else {
                     stream
                 }
