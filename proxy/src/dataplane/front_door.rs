@@ -416,6 +416,9 @@ struct H1Conn {
 
 impl H1Conn {
     /// The connection of an HTTP/1 session; any other is handed back.
+    // The session handed back is moved once per HTTP/2 stream, straight
+    // into its boxed path; boxing it here would allocate once more.
+    #[allow(clippy::result_large_err)]
     fn take(session: ServerSession) -> Result<H1Conn, ServerSession> {
         match session {
             ServerSession::H1(v1) => Ok(H1Conn {
