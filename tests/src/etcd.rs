@@ -30,6 +30,21 @@ pub fn etcd_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }
 
+/// Runs an etcd command with its output in `log`.
+fn spawn(cmd: &mut Command, log: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (install Debian's etcd-server)",
+                etcd_bin().display()
+            )
+        })
+}
+
 /// A three-member etcd cluster on loopback.
 pub struct Etcd {
     _dir: tempfile::TempDir,
@@ -53,9 +68,11 @@ impl Etcd {
             .join(",");
         let children = (0..3)
             .map(|i| {
-                let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
-                Command::new(etcd_bin())
-                    .arg("--name")
+                let log = dir.path().join(format!("m{i}.log"));
+                // etcd's default timing (100 ms heartbeat, 1 s election):
+                // shorter ones flap under a loaded CI machine.
+                let mut cmd = Command::new(etcd_bin());
+                cmd.arg("--name")
                     .arg(format!("m{i}"))
                     .arg("--data-dir")
                     .arg(dir.path().join(format!("m{i}")))
@@ -72,19 +89,8 @@ impl Etcd {
                     .arg("--initial-cluster-state")
                     .arg("new")
                     .arg("--initial-cluster-token")
-                    .arg(format!("bgproxy-e2e-{}", std::process::id()))
-                    // etcd's default timing (100 ms heartbeat, 1 s election):
-                    // shorter ones flap under a loaded CI machine.
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::from(log.try_clone().unwrap()))
-                    .stderr(Stdio::from(log))
-                    .spawn()
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "cannot run {}: {e} (install Debian's etcd-server)",
-                            etcd_bin().display()
-                        )
-                    })
+                    .arg(format!("bgproxy-e2e-{}", std::process::id()));
+                spawn(&mut cmd, &log)
             })
             .collect();
         let etcd = Etcd {
@@ -358,9 +364,8 @@ impl TlsEtcd {
         }
         let ports: Vec<Port> = (0..2).map(|_| Port::reserve()).collect();
         let (client, peer) = (ports[0].addr(), ports[1].addr());
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let child = Command::new(etcd_bin())
-            .args(["--name", "m0", "--data-dir"])
+        let mut cmd = Command::new(etcd_bin());
+        cmd.args(["--name", "m0", "--data-dir"])
             .arg(dir.path().join("data"))
             .arg("--listen-client-urls")
             .arg(format!("https://{client}"))
@@ -378,17 +383,8 @@ impl TlsEtcd {
             .arg(dir.path().join("server.key"))
             .arg("--trusted-ca-file")
             .arg(dir.path().join("ca.pem"))
-            .arg("--client-cert-auth")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {}: {e} (install Debian's etcd-server)",
-                    etcd_bin().display()
-                )
-            });
+            .arg("--client-cert-auth");
+        let child = spawn(&mut cmd, &dir.path().join("etcd.log"));
         let etcd = TlsEtcd {
             dir,
             client,

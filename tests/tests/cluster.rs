@@ -43,6 +43,18 @@ fn instance(name: &str, urls: &[String], apps: &[AppSpec]) -> Daemon {
     )
 }
 
+/// Instances `names` on `etcd`, each connected and seeing all of them.
+fn instances(names: &[&str], etcd: &Etcd, apps: &[AppSpec]) -> Vec<Daemon> {
+    let ds: Vec<Daemon> = names
+        .iter()
+        .map(|n| instance(n, &etcd.urls(), apps))
+        .collect();
+    for d in &ds {
+        wait_connected(d, names.len());
+    }
+    ds
+}
+
 fn cluster(d: &Daemon) -> Value {
     let (s, v) = d.api("GET", "/v1/cluster", None);
     assert_eq!(s, 200, "{v}");
@@ -67,13 +79,8 @@ fn connected_metric(d: &Daemon) -> Option<f64> {
 fn a_switch_on_one_instance_is_routed_by_all() {
     let etcd = Etcd::start();
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
-    let apps = [app(&b, &g, "")];
-    let ds: Vec<Daemon> = ["lb1", "lb2", "lb3"]
-        .iter()
-        .map(|n| instance(n, &etcd.urls(), &apps))
-        .collect();
+    let ds = instances(&["lb1", "lb2", "lb3"], &etcd, &[app(&b, &g, "")]);
     for d in &ds {
-        wait_connected(d, 3);
         assert_eq!(connected_metric(d), Some(1.0));
         assert_eq!(d.color_of("any"), "blue");
     }
@@ -520,12 +527,8 @@ fn the_leader_analyses_the_counters_of_every_instance() {
         &g,
         "[app.rollout]\nsticky = \"none\"\n[app.analysis]\nmin_requests = 5\nmax_inconclusive = 100\nmax_latency_ratio = 1000.0\nmax_error_ratio = 0.5\n",
     )];
-    let ds: Vec<Daemon> = ["lb1", "lb2"]
-        .iter()
-        .map(|n| instance(n, &etcd.urls(), &apps))
-        .collect();
+    let ds = instances(&["lb1", "lb2"], &etcd, &apps);
     for d in &ds {
-        wait_connected(d, 2);
         assert!(d.wait_health("web", "green", "up", T));
     }
     let mut leader = String::new();
@@ -632,14 +635,7 @@ fn etcd_over_tls_with_a_client_certificate() {
 fn the_traffic_of_every_instance_shows_on_each() {
     let etcd = Etcd::start();
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
-    let apps = [app(&b, &g, "")];
-    let ds: Vec<Daemon> = ["lb1", "lb2"]
-        .iter()
-        .map(|n| instance(n, &etcd.urls(), &apps))
-        .collect();
-    for d in &ds {
-        wait_connected(d, 2);
-    }
+    let ds = instances(&["lb1", "lb2"], &etcd, &[app(&b, &g, "")]);
     for _ in 0..40 {
         assert_eq!(ds[1].get("any", "/").0, 200);
     }
