@@ -622,6 +622,60 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// An app's other services (`[[app.routes]]`) are on the page with each
+/// color's upstreams, and a route upstream going down shows without a
+/// reload (its `health` event updates the page in place).
+#[test]
+fn chromium_shows_a_route_upstream_going_down_without_a_reload() {
+    let Some(mut browser) = Chromium::start() else {
+        eprintln!(
+            "SKIPPED: {} is not installed (Debian package `chromium`; .ci/run installs it)",
+            Chromium::BINARY
+        );
+        return;
+    };
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let (api_b, api_g) = (Backend::start("api-blue"), Backend::start("api-green"));
+    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g]).extra(&format!(
+        "[[app.routes]]\nname = \"api\"\npath_prefix = \"/api/\"\n\
+         [app.routes.blue]\nupstreams = [\"{}\"]\n[app.routes.green]\nupstreams = [\"{}\"]\n",
+        api_b.addr, api_g.addr
+    ))]);
+    assert!(wait_until(T, || d.app("web")["colors"]["green"]["healthy"] == true));
+    browser.call(
+        "Page.navigate",
+        json!({"url": format!("http://{}/", d.control)}),
+    );
+    let health = format!(
+        "(() => {{ const u = document.querySelector('[data-route=\"api\"] [data-upstream=\"{}\"]'); return u ? u.dataset.health : null; }})()",
+        api_g.addr
+    );
+    assert_eq!(browser.wait_for(&health, &json!("up"), T), json!("up"));
+    assert_eq!(
+        browser.wait_for(
+            "document.getElementById('conn').textContent",
+            &json!("live updates"),
+            T
+        ),
+        json!("live updates")
+    );
+    browser.eval("window.bgproxyTestMark = 7");
+    api_g.stop();
+    assert_eq!(browser.wait_for(&health, &json!("down"), T), json!("down"));
+    assert_eq!(
+        browser.eval("window.bgproxyTestMark"),
+        json!(7),
+        "no reload"
+    );
+    let route = browser.eval("document.querySelector('[data-route=\"api\"]').textContent");
+    assert!(
+        route
+            .as_str()
+            .is_some_and(|t| t.contains("/api/") && t.contains("not healthy")),
+        "{route}"
+    );
+}
+
 #[test]
 fn chromium_shows_the_new_live_color_after_a_switch_without_a_reload() {
     let Some(mut browser) = Chromium::start() else {
