@@ -34,9 +34,10 @@ use crate::metrics::Metrics;
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// How long a drain waits for a connection accepted but not yet handed to
-/// the front door (its TLS handshake may take a few round trips; one that
-/// fails never arrives).
-const HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
+/// the front door. Every accepted connection reaches it at once (TLS
+/// handshakes come after the connection gate, dataplane/handshake.rs), so
+/// this only bounds the wait should one ever fail on the way.
+const ARRIVAL_WAIT: Duration = Duration::from_secs(2);
 
 /// The background service for signals and the config watcher.
 pub struct LifecycleService {
@@ -90,15 +91,15 @@ impl LifecycleService {
     /// once when idle (the front door closes idle ones at shutdown).
     ///
     /// Why "on its way in": a connection accepted just before the listeners
-    /// stopped is not handed to the front door until its task runs (and its
-    /// TLS handshake ends); exiting then closed it unanswered (an upgrade
-    /// under load lost two requests that way). And why twice in a row: a
+    /// stopped is not handed to the front door until its task runs; exiting
+    /// then closed it unanswered (an upgrade under load lost two requests
+    /// that way). And why twice in a row: a
     /// listener may accept once more before it sees the shutdown.
     async fn drain_then_exit(&self) -> ! {
         let started = std::time::Instant::now();
         let mut quiet_before = false;
         loop {
-            let quiet = self.metrics.in_flight() <= 0 && self.connections.quiet(HANDSHAKE_WAIT);
+            let quiet = self.metrics.in_flight() <= 0 && self.connections.quiet(ARRIVAL_WAIT);
             if quiet && quiet_before {
                 info!("drained in {:?}: exiting", started.elapsed());
                 crate::daemon::logging::flush();

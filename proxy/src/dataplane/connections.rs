@@ -95,10 +95,10 @@ impl Tally {
     }
 
     /// Whether no client connection is open and none is on its way in.
-    /// A connection accepted but not yet handed over (in its TLS handshake,
-    /// or its task not yet run) counts as on its way for `handshake_wait`
-    /// after the last accept: a handshake that fails never arrives.
-    pub fn quiet(&self, handshake_wait: Duration) -> bool {
+    /// A connection accepted but not yet handed over (its task not yet run)
+    /// counts as on its way for `arrival_wait` after the last accept, in
+    /// case one never arrives.
+    pub fn quiet(&self, arrival_wait: Duration) -> bool {
         // In this order: a connection counts in `total` before it counts as
         // arrived, so one seen arriving is seen open (or already closed).
         let accepted = self.accepted.load(Ordering::SeqCst);
@@ -109,7 +109,7 @@ impl Tally {
         let since_accept = self.epoch.elapsed().saturating_sub(Duration::from_millis(
             self.last_accept_ms.load(Ordering::SeqCst),
         ));
-        arrived >= accepted || since_accept > handshake_wait
+        arrived >= accepted || since_accept > arrival_wait
     }
 
     /// Counts a new connection from `ip` (`None`: not an IP client, only
@@ -301,7 +301,7 @@ mod tests {
         tally.accepted();
         assert!(tally.admit(None).is_err());
         assert!(tally.quiet(wait));
-        // A handshake that never ends is waited for only so long.
+        // One that never arrives is waited for only so long.
         let tally = Tally::new(10, 10);
         tally.accepted();
         assert!(!tally.quiet(wait));
