@@ -463,9 +463,14 @@ struct Chromium {
 impl Chromium {
     const BINARY: &'static str = "/usr/bin/chromium";
 
-    /// Starts it with a blank page; `None` when Chromium is not installed.
+    /// Starts it with a blank page; `None` (and says the test is skipped)
+    /// when Chromium is not installed.
     fn start() -> Option<Chromium> {
         if !Path::new(Self::BINARY).exists() {
+            eprintln!(
+                "SKIPPED: {} is not installed (Debian package `chromium`; .ci/run installs it)",
+                Self::BINARY
+            );
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -628,10 +633,6 @@ fn artifacts() -> PathBuf {
 #[test]
 fn chromium_shows_a_route_upstream_going_down_without_a_reload() {
     let Some(mut browser) = Chromium::start() else {
-        eprintln!(
-            "SKIPPED: {} is not installed (Debian package `chromium`; .ci/run installs it)",
-            Chromium::BINARY
-        );
         return;
     };
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
@@ -679,10 +680,6 @@ fn chromium_shows_a_route_upstream_going_down_without_a_reload() {
 #[test]
 fn chromium_shows_the_new_live_color_after_a_switch_without_a_reload() {
     let Some(mut browser) = Chromium::start() else {
-        eprintln!(
-            "SKIPPED: {} is not installed (Debian package `chromium`; .ci/run installs it)",
-            Chromium::BINARY
-        );
         return;
     };
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
