@@ -429,21 +429,20 @@ impl Controller {
     pub async fn announce_expired(&self) {
         let now = OffsetDateTime::now_utc();
         let mut inner = self.inner.lock().await;
-        let expired: Vec<PendingRequest> = inner
-            .state
+        let first = inner.expired.is_none();
+        let Inner { state, expired, .. } = &mut *inner;
+        let seen = expired.get_or_insert_with(Default::default);
+        let is_expired =
+            |r: &PendingRequest| r.status == RequestStatus::Pending && r.expires_at <= now;
+        // Forget what the state no longer holds as expired (decided, pruned).
+        seen.retain(|id| state.requests.iter().any(|r| &r.id == id && is_expired(r)));
+        let new: Vec<PendingRequest> = state
             .requests
             .iter()
-            .filter(|r| r.status == RequestStatus::Pending && r.expires_at <= now)
+            .filter(|r| is_expired(r) && !seen.contains(&r.id))
             .cloned()
             .collect();
-        let first = inner.expired.is_none();
-        let seen = inner.expired.get_or_insert_with(Default::default);
-        // Forget what the state no longer holds (decided, pruned).
-        seen.retain(|id| expired.iter().any(|r| &r.id == id));
-        let new: Vec<PendingRequest> = expired
-            .into_iter()
-            .filter(|r| seen.insert(r.id.clone()))
-            .collect();
+        seen.extend(new.iter().map(|r| r.id.clone()));
         if first {
             return;
         }
@@ -941,10 +940,7 @@ impl Controller {
             .load()
             .apps
             .iter()
-            .map(|a| {
-                let counts = Color::ALL.map(|c| a.pool(c).metrics.counts());
-                (a.name.to_string(), counts)
-            })
+            .map(|a| (a.name.to_string(), a.counts()))
             .collect()
     }
 
@@ -954,7 +950,7 @@ impl Controller {
         &self,
         app: &crate::dataplane::routing::AppRoute,
     ) -> [crate::metrics::Counts; 2] {
-        self.summed_counts(&app.name, Color::ALL.map(|c| app.pool(c).metrics.counts()))
+        self.summed_counts(&app.name, app.counts())
     }
 
     /// How many instances' counters [`Controller::app_counts`] sums: this

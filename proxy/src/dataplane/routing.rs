@@ -278,6 +278,12 @@ impl AppRoute {
         &self.pools[color.index()]
     }
 
+    /// This instance's counters of the app's own pools, by color
+    /// ([`Color::index`]): what analysis and the traffic numbers read.
+    pub fn counts(&self) -> [crate::metrics::Counts; 2] {
+        Color::ALL.map(|c| self.pool(c).metrics.counts())
+    }
+
     /// The pool of `color` of the route at `path_route` (an index from
     /// `self.paths.find`), or the app's own when `None`.
     #[inline]
