@@ -490,11 +490,7 @@ fn cluster_tls(c: &FileCluster, base: &Path, p: &mut Problems<'_>) -> Option<Clu
         );
         return None;
     };
-    if ca_file.is_file() {
-        if let Err(why) = pem_certificates(&ca_file) {
-            p.at(ca_span, "cluster.ca_file", why);
-        }
-    }
+    check_file(&ca_file, pem_certificates, ca_span, "cluster.ca_file", p);
     let identity = match (cert, key) {
         (None, None) => None,
         (Some((span, _)), None) => {
@@ -514,16 +510,8 @@ fn cluster_tls(c: &FileCluster, base: &Path, p: &mut Problems<'_>) -> Option<Clu
             None
         }
         (Some((cert_span, cert)), Some((key_span, key))) => {
-            if cert.is_file() {
-                if let Err(why) = pem_certificates(&cert) {
-                    p.at(cert_span, "cluster.cert_file", why);
-                }
-            }
-            if key.is_file() {
-                if let Err(why) = pem_private_key(&key) {
-                    p.at(key_span, "cluster.key_file", why);
-                }
-            }
+            check_file(&cert, pem_certificates, cert_span, "cluster.cert_file", p);
+            check_file(&key, pem_private_key, key_span, "cluster.key_file", p);
             Some((cert, key))
         }
     };
@@ -1604,6 +1592,22 @@ fn existing_file(s: &Spanned<String>, base: &Path, key: &str, p: &mut Problems<'
     path
 }
 
+/// Reports at `span`, under `key`, why the file at `path` fails `check`
+/// (when it exists: `existing_file` reports a missing one).
+fn check_file<T>(
+    path: &Path,
+    check: impl Fn(&Path) -> Result<T, String>,
+    span: Range<usize>,
+    key: &str,
+    p: &mut Problems<'_>,
+) {
+    if path.is_file() {
+        if let Err(why) = check(path) {
+            p.at(span, key, why);
+        }
+    }
+}
+
 /// `[proxy.tls.acme]`: the directory URL is https (http only on
 /// loopback), the email an address, every host one an app serves (not a
 /// wildcard), the challenge one bgproxy can answer with the listeners it
@@ -1731,11 +1735,13 @@ fn acme(
         .filter(|c| !c.get_ref().is_empty())
         .map(|c| {
             let path = existing_file(c, base, "proxy.tls.acme.ca_file", p);
-            if path.is_file() {
-                if let Err(why) = pem_certificates(&path) {
-                    p.at(c.span(), "proxy.tls.acme.ca_file", why);
-                }
-            }
+            check_file(
+                &path,
+                pem_certificates,
+                c.span(),
+                "proxy.tls.acme.ca_file",
+                p,
+            );
             path
         });
     let renew_before = dur_or(
