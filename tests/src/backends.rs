@@ -42,7 +42,9 @@ struct BackendState {
     /// Whether `/hold/...` requests may answer; with its condition variable.
     released: Mutex<bool>,
     release: Condvar,
-    conns: Mutex<Vec<TcpStream>>,
+    /// Every accepted connection, with the lock its thread holds while it
+    /// serves a request (from its first line to its answer).
+    conns: Mutex<Vec<(TcpStream, Arc<Mutex<()>>)>>,
 }
 
 /// A real HTTP backend on 127.0.0.1.
@@ -82,11 +84,12 @@ impl Backend {
             match listener.accept() {
                 Ok((s, _)) => {
                     s.set_nonblocking(false).unwrap();
+                    let busy = Arc::new(Mutex::new(()));
                     if let Ok(c) = s.try_clone() {
-                        st.conns.lock().unwrap().push(c);
+                        st.conns.lock().unwrap().push((c, busy.clone()));
                     }
                     let st = st.clone();
-                    thread::spawn(move || serve(s, st));
+                    thread::spawn(move || serve(s, st, busy));
                 }
                 Err(_) => thread::sleep(Duration::from_millis(2)),
             }
@@ -138,11 +141,27 @@ impl Backend {
         self.state.release.notify_all();
     }
 
+    /// Closes every open connection that is not serving a request (as a
+    /// server's keep-alive timeout does), and goes on accepting new ones.
+    pub fn close_idle_connections(&self) {
+        self.state
+            .conns
+            .lock()
+            .unwrap()
+            .retain(|(c, busy)| match busy.try_lock() {
+                Ok(_idle) => {
+                    let _ = c.shutdown(Shutdown::Both);
+                    false
+                }
+                Err(_) => true,
+            });
+    }
+
     /// Closes the port and every open connection: the backend is gone.
     pub fn stop(&self) {
         self.state.stopped.store(true, Ordering::SeqCst);
         self.release_held();
-        for c in self.state.conns.lock().unwrap().drain(..) {
+        for (c, _) in self.state.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
         wait_until(Duration::from_secs(2), || {
@@ -182,7 +201,7 @@ fn headers_json(lines: &[(String, String)]) -> Value {
     Value::Object(map)
 }
 
-fn serve(stream: TcpStream, st: Arc<BackendState>) {
+fn serve(stream: TcpStream, st: Arc<BackendState>, busy: Arc<Mutex<()>>) {
     let mut out = match stream.try_clone() {
         Ok(s) => s,
         Err(_) => return,
@@ -193,6 +212,8 @@ fn serve(stream: TcpStream, st: Arc<BackendState>) {
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
+        // Serving: not idle until answered.
+        let _busy = busy.lock().unwrap_or_else(|e| e.into_inner());
         let mut parts = line.split_whitespace();
         let (method, target) = (
             parts.next().unwrap_or("").to_string(),

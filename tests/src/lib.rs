@@ -33,6 +33,7 @@ pub use daemon::{bin, check_file, check_text, AppSpec, Daemon, Options};
 pub use load::{Load, Report, Sample};
 pub use ports::Port;
 pub use procfs::{
-    may_lower_nice_to_minus_10, own_nice, thp_enabled, thread_nices, unix_socket_listens,
+    close_wait_to, may_lower_nice_to_minus_10, own_nice, thp_enabled, thread_nices,
+    unix_socket_listens,
 };
 pub use wait::wait_until;

@@ -89,3 +89,27 @@ pub fn unix_socket_listens(path: &std::path::Path) -> bool {
             && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & ACCEPTING != 0)
     })
 }
+
+/// How many TCP sockets on this machine are in CLOSE-WAIT towards `port`
+/// on the remote side: closed by that peer, not yet closed by their owner.
+pub fn close_wait_to(port: u16) -> usize {
+    const CLOSE_WAIT: &str = "08";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let remote_port = fields
+                        .get(2)
+                        .and_then(|a| a.rsplit_once(':'))
+                        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+                    remote_port == Some(port) && fields.get(3) == Some(&CLOSE_WAIT)
+                })
+                .count()
+        })
+        .sum()
+}

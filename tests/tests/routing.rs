@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bgproxy_e2e::{AppSpec, Backend, Daemon, H2Backend, Load, Sample};
+use bgproxy_e2e::{close_wait_to, wait_until, AppSpec, Backend, Daemon, H2Backend, Load, Sample};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(10);
@@ -338,4 +338,36 @@ fn plain_and_body_requests_share_one_keep_alive_connection() {
         assert_eq!(echo["headers"]["x-forwarded-proto"], "http");
     }
     assert_eq!(b.hits(), 6, "every request reached the live color once");
+}
+
+/// The lean loop keeps its upstream connections between requests. An
+/// upstream that closes them while they are idle (its keep-alive timeout)
+/// fails no request: a closed one is never handed out. And once the pool
+/// has looked them over, none is left half-closed (CLOSE-WAIT) in the
+/// proxy, though no request came to take it.
+#[test]
+fn upstream_closing_idle_connections_fails_nothing_and_leaves_none_half_closed() {
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
+    assert!(d.wait_health("web", "blue", "up", T));
+
+    let load = Load::start(&d, "any", 8);
+    for _ in 0..6 {
+        assert!(load.wait_each_answered_since(Instant::now(), 20, T));
+        b.close_idle_connections();
+    }
+    assert!(load.wait_each_answered_since(Instant::now(), 20, T));
+    let report = load.finish(); // asserts that every request got its 200
+    assert!(report.sent() > 8 * 20 * 7, "{} requests", report.sent());
+
+    b.close_idle_connections();
+    let port = b.addr.port();
+    assert!(
+        wait_until(Duration::from_secs(10), || close_wait_to(port) == 0),
+        "{} upstream connections left in CLOSE-WAIT",
+        close_wait_to(port)
+    );
+    // The pool still serves: new connections where the old ones closed.
+    let (status, _) = d.get("any", "/");
+    assert_eq!(status, 200);
 }

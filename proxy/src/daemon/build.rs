@@ -36,6 +36,8 @@ use crate::dataplane::connections::{Gate, Tally};
 use crate::dataplane::front_door::FrontDoor;
 use crate::dataplane::handshake::TlsHandshake;
 use crate::dataplane::hooks::{DataPlane, Limits};
+use crate::dataplane::idle_pool::IdlePool;
+use crate::dataplane::lean::LeanLoop;
 use crate::dataplane::tls::CertStore;
 use crate::dataplane::upgrades::{DrainService, Upgrades};
 use crate::metrics::http::MetricsEndpoint;
@@ -254,10 +256,13 @@ pub fn build_with(
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(config.proxy.client_idle_timeout);
     proxy.server_options = Some(options);
-    // The lean loop's connections (HTTP/1 upstreams only).
-    let connector = pingora::connectors::http::v1::Connector::new(Some(
+    // The lean loop's connections (HTTP/1 upstreams only), and its own
+    // pool of idle ones (dataplane/idle_pool.rs: pingora's spawns a task per
+    // request), as large as pingora's would be.
+    let connector = pingora::connectors::TransportConnector::new(Some(
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration),
     ));
+    let idle = IdlePool::new(UPSTREAM_POOL_PER_THREAD.saturating_mul(config.proxy.threads.max(1)));
     // Every client connection passes the connection limits first, from its
     // accept: a TLS one through its handshake (done in front of the front
     // door, dataplane/handshake.rs says why).
@@ -265,7 +270,7 @@ pub fn build_with(
         config.proxy.max_connections,
         config.proxy.max_connections_per_ip,
     );
-    let door = FrontDoor::new(proxy, data, connector);
+    let door = FrontDoor::new(proxy, LeanLoop::new(data, connector, idle));
     let door = match (&config.proxy.tls, &certs) {
         (Some(tls), Some(store)) => {
             let acme_alpn = tls

@@ -42,7 +42,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::connectors::http::v1::Connector;
 use pingora::prelude::fast_timeout::fast_timeout;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
@@ -83,11 +82,11 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    /// `data` is the same data plane `proxy` runs (a clone of it).
-    pub fn new(proxy: HttpProxy<DataPlane>, data: DataPlane, connector: Connector) -> Self {
+    /// `lean` runs a clone of the data plane `proxy` runs.
+    pub fn new(proxy: HttpProxy<DataPlane>, lean: LeanLoop) -> Self {
         FrontDoor {
             proxy: Arc::new(proxy),
-            lean: LeanLoop::new(data, connector),
+            lean,
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
         }

@@ -24,33 +24,39 @@
 //! a reload in between cannot hand it an app with HTTP/2 upstreams.
 
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
-use pingora::connectors::http::v1::Connector;
+use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamH1;
 use pingora::protocols::http::HttpTask;
 use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::{HttpPeer, Peer, PeerOptions, Proxy};
-use pingora::utils::tls::CertKey;
+use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use crate::dataplane::hooks::{DataPlane, RequestCtx};
+use crate::dataplane::idle_pool::IdlePool;
 use crate::dataplane::routing::Routed;
 
-/// The lean loop: pingora's HTTP/1 sessions and connection pool, driven by
-/// the [`DataPlane`] hooks. The front door holds one.
+/// The lean loop: pingora's HTTP/1 sessions and connectors, with a pool of
+/// its own ([`IdlePool`]), driven by the [`DataPlane`] hooks. The front door
+/// holds one.
 pub struct LeanLoop {
     data: DataPlane,
-    connector: Connector,
+    connector: TransportConnector,
+    idle: Arc<IdlePool>,
 }
 
 impl LeanLoop {
     /// `data` is the data plane whose hooks it calls (a clone of the one
-    /// pingora-proxy runs); `connector` keeps the upstream connections.
-    pub fn new(data: DataPlane, connector: Connector) -> Self {
-        LeanLoop { data, connector }
+    /// pingora-proxy runs); `connector` makes the upstream connections,
+    /// `idle` keeps them between requests.
+    pub fn new(data: DataPlane, connector: TransportConnector, idle: Arc<IdlePool>) -> Self {
+        LeanLoop {
+            data,
+            connector,
+            idle,
+        }
     }
 
     /// The data plane whose hooks the loop calls.
@@ -112,17 +118,25 @@ impl LeanLoop {
         }
         let mut retried_reused = false;
         loop {
-            let peer = Pooled::new(data.upstream_peer(session, ctx).await?);
-            // A pooled connection, else a new one. Connecting is a large
+            let peer = data.upstream_peer(session, ctx).await?;
+            // The pool's key: address, TLS, options.
+            let key = peer.reuse_hash();
+            // A pooled connection, else a new one; a new one for the retry
+            // after a pooled one failed (others the upstream closed at the
+            // same moment may not look closed yet). Connecting is a large
             // future (TCP, TLS): boxed on its own, it is not part of every
             // request's future (copied whole into its box per request).
-            let pooled = self.connector.reused_http_session(&peer).await;
-            let (mut upstream, reused) = match pooled {
-                Some(upstream) => (upstream, true),
-                None => match Box::pin(self.connector.get_http_session(&peer)).await {
-                    Ok(c) => c,
+            let pooled = if retried_reused {
+                None
+            } else {
+                self.idle.take(key)
+            };
+            let (stream, reused) = match pooled {
+                Some(stream) => (stream, true),
+                None => match Box::pin(self.connector.new_stream(&*peer)).await {
+                    Ok(stream) => (stream, false),
                     Err(e) => {
-                        let e = data.fail_to_connect(session, &peer.peer, ctx, e.into_up());
+                        let e = data.fail_to_connect(session, &peer, ctx, e.into_up());
                         if e.retry() {
                             continue;
                         }
@@ -130,13 +144,17 @@ impl LeanLoop {
                     }
                 },
             };
-            upstream.read_timeout = peer.peer.options.read_timeout;
-            upstream.write_timeout = peer.peer.options.write_timeout;
+            let mut upstream = UpstreamH1::new_with_options(stream, &*peer);
+            upstream.read_timeout = peer.options.read_timeout;
+            upstream.write_timeout = peer.options.write_timeout;
             match self.exchange(session, ctx, &mut upstream).await {
                 Ok(()) => {
-                    self.connector
-                        .release_http_session(upstream, &peer, peer.idle_timeout())
-                        .await;
+                    // Kept only when its response was read to its end and
+                    // the upstream did not ask to close.
+                    upstream.respect_keepalive();
+                    if let Some(stream) = upstream.reuse().await {
+                        self.idle.put(key, stream, peer.idle_timeout());
+                    }
                     return Ok(());
                 }
                 Err(mut e) => {
@@ -241,68 +259,5 @@ impl LeanLoop {
                 _ => {}
             }
         }
-    }
-}
-
-/// The lean loop's upstream: the [`HttpPeer`] the hooks chose, as the
-/// connection pool sees it, with two costs of every request taken out.
-///
-/// - Its reuse hash (the pool's key: address, TLS, options) is computed
-///   once, not on each of the pool's two lookups.
-/// - A pooled connection is not checked with `getpeername(2)` before it is
-///   reused (one system call per request, of ~5): the pool hands out only
-///   connections kept under this hash, which covers the address, and owns
-///   their sockets, so a descriptor cannot have come to mean another
-///   connection meanwhile. A connection the upstream closed is still found
-///   out (the pool reads it first).
-#[derive(Clone)]
-struct Pooled {
-    peer: Box<HttpPeer>,
-    hash: u64,
-}
-
-impl Pooled {
-    fn new(peer: Box<HttpPeer>) -> Self {
-        let hash = peer.reuse_hash();
-        Pooled { peer, hash }
-    }
-}
-
-impl std::fmt::Display for Pooled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.peer.fmt(f)
-    }
-}
-
-impl Peer for Pooled {
-    fn address(&self) -> &pingora::protocols::l4::socket::SocketAddr {
-        self.peer.address()
-    }
-    fn tls(&self) -> bool {
-        self.peer.tls()
-    }
-    fn sni(&self) -> &str {
-        self.peer.sni()
-    }
-    fn reuse_hash(&self) -> u64 {
-        self.hash
-    }
-    fn get_peer_options(&self) -> Option<&PeerOptions> {
-        self.peer.get_peer_options()
-    }
-    fn get_mut_peer_options(&mut self) -> Option<&mut PeerOptions> {
-        self.peer.get_mut_peer_options()
-    }
-    fn get_proxy(&self) -> Option<&Proxy> {
-        self.peer.get_proxy()
-    }
-    fn matches_fd<V: AsRawFd>(&self, _fd: V) -> bool {
-        true
-    }
-    fn get_client_cert_key(&self) -> Option<&Arc<CertKey>> {
-        self.peer.get_client_cert_key()
-    }
-    fn get_tracer(&self) -> Option<pingora::upstreams::peer::Tracer> {
-        self.peer.get_tracer()
     }
 }

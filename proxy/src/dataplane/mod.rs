@@ -12,6 +12,7 @@
 //!             read here, within their limits
 //! lean        the lean loop: one plain request to an HTTP/1 upstream on a
 //!             straight line
+//! idle_pool   the lean loop's idle upstream connections, without a task each
 //! hooks       the ProxyHttp hooks both paths call: limits, routing, retries,
 //!             error pages, metrics and the access log
 //! access_log  the access log's lines, per-thread buffers and their one writer
@@ -37,6 +38,7 @@ pub mod handshake;
 pub mod headers;
 pub mod health_cell;
 pub mod hooks;
+pub mod idle_pool;
 pub mod lean;
 pub mod mirror;
 pub mod preview;
