@@ -27,8 +27,6 @@ use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::protocols::http::v1::client::HttpSession as UpstreamH1;
-use pingora::protocols::http::HttpTask;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType};
@@ -37,6 +35,7 @@ use std::sync::Arc;
 use crate::dataplane::hooks::{DataPlane, RequestCtx};
 use crate::dataplane::idle_pool::IdlePool;
 use crate::dataplane::routing::Routed;
+use crate::dataplane::upstream_h1::Upstream;
 
 /// The lean loop: pingora's HTTP/1 sessions and connectors, with a pool of
 /// its own ([`IdlePool`]), driven by the [`DataPlane`] hooks. The front door
@@ -144,15 +143,16 @@ impl LeanLoop {
                     }
                 },
             };
-            let mut upstream = UpstreamH1::new_with_options(stream, &*peer);
-            upstream.read_timeout = peer.options.read_timeout;
-            upstream.write_timeout = peer.options.write_timeout;
+            let mut upstream = Upstream::new(
+                stream,
+                peer.options.read_timeout,
+                peer.options.write_timeout,
+            );
             match self.exchange(session, ctx, &mut upstream).await {
                 Ok(()) => {
                     // Kept only when its response was read to its end and
-                    // the upstream did not ask to close.
-                    upstream.respect_keepalive();
-                    if let Some(stream) = upstream.reuse().await {
+                    // neither side asked to close.
+                    if let Some(stream) = upstream.into_reusable() {
                         self.idle.put(key, stream, peer.idle_timeout());
                     }
                     return Ok(());
@@ -176,7 +176,7 @@ impl LeanLoop {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        upstream: &mut UpstreamH1,
+        upstream: &mut Upstream,
     ) -> Result<()> {
         let data = &self.data;
         let mut req: RequestHeader = session.req_header().clone();
@@ -195,68 +195,59 @@ impl LeanLoop {
             req.remove_header(&http::header::TE);
         }
         data.upstream_request_filter(session, &mut req, ctx).await?;
-        upstream
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(|e| e.into_up())?;
-        upstream.finish_body().await.map_err(|e| e.into_up())?;
-        loop {
-            match upstream
-                .read_response_task()
+        upstream.send_request(&req).await.map_err(|e| e.into_up())?;
+        let head_request = session.req_header().method == http::Method::HEAD;
+        let (mut header, end) = loop {
+            let head = upstream
+                .read_head(head_request)
                 .await
-                .map_err(|e| e.into_up())?
-            {
-                HttpTask::Header(mut header, end) => {
-                    if header.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                        // No upgrade was asked for (pingora-proxy refuses it too).
-                        return Error::e_explain(
-                            ErrorType::InvalidHTTPHeader,
-                            "101 from the upstream to a request without Upgrade",
-                        )
-                        .map_err(|e| e.into_up());
-                    }
-                    // A body delimited by the upstream closing its connection
-                    // goes to the client chunked, so the client's connection
-                    // stays open (as pingora-proxy does).
-                    let no_body = session.req_header().method == http::Method::HEAD
-                        || matches!(header.status.as_u16(), 204 | 304);
-                    if !no_body
-                        && !end
-                        && !header.status.is_informational()
-                        && !header.headers.contains_key(http::header::TRANSFER_ENCODING)
-                        && !header.headers.contains_key(http::header::CONTENT_LENGTH)
-                    {
-                        header.set_version(http::Version::HTTP_11);
-                        header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-                    }
-                    data.response_filter(session, &mut header, ctx).await?;
-                    session
-                        .write_response_header(header, end)
-                        .await
-                        .map_err(|e| e.into_down())?;
-                    if end {
-                        return Ok(());
-                    }
-                }
-                HttpTask::Body(mut body, end) => {
-                    data.response_body_filter(session, &mut body, end, ctx)?;
-                    session
-                        .write_response_body(body, end)
-                        .await
-                        .map_err(|e| e.into_down())?;
-                    if end {
-                        return Ok(());
-                    }
-                }
-                HttpTask::Done => {
-                    session
-                        .write_response_body(None, true)
-                        .await
-                        .map_err(|e| e.into_down())?;
-                    return Ok(());
-                }
-                HttpTask::Failed(e) => return Err(e.into_up()),
-                _ => {}
+                .map_err(|e| e.into_up())?;
+            if head.header.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                // No upgrade was asked for (pingora-proxy refuses it too).
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "101 from the upstream to a request without Upgrade",
+                )
+                .map_err(|e| e.into_up());
+            }
+            if !head.header.status.is_informational() {
+                break (head.header, head.end);
+            }
+            // 1xx (Early Hints): passed on, the final head follows.
+            let mut info = head.header;
+            data.response_filter(session, &mut info, ctx).await?;
+            session
+                .write_response_header(info, false)
+                .await
+                .map_err(|e| e.into_down())?;
+        };
+        // A body delimited by the upstream closing its connection goes to
+        // the client chunked, so the client's connection stays open (as
+        // pingora-proxy does).
+        if !end
+            && !header.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && !header.headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            header.set_version(http::Version::HTTP_11);
+            header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        data.response_filter(session, &mut header, ctx).await?;
+        session
+            .write_response_header(header, end)
+            .await
+            .map_err(|e| e.into_down())?;
+        if end {
+            return Ok(());
+        }
+        loop {
+            let (mut body, end) = upstream.read_body().await.map_err(|e| e.into_up())?;
+            data.response_body_filter(session, &mut body, end, ctx)?;
+            session
+                .write_response_body(body, end)
+                .await
+                .map_err(|e| e.into_down())?;
+            if end {
+                return Ok(());
             }
         }
     }

@@ -13,6 +13,7 @@
 //! lean        the lean loop: one plain request to an HTTP/1 upstream on a
 //!             straight line
 //! idle_pool   the lean loop's idle upstream connections, without a task each
+//! upstream_h1 the lean loop's HTTP/1.1 client: request head out, response in
 //! hooks       the ProxyHttp hooks both paths call: limits, routing, retries,
 //!             error pages, metrics and the access log
 //! access_log  the access log's lines, per-thread buffers and their one writer
@@ -47,3 +48,4 @@ pub mod routes;
 pub mod routing;
 pub mod tls;
 pub mod upgrades;
+pub mod upstream_h1;
