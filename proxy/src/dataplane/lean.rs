@@ -32,6 +32,7 @@ use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType};
 use std::sync::Arc;
 
+use crate::dataplane::headers::upstream_copy;
 use crate::dataplane::hooks::{DataPlane, RequestCtx};
 use crate::dataplane::idle_pool::IdlePool;
 use crate::dataplane::routing::Routed;
@@ -179,7 +180,7 @@ impl LeanLoop {
         upstream: &mut Upstream,
     ) -> Result<()> {
         let data = &self.data;
-        let mut req: RequestHeader = session.req_header().clone();
+        let mut req: RequestHeader = upstream_copy(session.req_header());
         req.set_version(http::Version::HTTP_11);
         // The only hop-by-hop header a lean request can carry.
         req.remove_header(&http::header::CONNECTION);

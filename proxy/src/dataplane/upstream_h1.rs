@@ -271,14 +271,11 @@ impl Upstream {
     /// Decides the body's framing from the final head (RFC 9112 6.3).
     fn frame(&mut self, header: &mut ResponseHeader, head_request: bool) -> Result<()> {
         let headers = &header.headers;
-        let close = headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"));
-        let keep_alive_asked = headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"keep-alive"));
+        let (mut close, mut keep_alive_asked) = (false, false);
+        for value in headers.get_all(http::header::CONNECTION) {
+            close |= has_token(value.as_bytes(), b"close");
+            keep_alive_asked |= has_token(value.as_bytes(), b"keep-alive");
+        }
         let http10 = header.version == http::Version::HTTP_10;
         if close || (http10 && !keep_alive_asked) {
             self.keep_alive = false;
