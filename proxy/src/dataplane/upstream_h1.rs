@@ -270,20 +270,37 @@ impl Upstream {
 
     /// Decides the body's framing from the final head (RFC 9112 6.3).
     fn frame(&mut self, header: &mut ResponseHeader, head_request: bool) -> Result<()> {
-        let headers = &header.headers;
+        // One pass over the headers (a look-up per name cost more).
         let (mut close, mut keep_alive_asked) = (false, false);
-        for value in headers.get_all(http::header::CONNECTION) {
-            close |= has_token(value.as_bytes(), b"close");
-            keep_alive_asked |= has_token(value.as_bytes(), b"keep-alive");
+        // Some(whether the last coding is chunked) when Transfer-Encoding
+        // was sent; the Content-Length values, checked only without it.
+        let mut chunked = None;
+        let mut length: Result<Option<u64>> = Ok(None);
+        for (name, value) in header.headers.iter() {
+            let value = value.as_bytes();
+            if name == http::header::CONNECTION {
+                close |= has_token(value, b"close");
+                keep_alive_asked |= has_token(value, b"keep-alive");
+            } else if name == http::header::TRANSFER_ENCODING {
+                let last = value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .rfind(|c| !c.is_empty())
+                    .unwrap_or(b"");
+                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else if name == http::header::CONTENT_LENGTH {
+                if let Ok(known) = &mut length {
+                    if let Err(e) = add_length(known, value) {
+                        length = Err(e);
+                    }
+                }
+            }
         }
         let http10 = header.version == http::Version::HTTP_10;
         if close || (http10 && !keep_alive_asked) {
             self.keep_alive = false;
         }
         let status = header.status.as_u16();
-        // Some(whether chunked) when Transfer-Encoding was sent.
-        let chunked =
-            last_transfer_coding(headers).map(|last| last.eq_ignore_ascii_case(b"chunked"));
         if chunked.is_some() {
             // Transfer-Encoding overrides Content-Length (RFC 9112 6.3),
             // and an HTTP/1.0 response with it is not reused (6.1).
@@ -298,7 +315,7 @@ impl Upstream {
             match chunked {
                 Some(true) => Body::Chunked(Chunk::Size),
                 Some(false) => Body::Close,
-                None => match content_length(&header.headers)? {
+                None => match length? {
                     Some(0) => Body::Done,
                     Some(n) => Body::Length(n),
                     None => Body::Close,
@@ -464,51 +481,33 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Parsed)>> {
     Ok(Some((len, parsed)))
 }
 
-/// The last transfer coding the response names, if it has
-/// `Transfer-Encoding` at all.
-fn last_transfer_coding(headers: &http::HeaderMap) -> Option<&[u8]> {
-    let mut last = None;
-    for value in headers.get_all(http::header::TRANSFER_ENCODING) {
-        let mut codings = value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii);
-        // An empty value still says Transfer-Encoding was sent.
-        last = Some(codings.rfind(|c| !c.is_empty()).unwrap_or(b""));
-    }
-    last
-}
-
-/// The response's `Content-Length`: every value (and every element of a
-/// comma-separated one) must be the same number.
-fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>> {
-    let mut length = None;
-    for value in headers.get_all(http::header::CONTENT_LENGTH) {
-        for element in value.as_bytes().split(|&b| b == b',') {
-            let element = element.trim_ascii();
-            let n = std::str::from_utf8(element)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    Error::explain(
-                        ErrorType::InvalidHTTPHeader,
-                        format!(
-                            "invalid Content-Length from the upstream: {:?}",
-                            String::from_utf8_lossy(element)
-                        ),
-                    )
-                })?;
-            if length.is_some_and(|l| l != n) {
-                return Error::e_explain(
+/// Adds one `Content-Length` value to what the others said: every value
+/// (and every element of a comma-separated one) must be the same number.
+fn add_length(length: &mut Option<u64>, value: &[u8]) -> Result<()> {
+    for element in value.split(|&b| b == b',') {
+        let element = element.trim_ascii();
+        let n = std::str::from_utf8(element)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| {
+                Error::explain(
                     ErrorType::InvalidHTTPHeader,
-                    "conflicting Content-Length values from the upstream",
-                );
-            }
-            length = Some(n);
+                    format!(
+                        "invalid Content-Length from the upstream: {:?}",
+                        String::from_utf8_lossy(element)
+                    ),
+                )
+            })?;
+        if length.is_some_and(|l| l != n) {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "conflicting Content-Length values from the upstream",
+            );
         }
+        *length = Some(n);
     }
-    Ok(length)
+    Ok(())
 }
 
 /// A chunk-size line's size (extensions after `;` ignored).
@@ -631,6 +630,31 @@ mod tests {
         );
         assert_eq!(body(&mut up).await.unwrap(), b"hello world");
         assert!(up.into_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_last_transfer_coding_decides_and_a_content_length_beside_it_is_ignored() {
+        let mut up = exchange(
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: x\r\n\r\n2\r\nab\r\n0\r\n\r\n"],
+            false,
+        )
+        .await;
+        up.read_head(false).await.unwrap();
+        assert_eq!(body(&mut up).await.unwrap(), b"ab");
+        assert!(up.into_reusable().is_some());
+
+        let mut up = exchange(
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nraw"],
+            true,
+        )
+        .await;
+        up.read_head(false).await.unwrap();
+        assert_eq!(
+            body(&mut up).await.unwrap(),
+            b"raw",
+            "not chunked last: to the close"
+        );
+        assert!(up.into_reusable().is_none());
     }
 
     #[tokio::test]
@@ -761,12 +785,14 @@ mod tests {
     }
 
     #[test]
-    fn transfer_codings_and_chunk_sizes() {
-        let mut h = http::HeaderMap::new();
-        assert_eq!(last_transfer_coding(&h), None);
-        h.append("transfer-encoding", "gzip".parse().unwrap());
-        h.append("transfer-encoding", "Chunked ".parse().unwrap());
-        assert_eq!(last_transfer_coding(&h), Some(&b"Chunked"[..]));
+    fn lengths_and_chunk_sizes() {
+        let mut length = None;
+        add_length(&mut length, b"7, 7").unwrap();
+        add_length(&mut length, b" 7").unwrap();
+        assert_eq!(length, Some(7));
+        assert!(add_length(&mut length, b"8").is_err());
+        assert!(add_length(&mut None, b"").is_err());
+        assert!(add_length(&mut None, b"+7").is_err());
         assert_eq!(chunk_size(b"1a").unwrap(), 26);
         assert_eq!(chunk_size(b"0;name=value").unwrap(), 0);
         assert!(chunk_size(b"").is_err());
