@@ -465,6 +465,10 @@ impl FrontDoor {
         };
         match (shape, routed) {
             (Shape::Lean, Some(routed)) => {
+                // Nothing pipelined after this head: the lean loop may write
+                // the response itself (with bytes of a next request, pingora's
+                // session writes it and closes the connection after it).
+                let direct = head_end(&bytes) == Some(bytes.len());
                 let mut session = Session::new_h1(stream);
                 prepare(session.as_downstream_mut(), bytes, keepalive, reuses);
                 // Boxed: the request's future (upstream connect, exchange)
@@ -472,7 +476,7 @@ impl FrontDoor {
                 // every idle keep-alive connection holds while it waits for
                 // its next request (benches/README: memory per idle
                 // connection).
-                Box::pin(self.lean.serve(session, routed)).await
+                Box::pin(self.lean.serve(session, routed, direct)).await
             }
             (_, routed) => {
                 let mut session = ServerSession::new_http1(stream);
@@ -502,7 +506,7 @@ impl FrontDoor {
             let routed = Routed::load(self.data().routing(), host_of(session.req_header()));
             if lean_app(&routed, tls) {
                 // Boxed for the same reason as an HTTP/1 request's.
-                return Box::pin(self.lean.serve(stream_session(session), routed)).await;
+                return Box::pin(self.lean.serve(stream_session(session), routed, false)).await;
             }
         }
         self.proxy.process_new_http(session, shutdown).await

@@ -435,6 +435,9 @@ pub struct RequestCtx {
     /// The app's route (`[[app.routes]]`) serving the path: an index into
     /// its `paths`, `None` for the app's own pools.
     path_route: Option<usize>,
+    /// A response the lean loop wrote to the client itself, not through
+    /// pingora's session: its status and body bytes so far.
+    written: Option<(u16, usize)>,
 }
 
 impl RequestCtx {
@@ -452,6 +455,17 @@ impl RequestCtx {
     fn route_by(&mut self, routing: &Routing, host: Option<&[u8]>) -> &Routed {
         self.routed
             .get_or_insert_with(|| Routed::load(routing, host))
+    }
+
+    /// Records a response the lean loop writes itself: its head went out
+    /// with `status`, and `body_bytes` of its body so far.
+    pub fn wrote(&mut self, status: u16, body_bytes: usize) {
+        self.written = Some((status, body_bytes));
+    }
+
+    /// Whether the lean loop has written a response head itself.
+    pub fn has_written(&self) -> bool {
+        self.written.is_some()
     }
 
     /// The app this request is routed to, if any.
@@ -871,7 +885,11 @@ impl ProxyHttp for DataPlane {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map(|r| r.status.as_u16());
+        let (status, bytes) = match (session.response_written(), ctx.written) {
+            (Some(r), _) => (Some(r.status.as_u16()), session.body_bytes_sent()),
+            (None, Some((status, bytes))) => (Some(status), bytes),
+            (None, None) => (None, session.body_bytes_sent()),
+        };
         let elapsed = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
         let copy = ctx.mirror.take();
         let (app, color) = match (ctx.route(), ctx.color) {
@@ -907,7 +925,7 @@ impl ProxyHttp for DataPlane {
             path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
             host: host_of(req),
             status: status.unwrap_or(0),
-            bytes: session.body_bytes_sent(),
+            bytes,
             duration: elapsed,
             client,
             error: e.map(|e| e.etype().as_str()),

@@ -23,14 +23,19 @@
 //! ([`Routed`]): the loop serves it by that snapshot and loads no other, so
 //! a reload in between cannot hand it an app with HTTP/2 upstreams.
 
+use bytes::{BufMut, BytesMut};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
+use pingora::protocols::http::date;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType};
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 
 use crate::dataplane::headers::upstream_copy;
 use crate::dataplane::hooks::{DataPlane, RequestCtx};
@@ -68,7 +73,16 @@ impl LeanLoop {
     /// loaded to let it in, and the app it matched), then hands the
     /// connection back to pingora for the next one. `None`: the connection
     /// is closed (the client went away, or an error left it unusable).
-    pub async fn serve(&self, mut session: Session, routed: Routed) -> Option<ReusedHttpStream> {
+    ///
+    /// `direct`: the client's HTTP/1 connection holds nothing after this
+    /// request's head, so a plain response may be written to it by the loop
+    /// itself ([`Direct`]) rather than through pingora's session.
+    pub async fn serve(
+        &self,
+        mut session: Session,
+        routed: Routed,
+        direct: bool,
+    ) -> Option<ReusedHttpStream> {
         match session.read_request().await {
             Ok(true) => {}
             Ok(false) => return None,
@@ -86,9 +100,13 @@ impl LeanLoop {
         // request may come here (HTTP/1 upstreams), and a reload since then
         // must not route it to an app the loop cannot serve.
         let mut ctx = RequestCtx::routed(routed);
-        let error = self.forward(&mut session, &mut ctx).await.err();
+        let mut direct = direct.then(Direct::default);
+        let error = self
+            .forward(&mut session, &mut ctx, &mut direct)
+            .await
+            .err();
         if let Some(e) = &error {
-            if session.response_written().is_none() {
+            if session.response_written().is_none() && !ctx.has_written() {
                 data.fail_to_proxy(&mut session, e, &mut ctx).await;
             }
         }
@@ -102,6 +120,20 @@ impl LeanLoop {
             return None;
         }
         let settings = HttpPersistentSettings::for_session(session.as_downstream());
+        if let Some(direct) = direct.filter(|_| ctx.has_written()) {
+            // Written here, not by the session: the session's own finish
+            // would see no response. The stream is kept only when the
+            // response said keep-alive.
+            let ServerSession::H1(v1) = *session.downstream_session else {
+                return None;
+            };
+            let mut stream = v1.into_inner();
+            if !direct.keepalive {
+                let _ = stream.shutdown().await;
+                return None;
+            }
+            return Some(ReusedHttpStream::new(stream, Some(settings)));
+        }
         match session.downstream_session.finish().await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
             _ => None,
@@ -111,7 +143,12 @@ impl LeanLoop {
     /// The request to an upstream and its response back, with pingora-proxy's
     /// retries: a refused connect as `fail_to_connect` decides, a pooled
     /// connection the upstream had closed once more on a fresh one.
-    async fn forward(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        direct: &mut Option<Direct>,
+    ) -> Result<()> {
         let data = &self.data;
         if data.request_filter(session, ctx).await? {
             return Ok(()); // answered (404, 431, ...)
@@ -149,7 +186,7 @@ impl LeanLoop {
                 peer.options.read_timeout,
                 peer.options.write_timeout,
             );
-            match self.exchange(session, ctx, &mut upstream).await {
+            match self.exchange(session, ctx, &mut upstream, direct).await {
                 Ok(()) => {
                     // Kept only when its response was read to its end and
                     // neither side asked to close.
@@ -162,7 +199,11 @@ impl LeanLoop {
                     // A pooled connection the upstream had closed: once more
                     // on a fresh one, as pingora-proxy does.
                     e.retry.decide_reuse(reused);
-                    if e.retry() && !retried_reused && session.response_written().is_none() {
+                    if e.retry()
+                        && !retried_reused
+                        && session.response_written().is_none()
+                        && !ctx.has_written()
+                    {
                         retried_reused = true;
                         continue;
                     }
@@ -178,6 +219,7 @@ impl LeanLoop {
         session: &mut Session,
         ctx: &mut RequestCtx,
         upstream: &mut Upstream,
+        direct: &mut Option<Direct>,
     ) -> Result<()> {
         let data = &self.data;
         let mut req: RequestHeader = upstream_copy(session.req_header());
@@ -217,10 +259,16 @@ impl LeanLoop {
             // 1xx (Early Hints): passed on, the final head follows.
             let mut info = head.header;
             data.response_filter(session, &mut info, ctx).await?;
-            session
-                .write_response_header(info, false)
-                .await
-                .map_err(|e| e.into_down())?;
+            match direct {
+                Some(direct) => {
+                    direct.head(&mut info, None);
+                    direct.send(session).await?;
+                }
+                None => session
+                    .write_response_header(info, false)
+                    .await
+                    .map_err(|e| e.into_down())?,
+            }
         };
         // A body delimited by the upstream closing its connection goes to
         // the client chunked, so the client's connection stays open (as
@@ -233,23 +281,215 @@ impl LeanLoop {
             header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
         data.response_filter(session, &mut header, ctx).await?;
-        session
-            .write_response_header(header, end)
-            .await
-            .map_err(|e| e.into_down())?;
-        if end {
-            return Ok(());
-        }
-        loop {
-            let (mut body, end) = upstream.read_body().await.map_err(|e| e.into_up())?;
-            data.response_body_filter(session, &mut body, end, ctx)?;
+        let Some(direct) = direct else {
             session
-                .write_response_body(body, end)
+                .write_response_header(header, end)
                 .await
                 .map_err(|e| e.into_down())?;
             if end {
                 return Ok(());
             }
+            loop {
+                let (mut body, end) = upstream.read_body().await.map_err(|e| e.into_up())?;
+                data.response_body_filter(session, &mut body, end, ctx)?;
+                session
+                    .write_response_body(body, end)
+                    .await
+                    .map_err(|e| e.into_down())?;
+                if end {
+                    return Ok(());
+                }
+            }
+        };
+        // The head waits in the buffer for the body's first piece: a small
+        // response goes out in one write.
+        let status = header.status.as_u16();
+        direct.chunked = !end
+            && header
+                .headers
+                .get(http::header::TRANSFER_ENCODING)
+                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        direct.keepalive = session.get_keepalive().is_some();
+        direct.head(&mut header, Some(direct.keepalive));
+        ctx.wrote(status, 0);
+        if end || !upstream.body_buffered() {
+            // Alone when the body is not here yet: a slow body (a stream of
+            // events, say) must not hold its head back.
+            direct.send(session).await?;
+            if end {
+                return Ok(());
+            }
         }
+        let mut sent = 0;
+        loop {
+            let (mut body, end) = upstream.read_body().await.map_err(|e| e.into_up())?;
+            data.response_body_filter(session, &mut body, end, ctx)?;
+            sent += direct.body(body.as_deref().unwrap_or_default(), end);
+            direct.send(session).await?;
+            ctx.wrote(status, sent);
+            if end {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A plain response the lean loop writes to an HTTP/1 client itself.
+///
+/// pingora's session spent ~7k instructions per request writing a response
+/// head and body and finishing the request (callgrind, benches/README step
+/// 13): the head prepared through its header maps, a body writer set up per
+/// response. This writes what pingora would for the lean loop's responses:
+/// the upstream's status line and headers, `Date` and `Connection`
+/// (keep-alive or close, as the session decided) set as pingora sets them,
+/// and the body as it came, chunked again when the head says chunked.
+#[derive(Default)]
+pub struct Direct {
+    out: BytesMut,
+    /// The body goes out chunked.
+    chunked: bool,
+    /// The connection is kept for the next request (said in the head).
+    keepalive: bool,
+}
+
+impl Direct {
+    /// Adds a response head; `keepalive` for a final one (which gets `Date`
+    /// and `Connection`), `None` for a 1xx.
+    fn head(&mut self, header: &mut ResponseHeader, keepalive: Option<bool>) {
+        let out = &mut self.out;
+        out.reserve(512);
+        out.put_slice(match header.version {
+            http::Version::HTTP_10 => b"HTTP/1.0 ",
+            _ => b"HTTP/1.1 ",
+        });
+        out.put_slice(header.status.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(header.get_reason_phrase().unwrap_or("").as_bytes());
+        out.put_slice(b"\r\n");
+        if let Some(keepalive) = keepalive {
+            header.remove_header(&http::header::DATE);
+            header.remove_header(&http::header::CONNECTION);
+            header.header_to_h1_wire(out);
+            out.put_slice(b"Date: ");
+            out.put_slice(date::get_cached_date().as_bytes());
+            out.put_slice(if keepalive {
+                b"\r\nConnection: keep-alive\r\n"
+            } else {
+                b"\r\nConnection: close\r\n"
+            });
+        } else {
+            header.header_to_h1_wire(out);
+        }
+        out.put_slice(b"\r\n");
+    }
+
+    /// Adds a piece of the body (and, at its end, a chunked body's last
+    /// chunk); returns the body bytes it carries.
+    fn body(&mut self, piece: &[u8], end: bool) -> usize {
+        let out = &mut self.out;
+        if self.chunked {
+            if !piece.is_empty() {
+                out.put_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                out.put_slice(piece);
+                out.put_slice(b"\r\n");
+            }
+            if end {
+                out.put_slice(b"0\r\n\r\n");
+            }
+        } else {
+            out.put_slice(piece);
+        }
+        piece.len()
+    }
+
+    /// Writes what was added to the client's stream.
+    async fn send(&mut self, session: &mut Session) -> Result<()> {
+        let ServerSession::H1(v1) = session.downstream_session.as_mut() else {
+            return Error::e_explain(ErrorType::InternalError, "a direct response on HTTP/2");
+        };
+        let stream = v1.stream_mut();
+        let written = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        };
+        let result = written.await;
+        self.out.clear();
+        result.map_err(|e| {
+            Error::because(ErrorType::WriteError, "writing the response", e).into_down()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, headers: &[(&'static str, &'static str)]) -> ResponseHeader {
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = http::StatusCode::from_u16(status).unwrap();
+        for (name, value) in headers {
+            parts.headers.append(*name, value.parse().unwrap());
+        }
+        ResponseHeader::from(parts)
+    }
+
+    fn text(direct: &Direct) -> String {
+        String::from_utf8(direct.out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_final_head_gets_date_and_connection_as_pingora_sets_them() {
+        let mut direct = Direct::default();
+        let mut header = response(
+            200,
+            &[
+                ("content-length", "2"),
+                ("connection", "close"),
+                ("date", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                ("x-app", "a"),
+            ],
+        );
+        header.set_reason_phrase(Some("Fine")).unwrap();
+        direct.head(&mut header, Some(true));
+        direct.body(b"ok", true);
+        let out = text(&direct);
+        assert!(
+            out.starts_with("HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nx-app: a\r\nDate: "),
+            "{out}"
+        );
+        assert!(
+            out.ends_with(" GMT\r\nConnection: keep-alive\r\n\r\nok"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("1970") && !out.contains("close"),
+            "the upstream's own are replaced: {out}"
+        );
+
+        let mut direct = Direct::default();
+        direct.head(&mut response(204, &[]), Some(false));
+        assert!(text(&direct).ends_with("\r\nConnection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn an_informational_head_is_passed_as_it_is_and_bodies_are_chunked_when_said() {
+        let mut direct = Direct::default();
+        direct.head(&mut response(103, &[("link", "</a>")]), None);
+        assert_eq!(
+            text(&direct),
+            "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+        );
+
+        let mut direct = Direct {
+            chunked: true,
+            ..Direct::default()
+        };
+        assert_eq!(direct.body(b"hello", false), 5);
+        assert_eq!(direct.body(b"", false), 0);
+        assert_eq!(direct.body(b"0123456789abcdefg", true), 17);
+        assert_eq!(
+            text(&direct),
+            "5\r\nhello\r\n11\r\n0123456789abcdefg\r\n0\r\n\r\n"
+        );
     }
 }

@@ -236,6 +236,12 @@ impl Upstream {
         }
     }
 
+    /// Whether bytes of the body are already read (the next
+    /// [`read_body`](Self::read_body) returns without waiting).
+    pub fn body_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// The connection, when it may carry another request: the body was read
     /// to its end, nothing followed it, and neither side asked to close.
     pub fn into_reusable(self) -> Option<Stream> {

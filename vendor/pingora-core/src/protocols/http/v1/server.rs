@@ -1746,6 +1746,13 @@ impl HttpSession {
         &self.underlying_stream
     }
 
+    /// Get the mutable reference of the [Stream] that this HTTP session is
+    /// operating upon (bgproxy: its lean loop writes a plain response to
+    /// the stream itself; see vendor/README.md).
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.underlying_stream
+    }
+
     /// Consume `self`, the underlying stream will be returned and can be used
     /// directly, for example, in the case of HTTP upgrade. The stream is not
     /// flushed prior to being returned.
