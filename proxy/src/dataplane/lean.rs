@@ -261,7 +261,7 @@ impl LeanLoop {
             data.response_filter(session, &mut info, ctx).await?;
             match direct {
                 Some(direct) => {
-                    direct.head(&mut info, None);
+                    direct.head(&info, None);
                     direct.send(session).await?;
                 }
                 None => session
@@ -310,7 +310,7 @@ impl LeanLoop {
                 .get(http::header::TRANSFER_ENCODING)
                 .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"));
         direct.keepalive = session.get_keepalive().is_some();
-        direct.head(&mut header, Some(direct.keepalive));
+        direct.head(&header, Some(direct.keepalive));
         ctx.wrote(status, 0);
         if end || !upstream.body_buffered() {
             // Alone when the body is not here yet: a slow body (a stream of
@@ -334,6 +334,24 @@ impl LeanLoop {
     }
 }
 
+/// One header line, its name title-cased (`content-type` as
+/// `Content-Type`, the way most servers write them; the map keeps names in
+/// lower case).
+fn put_header(out: &mut BytesMut, name: &http::HeaderName, value: &http::HeaderValue) {
+    let start = out.len();
+    out.extend_from_slice(name.as_str().as_bytes());
+    let mut upper = true;
+    for b in &mut out[start..] {
+        if upper {
+            b.make_ascii_uppercase();
+        }
+        upper = *b == b'-';
+    }
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
 /// A plain response the lean loop writes to an HTTP/1 client itself.
 ///
 /// pingora's session spent ~7k instructions per request writing a response
@@ -355,7 +373,7 @@ pub struct Direct {
 impl Direct {
     /// Adds a response head; `keepalive` for a final one (which gets `Date`
     /// and `Connection`), `None` for a 1xx.
-    fn head(&mut self, header: &mut ResponseHeader, keepalive: Option<bool>) {
+    fn head(&mut self, header: &ResponseHeader, keepalive: Option<bool>) {
         let out = &mut self.out;
         out.reserve(512);
         out.put_slice(match header.version {
@@ -367,9 +385,13 @@ impl Direct {
         out.put_slice(header.get_reason_phrase().unwrap_or("").as_bytes());
         out.put_slice(b"\r\n");
         if let Some(keepalive) = keepalive {
-            header.remove_header(&http::header::DATE);
-            header.remove_header(&http::header::CONNECTION);
-            header.header_to_h1_wire(out);
+            // The upstream's own Date and Connection are replaced (skipped
+            // here: removing them from the map cost more than writing).
+            for (name, value) in header.headers.iter() {
+                if name != http::header::DATE && name != http::header::CONNECTION {
+                    put_header(out, name, value);
+                }
+            }
             out.put_slice(b"Date: ");
             out.put_slice(date::get_cached_date().as_bytes());
             out.put_slice(if keepalive {
@@ -378,7 +400,9 @@ impl Direct {
                 b"\r\nConnection: close\r\n"
             });
         } else {
-            header.header_to_h1_wire(out);
+            for (name, value) in header.headers.iter() {
+                put_header(out, name, value);
+            }
         }
         out.put_slice(b"\r\n");
     }
@@ -450,11 +474,11 @@ mod tests {
             ],
         );
         header.set_reason_phrase(Some("Fine")).unwrap();
-        direct.head(&mut header, Some(true));
+        direct.head(&header, Some(true));
         direct.body(b"ok", true);
         let out = text(&direct);
         assert!(
-            out.starts_with("HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nx-app: a\r\nDate: "),
+            out.starts_with("HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nX-App: a\r\nDate: "),
             "{out}"
         );
         assert!(
@@ -467,17 +491,17 @@ mod tests {
         );
 
         let mut direct = Direct::default();
-        direct.head(&mut response(204, &[]), Some(false));
+        direct.head(&response(204, &[]), Some(false));
         assert!(text(&direct).ends_with("\r\nConnection: close\r\n\r\n"));
     }
 
     #[test]
     fn an_informational_head_is_passed_as_it_is_and_bodies_are_chunked_when_said() {
         let mut direct = Direct::default();
-        direct.head(&mut response(103, &[("link", "</a>")]), None);
+        direct.head(&response(103, &[("link", "</a>")]), None);
         assert_eq!(
             text(&direct),
-            "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
         );
 
         let mut direct = Direct {
