@@ -6,7 +6,9 @@
 //! - [`Backend`]: a small threaded HTTP/1.1 server (keep-alive). `/health`
 //!   answers a status the test controls (or hangs); `/slow/<ms>` answers
 //!   after a pause; `/hold/...` answers once the test releases it;
-//!   `/status/<code>` answers that status; a WebSocket upgrade gets an echo;
+//!   `/status/<code>` answers that status; `/stream/<n>/<ms>` answers a
+//!   chunked body of `n` chunks (`"<color> <i>\n"`), `ms` apart (the head
+//!   first, at once); a WebSocket upgrade gets an echo;
 //!   anything else a JSON echo of what it received (every header line, in
 //!   order) plus its color.
 //! - [`H2Backend`]: cleartext HTTP/2 only, for apps with `h2 = true`.
@@ -257,6 +259,19 @@ fn serve(stream: TcpStream, st: Arc<BackendState>, busy: Arc<Mutex<()>>) {
         {
             thread::sleep(Duration::from_millis(ms));
         }
+        if let Some((n, ms)) = target
+            .strip_prefix("/stream/")
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(n, ms)| Some((n.parse::<u32>().ok()?, ms.parse::<u64>().ok()?)))
+        {
+            st.hits.fetch_add(1, Ordering::SeqCst);
+            let streamed = stream_chunks(&mut out, &st.color, n, Duration::from_millis(ms));
+            st.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if streamed.is_err() {
+                return;
+            }
+            continue;
+        }
         if target.starts_with("/hold/") {
             let released = st.released.lock().unwrap();
             let _ = st
@@ -314,6 +329,20 @@ fn serve(stream: TcpStream, st: Arc<BackendState>, busy: Arc<Mutex<()>>) {
             return;
         }
     }
+}
+
+/// A chunked response of `n` chunks, `pause` apart, the head at once (each
+/// write on its own, as an event stream sends them).
+fn stream_chunks(out: &mut TcpStream, color: &str, n: u32, pause: Duration) -> std::io::Result<()> {
+    out.write_all(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n",
+    )?;
+    for i in 0..n {
+        thread::sleep(pause);
+        let line = format!("{color} {i}\n");
+        out.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())?;
+    }
+    out.write_all(b"0\r\n\r\n")
 }
 
 /// Completes a WebSocket handshake and echoes every text message back as

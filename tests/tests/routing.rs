@@ -371,3 +371,64 @@ fn upstream_closing_idle_connections_fails_nothing_and_leaves_none_half_closed()
     let (status, _) = d.get("any", "/");
     assert_eq!(status, 200);
 }
+
+/// A response whose body comes slowly (an event stream) reaches the client
+/// head first, then each piece as the upstream sends it, re-chunked, and
+/// the connection then serves the next request.
+#[test]
+fn a_slow_body_is_passed_on_piece_by_piece_head_first() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
+    assert!(d.wait_health("web", "blue", "up", T));
+
+    const PAUSE: Duration = Duration::from_millis(1500);
+    let mut s = std::net::TcpStream::connect(d.proxy).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let sent = Instant::now();
+    s.write_all(b"GET /stream/2/1500 HTTP/1.1\r\nHost: any\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let head_after = sent.elapsed();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+    assert!(
+        head_after < PAUSE / 2,
+        "the head waited for the body: {head_after:?}"
+    );
+    // The body, decoded: each chunk as the upstream sent it.
+    let mut body = String::new();
+    let mut chunks = Vec::new();
+    loop {
+        let mut size = String::new();
+        r.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim_end(), 16).unwrap();
+        let mut data = vec![0; n + 2];
+        r.read_exact(&mut data).unwrap();
+        if n == 0 {
+            break;
+        }
+        chunks.push(sent.elapsed());
+        body.push_str(std::str::from_utf8(&data[..n]).unwrap());
+    }
+    assert_eq!(body, "blue 0\nblue 1\n");
+    assert!(
+        chunks[1] - chunks[0] > PAUSE / 2,
+        "the pieces came as they were sent: {chunks:?}"
+    );
+    // Kept alive: the next request on the same connection.
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: any\r\n\r\n")
+        .unwrap();
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200 "), "{status}");
+}
