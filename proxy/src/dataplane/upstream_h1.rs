@@ -403,6 +403,12 @@ impl Upstream {
                         return Ok(Some(None));
                     }
                     *seen += eol + 2;
+                    if *seen > MAX_TRAILERS {
+                        return Error::e_explain(
+                            ErrorType::InvalidHTTPHeader,
+                            "trailer section too large",
+                        );
+                    }
                 }
             }
         }
@@ -560,7 +566,8 @@ mod tests {
     /// An exchange whose upstream sends `parts` (each written on its own,
     /// after a pause, so that they arrive as separate reads), then closes
     /// if `close`. Returns the exchange after the request was sent.
-    async fn exchange(parts: Vec<&'static [u8]>, close: bool) -> Upstream {
+    async fn exchange(parts: Vec<&[u8]>, close: bool) -> Upstream {
+        let parts: Vec<Vec<u8>> = parts.into_iter().map(<[u8]>::to_vec).collect();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -568,7 +575,7 @@ mod tests {
             let mut req = [0u8; 1024];
             let _ = s.read(&mut req).await;
             for part in parts {
-                s.write_all(part).await.unwrap();
+                s.write_all(&part).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             if !close {
@@ -759,6 +766,40 @@ mod tests {
         .await;
         up.read_head(false).await.unwrap();
         assert_eq!(body(&mut up).await.unwrap(), b"ok");
+    }
+
+    #[tokio::test]
+    async fn an_endless_chunk_size_line_or_trailer_section_is_refused() {
+        let endless = vec![b'1'; MAX_CHUNK_LINE + 10];
+        let mut up = exchange(
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                &endless,
+            ],
+            false,
+        )
+        .await;
+        up.read_head(false).await.unwrap();
+        let e = body(&mut up).await.expect_err("refused");
+        assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader);
+
+        let mut trailers = b"0\r\n".to_vec();
+        while trailers.len() < MAX_TRAILERS + 100 {
+            trailers.extend_from_slice(
+                b"X-T: yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\n",
+            );
+        }
+        let mut up = exchange(
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                &trailers,
+            ],
+            false,
+        )
+        .await;
+        up.read_head(false).await.unwrap();
+        let e = body(&mut up).await.expect_err("refused");
+        assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader);
     }
 
     #[tokio::test]
