@@ -602,6 +602,15 @@ mod tests {
         }
     }
 
+    /// The body of a response made of `parts` (see [`exchange`]), and
+    /// whether the connection would be kept after it.
+    async fn whole(parts: Vec<&[u8]>, close: bool) -> (Vec<u8>, bool) {
+        let mut up = exchange(parts, close).await;
+        up.read_head(false).await.unwrap();
+        let all = body(&mut up).await.unwrap();
+        (all, up.into_reusable().is_some())
+    }
+
     #[tokio::test]
     async fn a_content_length_body_split_across_reads_and_the_connection_kept() {
         let mut up = exchange(
@@ -647,35 +656,23 @@ mod tests {
 
     #[tokio::test]
     async fn the_last_transfer_coding_decides_and_a_content_length_beside_it_is_ignored() {
-        let mut up = exchange(
-            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: x\r\n\r\n2\r\nab\r\n0\r\n\r\n"],
-            false,
-        )
-        .await;
-        up.read_head(false).await.unwrap();
-        assert_eq!(body(&mut up).await.unwrap(), b"ab");
-        assert!(up.into_reusable().is_some());
-
-        let mut up = exchange(
-            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nraw"],
-            true,
-        )
-        .await;
-        up.read_head(false).await.unwrap();
+        let chunked_last = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: x\r\n\r\n2\r\nab\r\n0\r\n\r\n";
         assert_eq!(
-            body(&mut up).await.unwrap(),
-            b"raw",
-            "not chunked last: to the close"
+            whole(vec![chunked_last], false).await,
+            (b"ab".to_vec(), true)
         );
-        assert!(up.into_reusable().is_none());
+        let not_chunked_last = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nraw";
+        assert_eq!(
+            whole(vec![not_chunked_last], true).await,
+            (b"raw".to_vec(), false),
+            "to the close"
+        );
     }
 
     #[tokio::test]
     async fn a_body_to_the_close_is_read_whole_and_the_connection_not_kept() {
-        let mut up = exchange(vec![b"HTTP/1.1 200 OK\r\n\r\nab", b"cd"], true).await;
-        up.read_head(false).await.unwrap();
-        assert_eq!(body(&mut up).await.unwrap(), b"abcd");
-        assert!(up.into_reusable().is_none());
+        let to_close = vec![&b"HTTP/1.1 200 OK\r\n\r\nab"[..], b"cd"];
+        assert_eq!(whole(to_close, true).await, (b"abcd".to_vec(), false));
     }
 
     #[tokio::test]
@@ -698,44 +695,30 @@ mod tests {
 
     #[tokio::test]
     async fn connection_close_and_http10_are_not_kept() {
-        let mut up = exchange(
-            vec![b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx"],
-            false,
-        )
-        .await;
-        up.read_head(false).await.unwrap();
-        assert_eq!(body(&mut up).await.unwrap(), b"x");
-        assert!(up.into_reusable().is_none());
-
-        let mut up = exchange(
-            vec![b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx"],
-            false,
-        )
-        .await;
-        up.read_head(false).await.unwrap();
-        body(&mut up).await.unwrap();
-        assert!(up.into_reusable().is_none());
-
-        let mut up = exchange(
-            vec![b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx"],
-            false,
-        )
-        .await;
-        up.read_head(false).await.unwrap();
-        body(&mut up).await.unwrap();
-        assert!(up.into_reusable().is_some());
+        for (response, kept) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx"[..],
+                false,
+            ),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", false),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx",
+                true,
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", true),
+        ] {
+            assert_eq!(
+                whole(vec![response], false).await,
+                (b"x".to_vec(), kept),
+                "{response:?}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn bytes_after_the_body_mean_the_connection_is_not_kept() {
-        let mut up = exchange(
-            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxy"],
-            false,
-        )
-        .await;
-        up.read_head(false).await.unwrap();
-        assert_eq!(body(&mut up).await.unwrap(), b"x");
-        assert!(up.into_reusable().is_none());
+        let more = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxy";
+        assert_eq!(whole(vec![more], false).await, (b"x".to_vec(), false));
     }
 
     #[tokio::test]
