@@ -3,10 +3,13 @@
 //!
 //! pingora-proxy runs every request through a general machine: two halves
 //! joined by a task channel, two header maps per request, every filter of
-//! the `ProxyHttp` trait. Measured on the project's box (`benches/README.md`,
-//! `lean_h1`), pingora's own HTTP/1 sessions, pool and timers in one straight
-//! line per request cost ~58k instructions against pingora-proxy's ~73k and
-//! reach 0.90x HAProxy's requests per second against 0.80x.
+//! the `ProxyHttp` trait. The lean loop is a straight line instead: the
+//! client's request is read by pingora's HTTP/1 (or HTTP/2) session, which
+//! the hooks read it through; the upstream side is bgproxy's own
+//! (`upstream_h1.rs`, connections kept in `idle_pool.rs`); and a plain
+//! response to an HTTP/1 client is written here ([`Direct`]). Per request
+//! that is ~38k instructions (callgrind), against ~73k through
+//! pingora-proxy and HAProxy's ~33k (`benches/README.md`, steps 11-14).
 //!
 //! The front door (`front_door.rs`) decides which requests come here: no
 //! body, no upgrade, an app with HTTP/1 upstreams that does not redirect
