@@ -16,7 +16,7 @@
 //! - Handed out only when a read still would block: a socket the upstream
 //!   closed meanwhile (or wrote to) is readable and is dropped instead. No
 //!   system call when nothing happened: the read sees the cached readiness.
-//! - A sweep every [`SWEEP`] drops what closed or sat past its idle limit,
+//! - A sweep every 2 s (`SWEEP`) drops what closed or sat past its idle limit,
 //!   so a quiet proxy does not keep closed upstream connections (`ss` would
 //!   show them in CLOSE-WAIT) until its next request.
 //!
