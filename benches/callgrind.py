@@ -15,7 +15,9 @@ Run (from the repo root, after `cargo build --release --workspace`):
     ONLY=bgproxy python3 benches/callgrind.py
 Environment: DURATION seconds of load (10), CONNECTIONS (10), ONLY (comma-
 separated names), TOP (how many functions to list per proxy, 0 = none),
-BGPROXY_BIN (target/release/bgproxy). The callgrind files are kept in a
+CACHE_SIM (1: also simulate the caches and print data-cache misses per
+request, first level and last level; slower), BGPROXY_BIN
+(target/release/bgproxy). The callgrind files are kept in a
 temporary directory named at the end (for callgrind_annotate / kcachegrind).
 Loopback only; every process it starts is stopped on exit.
 """
@@ -35,6 +37,7 @@ DURATION = int(os.environ.get("DURATION", "10"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "10"))
 ONLY = [n for n in os.environ.get("ONLY", "").split(",") if n]
 TOP = int(os.environ.get("TOP", "25"))
+CACHE_SIM = os.environ.get("CACHE_SIM") == "1"
 
 
 def log(*a):
@@ -54,8 +57,9 @@ def wrk(port, duration):
 def callgrind(name, cmd, port, tmp):
     """Runs `cmd` under callgrind, loads it, returns instructions per request."""
     slug = re.sub(r"[^A-Za-z0-9]+", "_", name)
+    cache = ["--cache-sim=yes"] if CACHE_SIM else []
     p = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.{slug}.%p",
-               "--trace-children=no", *cmd], f"{tmp}/{slug}.log")
+               "--trace-children=no", *cache, *cmd], f"{tmp}/{slug}.log")
     wait_http(port, 60)
     wrk(port, 2)  # warm-up: connections made, pools filled, code paged in
     subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
@@ -71,13 +75,16 @@ def callgrind(name, cmd, port, tmp):
         # The dump asked for above, not the one written at exit.
         if not re.search(r"^desc: Trigger: .*measured", text, re.M):
             continue
-        m = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+        m = re.search(r"^(?:summary|totals):\s+([\d ]+)$", text, re.M)
+        events = re.search(r"^events:\s+(.+)$", text, re.M)
         if m:
-            total += int(m.group(1))
+            counts = dict(zip(events.group(1).split(), map(int, m.group(1).split())))
+            total += counts["Ir"]
+            misses = (counts.get("D1mr", 0) + counts.get("D1mw", 0), counts.get("DLmr", 0) + counts.get("DLmw", 0))
             dump = f
     if not total:
         raise SystemExit(f"no measured callgrind dump for {name} in {tmp}")
-    return total / requests, requests, dump
+    return total / requests, requests, dump, (misses[0] / requests, misses[1] / requests)
 
 
 def main():
@@ -111,17 +118,19 @@ def main():
             log(f"skipping {name}: {cmd[0]} not found (cargo build --release --workspace)")
             continue
         log(f"measuring {name} ...")
-        per_request, requests, dump = callgrind(name, cmd, port, tmp)
-        rows.append((name, per_request, requests, dump))
+        per_request, requests, dump, misses = callgrind(name, cmd, port, tmp)
+        rows.append((name, per_request, requests, dump, misses))
 
     haproxy = next((r[1] for r in rows if r[0] == "haproxy"), None)
-    print("| proxy | instructions per request | requests measured | vs HAProxy |")
-    print("|---|---|---|---|")
-    for name, per_request, requests, _ in rows:
+    extra = " D1 misses per request | LL misses per request |" if CACHE_SIM else ""
+    print(f"| proxy | instructions per request | requests measured | vs HAProxy |{extra}")
+    print("|---|---|---|---|" + ("---|---|" if CACHE_SIM else ""))
+    for name, per_request, requests, _, (d1, ll) in rows:
         ratio = f"{per_request / haproxy:.2f}x" if haproxy else "-"
-        print(f"| {name} | {per_request:,.0f} | {requests} | {ratio} |")
+        cells = f" {d1:,.0f} | {ll:,.1f} |" if CACHE_SIM else ""
+        print(f"| {name} | {per_request:,.0f} | {requests} | {ratio} |{cells}")
     if TOP:
-        for name, per_request, requests, dump in rows:
+        for name, per_request, requests, dump, _ in rows:
             print(f"\n{name}: top {TOP} functions by inclusive instructions per request")
             out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", dump],
                                  capture_output=True, text=True).stdout
