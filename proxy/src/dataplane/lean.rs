@@ -137,7 +137,11 @@ impl LeanLoop {
             }
             return Some(ReusedHttpStream::new(stream, Some(settings)));
         }
-        match session.downstream_session.finish().await {
+        // Boxed: pingora's finish is a 3.7 KB future, and inline it would
+        // size this whole future (4.9 KB, copied into its box for every
+        // request), though a response the loop wrote itself never gets
+        // here (benches/README: data-cache misses).
+        match Box::pin(session.downstream_session.finish()).await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
             _ => None,
         }
