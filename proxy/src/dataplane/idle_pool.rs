@@ -26,14 +26,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use pingora::protocols::Stream;
-use tokio::io::AsyncRead;
+use tokio::io::AsyncReadExt;
 use tracing::debug;
 
 /// How often idle connections are looked over.
@@ -221,32 +221,9 @@ async fn sweep(pool: Weak<IdlePool>) {
 /// when nothing happened since the last read that would have blocked.
 fn quiet(stream: &mut Stream) -> bool {
     let mut byte = [0u8; 1];
-    let mut read = tokio::task::unconstrained(ReadOnce {
-        stream,
-        buf: &mut byte,
-    });
+    let read = pin!(tokio::task::unconstrained(stream.read(&mut byte)));
     let mut cx = Context::from_waker(Waker::noop());
-    matches!(Pin::new(&mut read).poll(&mut cx), Poll::Pending)
-}
-
-/// One read of a few bytes, as a future (for [`tokio::task::unconstrained`]).
-struct ReadOnce<'a> {
-    stream: &'a mut Stream,
-    buf: &'a mut [u8],
-}
-
-impl Future for ReadOnce<'_> {
-    type Output = std::io::Result<usize>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let mut buf = tokio::io::ReadBuf::new(this.buf);
-        match Pin::new(&mut *this.stream).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
+    matches!(read.poll(&mut cx), Poll::Pending)
 }
 
 #[cfg(test)]
