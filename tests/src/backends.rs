@@ -8,7 +8,8 @@
 //!   after a pause; `/hold/...` answers once the test releases it;
 //!   `/status/<code>` answers that status; `/stream/<n>/<ms>` answers a
 //!   chunked body of `n` chunks (`"<color> <i>\n"`), `ms` apart (the head
-//!   first, at once); a WebSocket upgrade gets an echo;
+//!   first, at once; `?te=<coding>` names that coding before `chunked`); a
+//!   WebSocket upgrade gets an echo;
 //!   anything else a JSON echo of what it received (every header line, in
 //!   order) plus its color.
 //! - [`H2Backend`]: cleartext HTTP/2 only, for apps with `h2 = true`.
@@ -259,13 +260,19 @@ fn serve(stream: TcpStream, st: Arc<BackendState>, busy: Arc<Mutex<()>>) {
         {
             thread::sleep(Duration::from_millis(ms));
         }
-        if let Some((n, ms)) = target
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        if let Some((n, ms)) = path
             .strip_prefix("/stream/")
             .and_then(|rest| rest.split_once('/'))
             .and_then(|(n, ms)| Some((n.parse::<u32>().ok()?, ms.parse::<u64>().ok()?)))
         {
             st.hits.fetch_add(1, Ordering::SeqCst);
-            let streamed = stream_chunks(&mut out, &st.color, n, Duration::from_millis(ms));
+            let codings = match query.strip_prefix("te=") {
+                Some(first) => format!("{first}, chunked"),
+                None => "chunked".to_string(),
+            };
+            let pause = Duration::from_millis(ms);
+            let streamed = stream_chunks(&mut out, &st.color, &codings, n, pause);
             st.in_flight.fetch_sub(1, Ordering::SeqCst);
             if streamed.is_err() {
                 return;
@@ -333,10 +340,17 @@ fn serve(stream: TcpStream, st: Arc<BackendState>, busy: Arc<Mutex<()>>) {
 
 /// A chunked response of `n` chunks, `pause` apart, the head at once (each
 /// write on its own, as an event stream sends them).
-fn stream_chunks(out: &mut TcpStream, color: &str, n: u32, pause: Duration) -> std::io::Result<()> {
-    out.write_all(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n",
-    )?;
+fn stream_chunks(
+    out: &mut TcpStream,
+    color: &str,
+    codings: &str,
+    n: u32,
+    pause: Duration,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: {codings}\r\nContent-Type: text/plain\r\n\r\n"
+    );
+    out.write_all(head.as_bytes())?;
     for i in 0..n {
         thread::sleep(pause);
         let line = format!("{color} {i}\n");

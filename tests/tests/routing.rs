@@ -377,7 +377,7 @@ fn upstream_closing_idle_connections_fails_nothing_and_leaves_none_half_closed()
 /// the connection then serves the next request.
 #[test]
 fn a_slow_body_is_passed_on_piece_by_piece_head_first() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufRead, BufReader, Write};
     let (b, g) = (Backend::start("blue"), Backend::start("green"));
     let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
     assert!(d.wait_health("web", "blue", "up", T));
@@ -389,15 +389,7 @@ fn a_slow_body_is_passed_on_piece_by_piece_head_first() {
     s.write_all(b"GET /stream/2/1500 HTTP/1.1\r\nHost: any\r\n\r\n")
         .unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
+    let head = read_head(&mut r);
     let head_after = sent.elapsed();
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
@@ -406,20 +398,7 @@ fn a_slow_body_is_passed_on_piece_by_piece_head_first() {
         "the head waited for the body: {head_after:?}"
     );
     // The body, decoded: each chunk as the upstream sent it.
-    let mut body = String::new();
-    let mut chunks = Vec::new();
-    loop {
-        let mut size = String::new();
-        r.read_line(&mut size).unwrap();
-        let n = usize::from_str_radix(size.trim_end(), 16).unwrap();
-        let mut data = vec![0; n + 2];
-        r.read_exact(&mut data).unwrap();
-        if n == 0 {
-            break;
-        }
-        chunks.push(sent.elapsed());
-        body.push_str(std::str::from_utf8(&data[..n]).unwrap());
-    }
+    let (body, chunks) = read_chunked(&mut r, sent);
     assert_eq!(body, "blue 0\nblue 1\n");
     assert!(
         chunks[1] - chunks[0] > PAUSE / 2,
@@ -431,4 +410,68 @@ fn a_slow_body_is_passed_on_piece_by_piece_head_first() {
     let mut status = String::new();
     r.read_line(&mut status).unwrap();
     assert!(status.starts_with("HTTP/1.1 200 "), "{status}");
+}
+
+/// Codings before `chunked` (`Transfer-Encoding: gzip, chunked`): the body
+/// still reaches the client chunked, as its head says, and the connection
+/// serves the next request.
+#[test]
+fn a_body_with_codings_before_chunked_reaches_the_client_chunked() {
+    use std::io::{BufRead, BufReader, Write};
+    let (b, g) = (Backend::start("blue"), Backend::start("green"));
+    let d = Daemon::start(&[AppSpec::new("web", &[&b], &[&g])]);
+    assert!(d.wait_health("web", "blue", "up", T));
+
+    let mut s = std::net::TcpStream::connect(d.proxy).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"GET /stream/2/0?te=gzip HTTP/1.1\r\nHost: any\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let head = read_head(&mut r);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        head.contains("Transfer-Encoding: gzip, chunked\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Connection: keep-alive\r\n"), "{head}");
+    let (body, _) = read_chunked(&mut r, Instant::now());
+    assert_eq!(body, "blue 0\nblue 1\n");
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: any\r\n\r\n")
+        .unwrap();
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200 "), "{status}");
+}
+
+/// A response head read from a raw connection, up to its empty line.
+fn read_head(r: &mut impl std::io::BufRead) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        head.push_str(&line);
+        if line == "\r\n" || line.is_empty() {
+            return head;
+        }
+    }
+}
+
+/// A chunked body read from a raw connection, decoded, and when each chunk
+/// arrived (since `since`).
+fn read_chunked(r: &mut impl std::io::BufRead, since: Instant) -> (String, Vec<Duration>) {
+    let mut body = String::new();
+    let mut arrived = Vec::new();
+    loop {
+        let mut size = String::new();
+        r.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim_end(), 16)
+            .unwrap_or_else(|_| panic!("not a chunk size: {size:?} after {body:?}"));
+        let mut data = vec![0; n + 2];
+        r.read_exact(&mut data).unwrap();
+        if n == 0 {
+            return (body, arrived);
+        }
+        arrived.push(since.elapsed());
+        body.push_str(std::str::from_utf8(&data[..n]).unwrap());
+    }
 }

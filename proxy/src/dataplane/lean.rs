@@ -44,7 +44,7 @@ use crate::dataplane::headers::upstream_copy;
 use crate::dataplane::hooks::{DataPlane, RequestCtx};
 use crate::dataplane::idle_pool::IdlePool;
 use crate::dataplane::routing::Routed;
-use crate::dataplane::upstream_h1::Upstream;
+use crate::dataplane::upstream_h1::{self, Upstream};
 
 /// The lean loop: pingora's HTTP/1 sessions and connectors, with a pool of
 /// its own ([`IdlePool`]), driven by the [`DataPlane`] hooks. The front door
@@ -247,7 +247,7 @@ impl LeanLoop {
         data.upstream_request_filter(session, &mut req, ctx).await?;
         upstream.send_request(&req).await.map_err(|e| e.into_up())?;
         let head_request = session.req_header().method == http::Method::HEAD;
-        let (mut header, end) = loop {
+        let (mut header, mut end) = loop {
             let head = upstream
                 .read_head(head_request)
                 .await
@@ -288,56 +288,49 @@ impl LeanLoop {
             header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
         data.response_filter(session, &mut header, ctx).await?;
-        let Some(direct) = direct else {
-            session
-                .write_response_header(header, end)
-                .await
-                .map_err(|e| e.into_down())?;
-            if end {
-                return Ok(());
-            }
-            loop {
-                let (mut body, end) = upstream.read_body().await.map_err(|e| e.into_up())?;
-                data.response_body_filter(session, &mut body, end, ctx)?;
-                session
-                    .write_response_body(body, end)
-                    .await
-                    .map_err(|e| e.into_down())?;
-                if end {
-                    return Ok(());
+        let status = header.status.as_u16();
+        match direct.as_mut() {
+            Some(direct) => {
+                // Framed as the head says: re-chunked when its codings end
+                // in chunked; other codings (no length) run to the close,
+                // so the connection is not kept.
+                let chunked = upstream_h1::chunked_last(&header.headers);
+                direct.chunked = !end && chunked == Some(true);
+                direct.keepalive =
+                    session.get_keepalive().is_some() && (end || chunked != Some(false));
+                direct.head(&header, Some(direct.keepalive));
+                ctx.wrote(status, 0);
+                // The head waits in the buffer for the body's first piece (a
+                // small response goes out in one write), unless the body is
+                // not here yet: a slow body (a stream of events, say) must
+                // not hold its head back.
+                if end || !upstream.body_buffered() {
+                    direct.send(session).await?;
                 }
             }
-        };
-        // The head waits in the buffer for the body's first piece: a small
-        // response goes out in one write.
-        let status = header.status.as_u16();
-        direct.chunked = !end
-            && header
-                .headers
-                .get(http::header::TRANSFER_ENCODING)
-                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"));
-        direct.keepalive = session.get_keepalive().is_some();
-        direct.head(&header, Some(direct.keepalive));
-        ctx.wrote(status, 0);
-        if end || !upstream.body_buffered() {
-            // Alone when the body is not here yet: a slow body (a stream of
-            // events, say) must not hold its head back.
-            direct.send(session).await?;
-            if end {
-                return Ok(());
-            }
+            None => session
+                .write_response_header(header, end)
+                .await
+                .map_err(|e| e.into_down())?,
         }
         let mut sent = 0;
-        loop {
-            let (mut body, end) = upstream.read_body().await.map_err(|e| e.into_up())?;
-            data.response_body_filter(session, &mut body, end, ctx)?;
-            sent += direct.body(body.as_deref().unwrap_or_default(), end);
-            direct.send(session).await?;
-            ctx.wrote(status, sent);
-            if end {
-                return Ok(());
+        while !end {
+            let (mut body, last) = upstream.read_body().await.map_err(|e| e.into_up())?;
+            data.response_body_filter(session, &mut body, last, ctx)?;
+            match direct.as_mut() {
+                Some(direct) => {
+                    sent += direct.body(body.as_deref().unwrap_or_default(), last);
+                    direct.send(session).await?;
+                    ctx.wrote(status, sent);
+                }
+                None => session
+                    .write_response_body(body, last)
+                    .await
+                    .map_err(|e| e.into_down())?,
             }
+            end = last;
         }
+        Ok(())
     }
 }
 

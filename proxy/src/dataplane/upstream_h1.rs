@@ -288,12 +288,7 @@ impl Upstream {
                 close |= has_token(value, b"close");
                 keep_alive_asked |= has_token(value, b"keep-alive");
             } else if name == http::header::TRANSFER_ENCODING {
-                let last = value
-                    .split(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .rfind(|c| !c.is_empty())
-                    .unwrap_or(b"");
-                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                chunked = Some(ends_chunked(value));
             } else if name == http::header::CONTENT_LENGTH {
                 if let Ok(known) = &mut length {
                     if let Err(e) = add_length(known, value) {
@@ -491,6 +486,27 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Parsed)>> {
             .collect(),
     };
     Ok(Some((len, parsed)))
+}
+
+/// Whether the transfer codings a response names end in `chunked`:
+/// `Some` when it has `Transfer-Encoding`, `None` when it has none. The
+/// last value's last coding decides (RFC 9112 6.3); any other means the
+/// body ends when the connection closes.
+pub fn chunked_last(headers: &http::HeaderMap) -> Option<bool> {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .map(|value| ends_chunked(value.as_bytes()))
+}
+
+/// Whether one `Transfer-Encoding` value's last coding is `chunked`.
+fn ends_chunked(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .rfind(|c| !c.is_empty())
+        .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Adds one `Content-Length` value to what the others said: every value
@@ -753,36 +769,22 @@ mod tests {
 
     #[tokio::test]
     async fn an_endless_chunk_size_line_or_trailer_section_is_refused() {
-        let endless = vec![b'1'; MAX_CHUNK_LINE + 10];
-        let mut up = exchange(
-            vec![
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                &endless,
-            ],
-            false,
-        )
-        .await;
-        up.read_head(false).await.unwrap();
-        let e = body(&mut up).await.expect_err("refused");
-        assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader);
-
+        /// The error reading a chunked body that sends `endless`.
+        async fn refused(endless: &[u8]) -> ErrorType {
+            let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let mut up = exchange(vec![head, endless], false).await;
+            up.read_head(false).await.unwrap();
+            body(&mut up).await.expect_err("refused").etype().clone()
+        }
+        let size_line = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert_eq!(refused(&size_line).await, ErrorType::InvalidHTTPHeader);
         let mut trailers = b"0\r\n".to_vec();
         while trailers.len() < MAX_TRAILERS + 100 {
             trailers.extend_from_slice(
                 b"X-T: yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\n",
             );
         }
-        let mut up = exchange(
-            vec![
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                &trailers,
-            ],
-            false,
-        )
-        .await;
-        up.read_head(false).await.unwrap();
-        let e = body(&mut up).await.expect_err("refused");
-        assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader);
+        assert_eq!(refused(&trailers).await, ErrorType::InvalidHTTPHeader);
     }
 
     #[tokio::test]
@@ -812,6 +814,24 @@ mod tests {
         up.read_timeout = Some(Duration::from_millis(50));
         let e = up.read_head(false).await.err().unwrap();
         assert_eq!(e.etype(), &ErrorType::ReadTimedout);
+    }
+
+    #[test]
+    fn the_last_coding_of_the_last_value_decides_chunked() {
+        let headers = |values: &[&'static str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(http::header::TRANSFER_ENCODING, v.parse().unwrap());
+            }
+            h
+        };
+        assert_eq!(chunked_last(&headers(&[])), None);
+        assert_eq!(chunked_last(&headers(&["chunked"])), Some(true));
+        assert_eq!(chunked_last(&headers(&["gzip, Chunked "])), Some(true));
+        assert_eq!(chunked_last(&headers(&["gzip", "chunked"])), Some(true));
+        assert_eq!(chunked_last(&headers(&["chunked, gzip"])), Some(false));
+        assert_eq!(chunked_last(&headers(&["chunked", "gzip"])), Some(false));
+        assert_eq!(chunked_last(&headers(&[""])), Some(false));
     }
 
     #[test]
