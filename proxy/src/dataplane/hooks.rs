@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{LogConfig, ProxyConfig, Secret};
 use crate::dataplane::access_log::{self, AccessWriter};
-use crate::dataplane::headers::{add_forwarded_headers, valid_host};
+use crate::dataplane::headers::{add_forwarded_headers, valid_host, Forwarded};
 use crate::dataplane::mirror::{self, MirrorBody, Mirrorer};
 use crate::dataplane::preview::{
     self, Digest, Endpoint, Strip, Verdict, COLOR_HEADER, PREVIEW_HEADER,
@@ -158,6 +158,19 @@ impl DataPlane {
     /// The daemon's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// What `upstream_request_filter` would tell the upstream about the
+    /// client, when that is all it would change: no upgrade, no preview
+    /// header or cookie to remove, no prefix to strip. The lean loop then
+    /// writes the request straight from the client's
+    /// (`headers::upstream_wire`); `None`: it goes through the hook.
+    pub fn forwarded_only(&self, session: &Session, ctx: &RequestCtx) -> Option<Forwarded> {
+        let rewritten = ctx
+            .route()
+            .is_some_and(|route| routes::strips(route, ctx.path_route));
+        let plain = ctx.upgrade.is_none() && !ctx.strip.header && !ctx.strip.cookie && !rewritten;
+        plain.then(|| forwarded(session))
     }
 
     /// A request that ended because its client went away or stalled: no
@@ -474,6 +487,17 @@ impl RequestCtx {
     }
 }
 
+/// What the upstream is told about the client (`X-Forwarded-*`).
+fn forwarded(session: &Session) -> Forwarded {
+    Forwarded {
+        client: match session.client_addr() {
+            Some(PingoraAddr::Inet(client)) => Some(client.ip()),
+            _ => None,
+        },
+        proto: if is_tls(session) { "https" } else { "http" },
+    }
+}
+
 /// Whether the client connection is TLS.
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
@@ -753,11 +777,6 @@ impl ProxyHttp for DataPlane {
             let limit = route.config.read_timeout;
             ctx.upstream_idle = Some(UpstreamIdle::start(connector.clone(), limit));
         }
-        let client = match session.client_addr() {
-            Some(PingoraAddr::Inet(client)) => Some(client.ip()),
-            _ => None,
-        };
-        let proto = if is_tls(session) { "https" } else { "http" };
         // bgproxy's own: the preview header and cookie never reach an app.
         if ctx.strip.header {
             upstream_request.remove_header(&PREVIEW_HEADER);
@@ -771,7 +790,8 @@ impl ProxyHttp for DataPlane {
         if let Some(route) = ctx.route() {
             routes::rewrite(route, ctx.path_route, upstream_request);
         }
-        add_forwarded_headers(upstream_request, client, proto)
+        // Whatever else is added here, `forwarded_only` must say `None` for.
+        add_forwarded_headers(upstream_request, forwarded(session))
     }
 
     async fn request_body_filter(

@@ -40,7 +40,7 @@ use pingora::{Error, ErrorType};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
-use crate::dataplane::headers::upstream_copy;
+use crate::dataplane::headers::{put_header, upstream_copy, upstream_wire};
 use crate::dataplane::hooks::{DataPlane, RequestCtx};
 use crate::dataplane::idle_pool::IdlePool;
 use crate::dataplane::routing::Routed;
@@ -220,13 +220,13 @@ impl LeanLoop {
         }
     }
 
-    /// Writes the request to the upstream and copies the response back.
-    async fn exchange(
+    /// The general way to the upstream request: a copy of the client's
+    /// request through `upstream_request_filter`, then written.
+    async fn send_request(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         upstream: &mut Upstream,
-        direct: &mut Option<Direct>,
     ) -> Result<()> {
         let data = &self.data;
         let mut req: RequestHeader = upstream_copy(session.req_header());
@@ -245,7 +245,30 @@ impl LeanLoop {
             req.remove_header(&http::header::TE);
         }
         data.upstream_request_filter(session, &mut req, ctx).await?;
-        upstream.send_request(&req).await.map_err(|e| e.into_up())?;
+        upstream.send_request(&req).await.map_err(|e| e.into_up())
+    }
+
+    /// Writes the request to the upstream and copies the response back.
+    async fn exchange(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        upstream: &mut Upstream,
+        direct: &mut Option<Direct>,
+    ) -> Result<()> {
+        let data = &self.data;
+        // The common case, written straight from the client's request: an
+        // HTTP/1 request the hook would only add the forwarded headers to.
+        let straight = match session.req_header().version {
+            http::Version::HTTP_2 => None,
+            _ => data
+                .forwarded_only(session, ctx)
+                .and_then(|fwd| upstream_wire(session.req_header(), fwd)),
+        };
+        match straight {
+            Some(wire) => upstream.send_head(&wire).await.map_err(|e| e.into_up())?,
+            None => self.send_request(session, ctx, upstream).await?,
+        }
         let head_request = session.req_header().method == http::Method::HEAD;
         let (mut header, mut end) = loop {
             let head = upstream
@@ -332,24 +355,6 @@ impl LeanLoop {
         }
         Ok(())
     }
-}
-
-/// One header line, its name title-cased (`content-type` as
-/// `Content-Type`, the way most servers write them; the map keeps names in
-/// lower case).
-fn put_header(out: &mut BytesMut, name: &http::HeaderName, value: &http::HeaderValue) {
-    let start = out.len();
-    out.extend_from_slice(name.as_str().as_bytes());
-    let mut upper = true;
-    for b in &mut out[start..] {
-        if upper {
-            b.make_ascii_uppercase();
-        }
-        upper = *b == b'-';
-    }
-    out.put_slice(b": ");
-    out.put_slice(value.as_bytes());
-    out.put_slice(b"\r\n");
 }
 
 /// A plain response the lean loop writes to an HTTP/1 client itself.

@@ -41,7 +41,7 @@ use prometheus::IntCounter;
 use tracing::debug;
 
 use crate::config::MirrorConfig;
-use crate::dataplane::headers::add_forwarded_headers;
+use crate::dataplane::headers::{add_forwarded_headers, Forwarded};
 use crate::dataplane::preview::{strip_preview_cookie, PREVIEW_HEADER};
 use crate::dataplane::routing::{AppRoute, Pool};
 use crate::metrics::{Metrics, MirrorResult};
@@ -374,7 +374,13 @@ fn copy_header(route: &AppRoute, copy: &Copy<'_>) -> Result<RequestHeader> {
         out.insert_header(http::header::CONTENT_LENGTH, copy.body.len)?;
     }
     out.insert_header(MIRROR_HEADER.clone(), "1")?;
-    add_forwarded_headers(&mut out, copy.client, copy.proto)?;
+    add_forwarded_headers(
+        &mut out,
+        Forwarded {
+            client: copy.client,
+            proto: copy.proto,
+        },
+    )?;
     Ok(out)
 }
 

@@ -118,14 +118,24 @@ pub fn stripped_uri(uri: &http::Uri, prefix: &str) -> Option<http::Uri> {
     http::Uri::from_parts(parts).ok()
 }
 
+/// Whether [`rewrite`] may change the target: the route at `path_route`
+/// strips its prefix.
+pub fn strips(app: &AppRoute, path_route: Option<usize>) -> bool {
+    stripping(app, path_route).is_some()
+}
+
+/// The route at `path_route`, when it strips its prefix.
+fn stripping(app: &AppRoute, path_route: Option<usize>) -> Option<&PathRoute> {
+    path_route
+        .and_then(|i| app.paths.get(i))
+        .filter(|r| r.strip)
+}
+
 /// Before the request goes upstream: the target without the prefix when
 /// the route at `path_route` of `app` strips it. Nothing for the app's own
 /// pools or a route without `strip_prefix`.
 pub fn rewrite(app: &AppRoute, path_route: Option<usize>, req: &mut RequestHeader) {
-    let Some(route) = path_route
-        .and_then(|i| app.paths.get(i))
-        .filter(|r| r.strip)
-    else {
+    let Some(route) = stripping(app, path_route) else {
         return;
     };
     if let Some(uri) = stripped_uri(&req.uri, &route.prefix) {

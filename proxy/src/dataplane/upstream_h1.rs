@@ -121,8 +121,14 @@ impl Upstream {
                 "request target with a forbidden byte, or an HTTP version HTTP/1 cannot write",
             )
         })?;
+        self.send_head(&wire).await
+    }
+
+    /// Writes a request head already on the wire (one without `Connection`:
+    /// the connection stays open).
+    pub async fn send_head(&mut self, wire: &[u8]) -> Result<()> {
         let write = async {
-            self.stream.write_all(&wire).await?;
+            self.stream.write_all(wire).await?;
             self.stream.flush().await
         };
         let written = match self.write_timeout {
