@@ -16,7 +16,8 @@ Run (from the repo root, after `cargo build --release --workspace`):
 Environment: DURATION seconds of load (10), CONNECTIONS (10), ONLY (comma-
 separated names), TOP (how many functions to list per proxy, 0 = none),
 CACHE_SIM (1: also simulate the caches and print data-cache misses per
-request, first level and last level; slower), BGPROXY_BIN
+request, first level and last level; slower), BROWSER (1: each request
+carries the dozen headers a browser sends, not only wrk's Host), BGPROXY_BIN
 (target/release/bgproxy). The callgrind files are kept in a
 temporary directory named at the end (for callgrind_annotate / kcachegrind).
 Loopback only; every process it starts is stopped on exit.
@@ -44,8 +45,25 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+# What a browser sends besides Host (BROWSER=1).
+BROWSER_HEADERS = [
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language: en-US,en;q=0.5",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Referer: http://127.0.0.1/cart",
+    "Cookie: session=5f2c9a7e1b; bucket=17; theme=dark",
+    "Upgrade-Insecure-Requests: 1",
+    "Sec-Fetch-Dest: document",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-Site: same-origin",
+    "Priority: u=0, i",
+]
+
+
 def wrk(port, duration):
-    out = subprocess.run(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
+    headers = [a for h in BROWSER_HEADERS for a in ("-H", h)] if os.environ.get("BROWSER") == "1" else []
+    out = subprocess.run(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", *headers, f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True, check=True).stdout
     m = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)

@@ -96,8 +96,8 @@ impl FrontDoor {
 /// What the start of a connection's next request is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Shape {
-    /// A complete header the lean loop can serve.
-    Lean,
+    /// A complete header the lean loop can serve, this many bytes long.
+    Lean(usize),
     /// Anything else, complete or not: pingora-proxy's.
     Other,
     /// Not a complete header yet.
@@ -118,8 +118,8 @@ pub enum Shape {
 pub fn shape(buf: &[u8], lean_app: impl FnOnce(&[u8]) -> bool) -> Shape {
     let mut headers = [httparse::EMPTY_HEADER; MAX_LEAN_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Shape::Partial,
         Err(httparse::Error::TooManyHeaders) if head_end(buf).is_none() => return Shape::Partial,
         Err(httparse::Error::Token | httparse::Error::Version)
@@ -128,7 +128,7 @@ pub fn shape(buf: &[u8], lean_app: impl FnOnce(&[u8]) -> bool) -> Shape {
             return Shape::Partial
         }
         Err(_) => return Shape::Other,
-    }
+    };
     let simple = matches!(req.method, Some("GET" | "HEAD" | "OPTIONS"))
         && req.version == Some(1)
         && req.path.is_some_and(|p| p.starts_with('/'));
@@ -165,7 +165,7 @@ pub fn shape(buf: &[u8], lean_app: impl FnOnce(&[u8]) -> bool) -> Shape {
         }
     }
     match host {
-        Some(host) if valid_host(host) && lean_app(host) => Shape::Lean,
+        Some(host) if valid_host(host) && lean_app(host) => Shape::Lean(len),
         _ => Shape::Other,
     }
 }
@@ -464,11 +464,11 @@ impl FrontDoor {
             }
         };
         match (shape, routed) {
-            (Shape::Lean, Some(routed)) => {
+            (Shape::Lean(len), Some(routed)) => {
                 // Nothing pipelined after this head: the lean loop may write
                 // the response itself (with bytes of a next request, pingora's
                 // session writes it and closes the connection after it).
-                let direct = head_end(&bytes) == Some(bytes.len());
+                let direct = len == bytes.len();
                 let mut session = Session::new_h1(stream);
                 prepare(session.as_downstream_mut(), bytes, keepalive, reuses);
                 // Boxed: the request's future (upstream connect, exchange)
@@ -619,7 +619,6 @@ impl FrontDoor {
                 }
                 Ok(_) => {}
             }
-            head_until.get_or_insert_with(|| Instant::now() + limits.request_header_timeout);
             // The routing is loaded only for a header complete and plain
             // enough for the lean loop: the Host is its last question.
             let mut routed = None;
@@ -643,6 +642,9 @@ impl FrontDoor {
                     routed,
                 });
             }
+            // More to come: the whole head within request_header_timeout of
+            // its first byte (a head read at once never asks the clock).
+            head_until.get_or_insert_with(|| Instant::now() + limits.request_header_timeout);
         }
     }
 }
@@ -679,10 +681,14 @@ mod tests {
     #[test]
     fn plain_requests_are_lean_others_are_not() {
         let lean = |s: &str| shape(s.as_bytes(), |host| host == b"a");
-        assert_eq!(lean("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Shape::Lean);
+        assert_eq!(lean("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Shape::Lean(27));
+        assert_eq!(
+            lean("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nGET"),
+            Shape::Lean(29)
+        );
         assert_eq!(
             lean("HEAD /x?y=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\nUser-Agent: t\r\n\r\n"),
-            Shape::Lean
+            Shape::Lean(67)
         );
         assert_eq!(lean("GET / HTTP/1.1\r\nHost: a\r\n"), Shape::Partial);
         for other in [
