@@ -6,10 +6,12 @@
 //! the `ProxyHttp` trait. The lean loop is a straight line instead: the
 //! client's request is read by pingora's HTTP/1 (or HTTP/2) session, which
 //! the hooks read it through; the upstream side is bgproxy's own
-//! (`upstream_h1.rs`, connections kept in `idle_pool.rs`); and a plain
-//! response to an HTTP/1 client is written here ([`Direct`]). Per request
-//! that is ~38k instructions (callgrind), against ~73k through
-//! pingora-proxy and HAProxy's ~33k (`benches/README.md`, steps 11-14).
+//! (`upstream_h1.rs`, connections kept in `idle_pool.rs`), its request head
+//! written straight from the client's when only the forwarded headers
+//! change (`headers::upstream_wire`); and a plain response to an HTTP/1
+//! client is written here ([`Direct`]). Per request that is ~33k
+//! instructions (callgrind), against ~73k through pingora-proxy and
+//! HAProxy's ~33k (`benches/README.md`, steps 11-18).
 //!
 //! The front door (`front_door.rs`) decides which requests come here: no
 //! body, no upgrade, an app with HTTP/1 upstreams that does not redirect
