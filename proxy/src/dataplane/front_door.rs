@@ -547,6 +547,8 @@ impl FrontDoor {
             None => Some(limits.client_timeout),
         };
         let wait_started = Instant::now();
+        // The clock as of the first read's deadline (later ones ask again).
+        let mut clock = Some(wait_started);
         let idle_until = idle.map(|t| wait_started + t);
         // Counted as in flight while shutdown waits for it (see LAST_CALL).
         let mut awaited: Option<Awaited<'_>> = None;
@@ -592,7 +594,7 @@ impl FrontDoor {
                     // tokio timer woke the runtime's driver (an eventfd
                     // write) for every third request or so.
                     Some(t) => fast_timeout(
-                        t.saturating_duration_since(Instant::now()),
+                        t.saturating_duration_since(clock.take().unwrap_or_else(Instant::now)),
                         stream.read_buf(&mut limited),
                     )
                     .await

@@ -859,7 +859,8 @@ impl AsyncRead for Stream {
         } else {
             Pin::new(&mut self.stream_mut()).poll_read(cx, buf)
         };
-        self.read_pending_time.poll_time(&result);
+        // bgproxy: the time reads spent pending is not accounted (two clock
+        // reads for every read that waited; nothing reads the total).
         self.rx_ts = self.stream().get_ref().rx_ts;
         result
     }
