@@ -154,6 +154,30 @@ fn forwarded_host(req: &RequestHeader) -> Option<http::HeaderValue> {
     })
 }
 
+/// The forwarded headers for `req`, in the order they are added: each
+/// name, its title case, and its value (`None`: the client's own passes).
+fn forwarded_values(
+    req: &RequestHeader,
+    fwd: Forwarded,
+) -> [(
+    &'static http::HeaderName,
+    &'static str,
+    Option<http::HeaderValue>,
+); 3] {
+    let xff = fwd
+        .client
+        .map(|ip| forwarded_for(req.headers.get_all(&X_FORWARDED_FOR).iter(), ip));
+    [
+        (&X_FORWARDED_FOR, "X-Forwarded-For", xff),
+        (
+            &X_FORWARDED_PROTO,
+            "X-Forwarded-Proto",
+            Some(http::HeaderValue::from_static(fwd.proto)),
+        ),
+        (&X_FORWARDED_HOST, "X-Forwarded-Host", forwarded_host(req)),
+    ]
+}
+
 /// Adds `X-Forwarded-For` (the client appended to what it sent),
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (the client's Host) to the
 /// request for the upstream, replacing whatever the client sent under the
@@ -166,18 +190,12 @@ fn forwarded_host(req: &RequestHeader) -> Option<http::HeaderValue> {
 /// [`upstream_copy`]), unless its target needs pingora's representation,
 /// which then keeps the slower inserts.
 pub fn add_forwarded_headers(req: &mut RequestHeader, fwd: Forwarded) -> Result<()> {
-    let host = forwarded_host(req);
-    let xff = fwd
-        .client
-        .map(|ip| forwarded_for(req.headers.get_all(&X_FORWARDED_FOR).iter(), ip));
-    let proto = http::HeaderValue::from_static(fwd.proto);
+    let ours = forwarded_values(req, fwd);
     if !target_from_uri(req) {
-        if let Some(xff) = xff {
-            req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
-        }
-        req.insert_header(X_FORWARDED_PROTO.clone(), proto)?;
-        if let Some(host) = host {
-            req.insert_header(X_FORWARDED_HOST.clone(), host)?;
+        for (name, _, value) in ours {
+            if let Some(value) = value {
+                req.insert_header(name.clone(), value)?;
+            }
         }
         return Ok(());
     }
@@ -186,12 +204,10 @@ pub fn add_forwarded_headers(req: &mut RequestHeader, fwd: Forwarded) -> Result<
     let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
     parts.headers.reserve(3);
-    if let Some(xff) = xff {
-        parts.headers.insert(X_FORWARDED_FOR.clone(), xff);
-    }
-    parts.headers.insert(X_FORWARDED_PROTO.clone(), proto);
-    if let Some(host) = host {
-        parts.headers.insert(X_FORWARDED_HOST.clone(), host);
+    for (name, _, value) in ours {
+        if let Some(value) = value {
+            parts.headers.insert(name.clone(), value);
+        }
     }
     *req = RequestHeader::from(parts);
     if let Some(end) = send_end_stream {
@@ -215,21 +231,9 @@ pub fn upstream_wire(req: &RequestHeader, fwd: Forwarded) -> Option<BytesMut> {
     if !target_from_uri(req) || path.iter().any(|b| matches!(b, 0 | b'\n' | b'\r' | b' ')) {
         return None;
     }
-    let xff = fwd
-        .client
-        .map(|ip| forwarded_for(req.headers.get_all(&X_FORWARDED_FOR).iter(), ip));
-    let proto = Some(http::HeaderValue::from_static(fwd.proto));
-    // Each with its value (`None`: the client's passes) and whether written.
-    let mut ours = [
-        (&X_FORWARDED_FOR, "X-Forwarded-For", xff, false),
-        (&X_FORWARDED_PROTO, "X-Forwarded-Proto", proto, false),
-        (
-            &X_FORWARDED_HOST,
-            "X-Forwarded-Host",
-            forwarded_host(req),
-            false,
-        ),
-    ];
+    // Each with whether it was written yet.
+    let mut ours =
+        forwarded_values(req, fwd).map(|(name, titled, value)| (name, titled, value, false));
     let mut out = BytesMut::with_capacity(256);
     out.put_slice(req.method.as_str().as_bytes());
     out.put_u8(b' ');
@@ -265,21 +269,24 @@ pub fn upstream_wire(req: &RequestHeader, fwd: Forwarded) -> Option<BytesMut> {
 /// keeps names in lower case).
 pub fn put_header(out: &mut BytesMut, name: &http::HeaderName, value: &http::HeaderValue) {
     match titled(name) {
-        Some(titled) => put_line(out, titled, value),
+        Some(titled) => out.put_slice(titled.as_bytes()),
         None => {
             let start = out.len();
             out.extend_from_slice(name.as_str().as_bytes());
             title_case(&mut out[start..]);
-            out.put_slice(b": ");
-            out.put_slice(value.as_bytes());
-            out.put_slice(b"\r\n");
         }
     }
+    put_value(out, value);
 }
 
 /// One header line under a name already in its case.
 fn put_line(out: &mut BytesMut, name: &str, value: &http::HeaderValue) {
     out.put_slice(name.as_bytes());
+    put_value(out, value);
+}
+
+/// A header line's rest after its name.
+fn put_value(out: &mut BytesMut, value: &http::HeaderValue) {
     out.put_slice(b": ");
     out.put_slice(value.as_bytes());
     out.put_slice(b"\r\n");
